@@ -1,0 +1,266 @@
+"""The YAML config: defaults < config file < `--set` overrides, validated before any work starts.
+
+A config has four sections (`data`, `vocab`, `model`, `train`), each a dataclass below. Every key
+has a type, and numbers a range; an unknown key is an error that suggests the closest valid key.
+Relative paths in `data` resolve against the folder of the config file they came from.
+"""
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+def _key(default, *, choices=None, low=None, high=None, low_open=False, nullable=False, doc=""):
+    """A config key: its default, the allowed choices or numeric range, and a one-line doc."""
+    meta = dict(choices=choices, low=low, high=high, low_open=low_open, nullable=nullable, doc=doc)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    train: str | None = _key(None, nullable=True, doc="training text (UTF-8, one sentence per line); required")
+    valid: str | None = _key(None, nullable=True,
+                             doc="validation text: picks the kept model and drives the lr schedule; required")
+    test: str | None = _key(None, nullable=True, doc="test text, evaluated at the end (optional)")
+    tokenizer: str = _key("whitespace", choices=("whitespace", "simple"),
+                          doc="whitespace: pre-tokenized text; simple: lowercase, split punctuation")
+
+
+@dataclass
+class VocabConfig:
+    min_count: int = _key(1, low=1, doc="drop words seen fewer times in train (they become <unk>)")
+    max_size: int | None = _key(None, low=3, nullable=True,
+                                doc="cap on the vocabulary size, <unk> and <eos> included")
+
+
+@dataclass
+class ModelConfig:
+    cell: str = _key("elman", choices=("elman",), doc="recurrent cell")
+    activation: str = _key("tanh", choices=("sigmoid", "tanh", "relu"), doc="Elman activation f")
+    embedding_dim: int = _key(64, low=1, doc="E: size of a word's input vector")
+    hidden_dim: int = _key(128, low=1, doc="H: size of each layer's hidden state")
+    layers: int = _key(1, low=1, doc="L: stacked recurrent layers")
+    loss: str = _key("cross_entropy", choices=("cross_entropy", "squared_error"), doc="per-target loss")
+    output: str = _key("softmax", choices=("softmax",), doc="output layer")
+    init_scale: float = _key(0.1, low=0.0, low_open=True,
+                             doc="weights start uniform in ±init_scale (recurrent: ±1/sqrt(H))")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = _key(20, low=1, doc="N: parallel streams the training text is cut into")
+    bptt: int = _key(35, low=1, doc="T: time steps per window of truncated BPTT")
+    epochs: int = _key(10, low=1, doc="upper bound on passes over the training text")
+    max_steps: int | None = _key(None, low=1, nullable=True, doc="stop after this many updates (null: no limit)")
+    optimizer: str = _key("sgd", choices=("sgd", "adam"), doc="sgd: θ ← θ − lr·∇θJ; adam: Kingma & Ba")
+    lr: float = _key(1.0, low=0.0, low_open=True, doc="learning rate")
+    clip_norm: float | None = _key(5.0, low=0.0, low_open=True, nullable=True,
+                                   doc="clip the global gradient norm to this (null: no clipping)")
+    schedule: str = _key("halving", choices=("halving", "constant"),
+                         doc="halving: Mikolov's RNNLM schedule (see README); constant: fixed lr")
+    min_improvement: float = _key(1.003, low=1.0,
+                                  doc="halving: an epoch must shrink valid perplexity by this factor")
+    seed: int = _key(1, low=0, doc="seeds initialization and everything random")
+    dtype: str = _key("float32", choices=("float32", "float64"), doc="floating-point type of the numerics")
+    eval_batch_size: int = _key(10, low=1, doc="streams used to compute valid perplexity between epochs")
+    checkpoint_every: int | None = _key(None, low=1, nullable=True,
+                                        doc="also save a resumable checkpoint every this many steps")
+    log_every: int = _key(100, low=1, doc="steps between metrics.jsonl records of train loss")
+    adam_beta1: float = _key(0.9, low=0.0, high=1.0, doc="adam: decay of the first moment")
+    adam_beta2: float = _key(0.999, low=0.0, high=1.0, doc="adam: decay of the second moment")
+    adam_eps: float = _key(1e-8, low=0.0, low_open=True, doc="adam: denominator guard")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+SECTION_TYPES = {"data": DataConfig, "vocab": VocabConfig, "model": ModelConfig, "train": TrainConfig}
+PATH_KEYS = ("train", "valid", "test")
+
+
+def builtin_dir() -> Path:
+    """The folder holding the built-in `configs/` and `data/` (the repo root or the installed copy)."""
+    installed = Path(__file__).resolve().parent / "_builtin"
+    if (installed / "configs" / "default.yaml").is_file():
+        return installed
+    return Path(__file__).resolve().parent.parent  # an editable install: the repo itself
+
+
+def default_config_path() -> Path:
+    return builtin_dir() / "configs" / "default.yaml"
+
+
+def all_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in SECTION_TYPES.items() for f in dataclasses.fields(cls)]
+
+
+def _suggest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(f) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[_base_type(f)]
+
+
+def _base_type(f) -> type:
+    """`int | None` -> int."""
+    if isinstance(f.type, type):
+        return f.type
+    return next(t for t in typing.get_args(f.type) if t is not type(None))
+
+
+def _check_value(where: str, f, value):
+    """Type- and range-check one value; return it converted (an int is accepted as a float)."""
+    meta = f.metadata
+    if value is None:
+        if meta["nullable"]:
+            return None
+        raise UserError(f"{where}: must not be null (expected {_type_name(f)})")
+    want = _base_type(f)
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, bool) and want is not bool or not isinstance(value, want):
+        raise UserError(f"{where}: expected {_type_name(f)}, got {value!r}")
+    if meta["choices"] and value not in meta["choices"]:
+        raise UserError(f"{where}: {value!r} is not one of {', '.join(meta['choices'])}"
+                        f"{_suggest(str(value), meta['choices'])}")
+    low, high = meta["low"], meta["high"]
+    if low is not None and (value < low or (meta["low_open"] and value == low)):
+        raise UserError(f"{where}: {value!r} is out of range (must be {'>' if meta['low_open'] else '>='} {low})")
+    if high is not None and value > high:
+        raise UserError(f"{where}: {value!r} is out of range (must be <= {high})")
+    if want is float and value != value:
+        raise UserError(f"{where}: must be a number, got NaN")
+    return value
+
+
+def _section_from_dict(name: str, raw, source: str):
+    cls = SECTION_TYPES[name]
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: section '{name}' must be a mapping of keys to values, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise UserError(f"{source}: unknown key '{name}.{key}'{_suggest(f'{name}.{key}', all_keys())}")
+        values[key] = _check_value(f"{source}: {name}.{key}", fields[key], value)
+    return cls(**values)
+
+
+def config_from_dict(raw, source: str = "config") -> Config:
+    """Validate a plain dict (as YAML gives it) into a Config; `source` names it in errors."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: the config must be a mapping with sections data, vocab, model, train")
+    for name in raw:
+        if name not in SECTION_TYPES:
+            raise UserError(f"{source}: unknown section '{name}'{_suggest(str(name), SECTION_TYPES)}"
+                            f" (sections: {', '.join(SECTION_TYPES)})")
+    return Config(**{name: _section_from_dict(name, raw.get(name), source) for name in SECTION_TYPES})
+
+
+def config_to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def read_yaml(path: Path):
+    """safe_load a YAML file; errors name the file and the line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, expected a YAML config file") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (bad byte at offset {e.start})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read config ({e.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}:{where}: YAML syntax error: {problem}") from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`--set model.hidden_dim=256` -> (['model', 'hidden_dim'], 256); the value is parsed as YAML."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.lr=0.5")
+    key, value_text = text.split("=", 1)
+    key = key.strip()
+    parts = key.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise UserError(f"--set {text!r}: KEY must be SECTION.NAME, e.g. train.lr{_suggest(key, all_keys())}")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError:
+        raise UserError(f"--set {text!r}: the value is not valid YAML") from None
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides) -> dict:
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (raw or {}).items()}
+    for text in overrides:
+        (section, name), value = parse_override(text)
+        if section not in SECTION_TYPES:
+            raise UserError(f"--set {text!r}: unknown section '{section}'{_suggest(section, SECTION_TYPES)}")
+        current = raw.get(section)
+        raw[section] = dict(current) if isinstance(current, dict) else {}
+        raw[section][name] = value
+    return raw
+
+
+def resolve_paths(config: Config, base: Path) -> Config:
+    """Make data paths absolute, relative ones against `base` (the config file's folder)."""
+    for key in PATH_KEYS:
+        value = getattr(config.data, key)
+        if value is not None:
+            path = Path(os.path.expanduser(value))
+            setattr(config.data, key, str(path if path.is_absolute() else (base / path).resolve()))
+    return config
+
+
+def load_config(path=None, overrides=()) -> Config:
+    """Defaults < the YAML file at `path` (the built-in default when None) < `--set` overrides."""
+    path = Path(path) if path is not None else default_config_path()
+    raw = read_yaml(path)
+    if raw is not None and not isinstance(raw, dict):
+        raise UserError(f"{path}: the config must be a mapping with sections data, vocab, model, train")
+    raw = apply_overrides(raw, overrides)
+    config = config_from_dict(raw, source=str(path))
+    return resolve_paths(config, path.resolve().parent)
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=False)
+
+
+def describe_keys() -> str:
+    """A Markdown table of every key, its default and meaning (for the README)."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for section, cls in SECTION_TYPES.items():
+        for f in dataclasses.fields(cls):
+            choices = f" ({' / '.join(f.metadata['choices'])})" if f.metadata["choices"] else ""
+            default = "null" if f.default is None else f.default
+            rows.append(f"| `{section}.{f.name}` | `{default}` | {f.metadata['doc']}{choices} |")
+    return "\n".join(rows)

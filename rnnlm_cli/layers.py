@@ -1,0 +1,200 @@
+"""Layers as pairs of pure functions: `*_forward(...) -> (out, cache)` and `*_backward(dout, cache)`.
+
+Shapes use fixed letters: N streams (batch), T time steps, D a layer's input size (E for the
+embedding, H above it), H hidden size, V vocabulary, M = T·N positions. Arrays are time-major,
+(T, N, ·), so that the step at time t, `h[t]`, is one contiguous (N, H) block.
+
+Notation follows the seeds in row-vector form (seeds 000/001 write h = f(h_prev·H + e·I + b)):
+our `W_h` is the seeds' H, `W_x` their I (or W^(l)), `output.W` their U. A seed's column-vector
+formula δ = f'(z) ∘ (Uᵀ δ_o) reads in our rows as δ = f'(z) ∘ (δ_o Uᵀ).
+
+Every backward here is checked against central differences in tests/test_layers.py.
+"""
+
+import numpy as np
+
+# --------------------------------------------------------------------------------------------
+# Activations. Each derivative is written in terms of the activation's output h = f(z), so the
+# forward pass only has to keep h (the seeds' σ' = σ(1 − σ) trick, seed 000).
+
+
+def activation_forward(z, name):
+    """Apply f in place to z (any shape) and return it."""
+    if name == "tanh":
+        return np.tanh(z, out=z)
+    if name == "sigmoid":
+        # σ(z) = ½(1 + tanh(z/2)): one ufunc, no overflow in exp for large |z|
+        z *= 0.5
+        np.tanh(z, out=z)
+        z += 1.0
+        z *= 0.5
+        return z
+    if name == "relu":
+        return np.maximum(z, 0, out=z)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def activation_grad(h, name):
+    """f'(z) from h = f(z), elementwise: tanh 1 − h², sigmoid h(1 − h), relu [h > 0]."""
+    if name == "tanh":
+        return 1.0 - h * h
+    if name == "sigmoid":
+        return h * (1.0 - h)
+    if name == "relu":
+        return (h > 0).astype(h.dtype)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Word embedding: the one-hot row times the matrix is a row lookup (seed 002, §5.3).
+
+
+def embedding_forward(ids, embedding):
+    """ids: (T, N) ints, embedding: (V, E) -> x: (T, N, E), cache."""
+    return embedding[ids], (ids, embedding.shape)
+
+
+def embedding_backward(dx, cache):
+    """dx: (T, N, E) -> d_embedding: (V, E). ∇L_w = Σ of δ over the positions reading word w
+    (seed 002, eq. 4), as a scatter-add over the rows used, never a dense one-hot product."""
+    ids, shape = cache
+    d_embedding = np.zeros(shape, dtype=dx.dtype)
+    scatter_add_rows(d_embedding, ids.reshape(-1), dx.reshape(-1, shape[1]))
+    return d_embedding
+
+
+def scatter_add_rows(out, ids, rows):
+    """out[ids[i]] += rows[i] for every i, repeated ids summed.
+
+    Sorting the ids and summing each run with one `np.add.reduceat` is exact and far faster
+    than `np.add.at` for the few hundred rows of a window."""
+    if ids.size == 0:
+        return out
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    starts = np.flatnonzero(np.concatenate(([True], sorted_ids[1:] != sorted_ids[:-1])))
+    out[sorted_ids[starts]] += np.add.reduceat(rows[order], starts, axis=0)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Elman layer over a window: h_t = f(x_t W_x + h_{t-1} W_h + b).
+
+
+def rnn_forward(x, h0, W_x, W_h, b, activation):
+    """x: (T, N, D), h0: (N, H) carried state, W_x: (D, H), W_h: (H, H), b: (H,)
+    -> h: (T, N, H) hidden states, cache."""
+    T, N, D = x.shape
+    H = W_h.shape[0]
+    # the input projection of all T·N positions is one matrix product; the loop adds h_{t-1} W_h
+    h = (x.reshape(T * N, D) @ W_x).reshape(T, N, H)
+    h += b
+    prev = h0
+    for t in range(T):
+        z = h[t]
+        z += prev @ W_h
+        prev = activation_forward(z, activation)  # z_t becomes h_t in place
+    return h, (x, h0, h, W_x, W_h, activation)
+
+
+def rnn_backward(dh, cache):
+    """dh: (T, N, H) = ∂J/∂h_t from above (the output layer or the next layer), excluding the
+    path through h_{t+1} -> dx: (T, N, D), dh0: (N, H), dW_x: (D, H), dW_h: (H, H), db: (H,).
+
+    One pass backwards in time accumulates every gradient (seed 003, §4): γ_t, the sum of the
+    δ's that all later losses J(i), i ≥ t, send to z_t, obeys
+        γ_t = f'(z_t) ∘ (dh_t + γ_{t+1} W_hᵀ)            (seed 003, eqs. 37/42)
+    so no backward per J(t) is needed. dh0 = γ_1 W_hᵀ is returned for tests; the model drops it
+    (truncation: the carried state gets no gradient)."""
+    x, h0, h, W_x, W_h, activation = cache
+    T, N, D = x.shape
+    H = W_h.shape[0]
+    dz = activation_grad(h, activation)  # f'(z_t) for all t at once, then γ_t in place
+    dnext = np.zeros_like(h0)  # γ_{t+1} W_hᵀ, zero after the window's last step
+    for t in reversed(range(T)):
+        g = dz[t]
+        g *= dh[t] + dnext  # γ_t = f'(z_t) ∘ (dh_t + γ_{t+1} W_hᵀ)      (seed 002, eqs. 2 and 7)
+        dnext = g @ W_h.T  # ∇h_{t-1} = γ_t W_hᵀ                        (seed 002, eq. 5)
+    dz2 = dz.reshape(T * N, H)
+    dW_x = x.reshape(T * N, D).T @ dz2  # ∇W_x = Σ_t x_tᵀ γ_t         (seed 003, eq. 40)
+    dW_h = h0.T @ dz[0]  # ∇W_h = Σ_t h_{t-1}ᵀ γ_t                    (seed 003, eq. 39; seed 002, eq. 3)
+    if T > 1:
+        dW_h += h[:-1].reshape((T - 1) * N, H).T @ dz[1:].reshape((T - 1) * N, H)
+    db = dz2.sum(axis=0)  # ∇b = Σ_t γ_t                               (seed 003, eq. 41)
+    dx = (dz2 @ W_x.T).reshape(T, N, D)  # ∂J/∂x_t = γ_t W_xᵀ: the δ sent to the layer below (seed 003, eq. 30)
+    return dx, dnext, dW_x, dW_h, db
+
+
+# --------------------------------------------------------------------------------------------
+# Output layer: logits = h W + b over all M = T·N positions at once.
+
+
+def affine_forward(h, W, b):
+    """h: (M, H), W: (H, V), b: (V,) -> logits: (M, V), cache."""
+    logits = h @ W
+    logits += b
+    return logits, (h, W)
+
+
+def affine_backward(dlogits, cache):
+    """dlogits: (M, V) -> dh: (M, H), dW: (H, V), db: (V,).
+    ∇U = Σ_t h_tᵀ δ_o,t (seed 002, eq. 1) and δ_h = δ_o Uᵀ (seed 002, eq. 2, before f')."""
+    h, W = cache
+    return dlogits @ W.T, h.T @ dlogits, dlogits.sum(axis=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Losses on top of the softmax. Both work in place on the logits (M, V), which are large, and
+# return (sum of per-target losses, dlogits scaled by `scale`), dlogits reusing the logits' memory.
+
+
+def _shifted_exp(logits):
+    """logits -= row max; exp in place; return row sums (M,) and the shifted logits' copy is gone."""
+    logits -= logits.max(axis=1, keepdims=True)
+    np.exp(logits, out=logits)
+    return logits.sum(axis=1)
+
+
+def softmax_cross_entropy(logits, targets, scale=1.0, need_grad=True):
+    """logits: (M, V) (overwritten), targets: (M,) ints -> (Σ_t −log ŷ_t[target], dlogits or None).
+
+    J_t = −log softmax(z)_k = log Σ_j e^{z_j} − z_k, computed from shifted logits (stable);
+    ∂J_t/∂z = ŷ − y (seed 003, eq. 7)."""
+    rows = np.arange(targets.shape[0])
+    logits -= logits.max(axis=1, keepdims=True)
+    picked = logits[rows, targets]  # z_k − max, copied out before exp overwrites it
+    np.exp(logits, out=logits)
+    sums = logits.sum(axis=1)
+    loss = float(np.sum(np.log(sums), dtype=np.float64) - np.sum(picked, dtype=np.float64))
+    if not need_grad:
+        return loss, None
+    logits /= sums[:, None]  # ŷ
+    logits[rows, targets] -= 1.0  # ŷ − y
+    if scale != 1.0:
+        logits *= scale
+    return loss, logits
+
+
+def softmax_squared_error(logits, targets, scale=1.0, need_grad=True):
+    """logits: (M, V) (overwritten), targets: (M,) -> (Σ_t ½‖ŷ_t − y_t‖², dlogits or None).
+
+    Seed 004's quadratic loss through the softmax: with g = ŷ − y, ∂J/∂o = g (seed 004, eq. 2),
+    and the softmax Jacobian ∂ŷ_k/∂z_i = ŷ_k([i = k] − ŷ_i) (seed 004, eq. 3's ∂f_k/∂g_i) gives
+    ∂J/∂z = ŷ ∘ (g − (g·ŷ)), the Jacobian applied without forming the (V, V) matrix."""
+    rows = np.arange(targets.shape[0])
+    sums = _shifted_exp(logits)
+    logits /= sums[:, None]  # ŷ
+    p_target = logits[rows, targets].astype(np.float64)
+    sq = np.einsum("mv,mv->m", logits, logits, dtype=np.float64)  # ‖ŷ‖²
+    loss = float(0.5 * np.sum(sq - 2.0 * p_target + 1.0))  # ½‖ŷ − y‖² = ½(‖ŷ‖² − 2ŷ_k + 1)
+    if not need_grad:
+        return loss, None
+    g_dot_p = (sq - p_target).astype(logits.dtype)  # g·ŷ = ‖ŷ‖² − ŷ_k
+    dlogits = logits * (logits - g_dot_p[:, None])  # ŷ ∘ (ŷ − (g·ŷ)), the y part added next
+    dlogits[rows, targets] -= logits[rows, targets]  # ŷ ∘ (−y): only the target column
+    if scale != 1.0:
+        dlogits *= scale
+    return loss, dlogits
+
+
+LOSSES = {"cross_entropy": softmax_cross_entropy, "squared_error": softmax_squared_error}

@@ -1,0 +1,148 @@
+"""The whole model: gradient checks over the grid, the batched forward against a per-example
+one-hot loop (seed 002's form), seed 002's closed forms on a worked case, and truncation."""
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+
+from rnnlm_cli import gradcheck, layers, model
+from rnnlm_cli.config import ModelConfig
+
+GRID = list(itertools.product(["sigmoid", "tanh", "relu"], ["cross_entropy", "squared_error"], [1, 3]))
+
+
+def cfg(**kw):
+    base = dict(embedding_dim=4, hidden_dim=6, layers=1)  # E != H
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+@pytest.mark.parametrize("activation,loss,n_layers", GRID)
+def test_gradcheck_grid(activation, loss, n_layers):
+    results = gradcheck.check_model(cfg(activation=activation, loss=loss, layers=n_layers))
+    assert {key for key, _, _ in results} == set(model.param_shapes(cfg(layers=n_layers), 13))
+    for key, err, checked in results:
+        assert checked > 0
+        assert err < gradcheck.TOLERANCE, f"{key}: {err:.2e}"
+
+
+def naive_forward(params, m, inputs, targets, state):
+    """Per example, per time step, with one-hot vectors times matrices (seed 002's form)."""
+    V = params["embedding"].shape[0]
+    f = {"tanh": np.tanh, "sigmoid": lambda z: 1 / (1 + np.exp(-z)), "relu": lambda z: np.maximum(z, 0)}
+    f = f[m.activation]
+    total, final = 0.0, np.zeros_like(state)
+    N, T = inputs.shape
+    for n in range(N):
+        h = [state[l, n].copy() for l in range(m.layers)]
+        for t in range(T):
+            x = np.eye(V)[inputs[n, t]] @ params["embedding"]
+            for l in range(m.layers):
+                h[l] = f(x @ params[f"rnn.{l}.W_x"] + h[l] @ params[f"rnn.{l}.W_h"] + params[f"rnn.{l}.b"])
+                x = h[l]
+            z = x @ params["output.W"] + params["output.b"]
+            y_hat = np.exp(z) / np.exp(z).sum()
+            y = np.eye(V)[targets[n, t]]
+            if m.loss == "cross_entropy":
+                total += -np.sum(y * np.log(y_hat))
+            else:
+                total += 0.5 * np.sum((y_hat - y) ** 2)
+        for l in range(m.layers):
+            final[l, n] = h[l]
+    return total / (N * T), final
+
+
+@pytest.mark.parametrize("activation,loss,n_layers", GRID)
+def test_batched_forward_equals_naive_loop(activation, loss, n_layers):
+    m = cfg(activation=activation, loss=loss, layers=n_layers)
+    params, inputs, targets, state = gradcheck.random_problem(m, 11, 3, 5, seed=3)
+    got_loss, got_state, _ = model.forward(params, m, inputs, targets, state.copy(), need_grad=False)
+    want_loss, want_state = naive_forward(params, m, inputs, targets, state)
+    assert abs(got_loss - want_loss) <= 1e-12 * max(1.0, abs(want_loss))
+    np.testing.assert_allclose(got_state, want_state, rtol=0, atol=1e-12)
+
+
+def test_seed_002_closed_forms_on_a_worked_case():
+    """One step, one stream, sigmoid: δ_o = ŷ − y, δ_h = σ'(z) ∘ (δ_o Uᵀ), ∇H = h_{t-1}ᵀ δ_h,
+    ∇U = h_tᵀ δ_o, ∇h_{t-1} = δ_h Hᵀ (seed 002, eqs. 1, 2, 3, 5, in row-vector form)."""
+    m = cfg(activation="sigmoid", embedding_dim=3, hidden_dim=4)
+    params, _, _, _ = gradcheck.random_problem(m, 5, 1, 1, seed=4)
+    h_prev = np.array([[0.2, 0.9, 0.4, 0.6]])
+    word, target = 2, 4
+    e = params["embedding"][word][None, :]
+    Hm, I, U = params["rnn.0.W_h"], params["rnn.0.W_x"], params["output.W"]
+    z = h_prev @ Hm + e @ I + params["rnn.0.b"]
+    h = 1 / (1 + np.exp(-z))
+    o = h @ U + params["output.b"]
+    y_hat = np.exp(o) / np.exp(o).sum()
+    delta_o = y_hat - np.eye(5)[target]
+    delta_h = h * (1 - h) * (delta_o @ U.T)
+
+    loss, grads, _ = model.loss_and_grads(params, m, np.array([[word]]), np.array([[target]]), h_prev[None].copy())
+    np.testing.assert_allclose(grads["output.W"], h.T @ delta_o, atol=1e-14)
+    np.testing.assert_allclose(grads["rnn.0.W_h"], h_prev.T @ delta_h, atol=1e-14)
+    np.testing.assert_allclose(grads["rnn.0.W_x"], e.T @ delta_h, atol=1e-14)
+    np.testing.assert_allclose(grads["embedding"][word], (delta_h @ I.T)[0], atol=1e-14)
+    # ∇h_{t-1} = δ_h Hᵀ: what rnn_backward hands back for the carried state
+    top, _, caches = model.hidden_forward(params, m, np.array([[word]]), h_prev[None].copy())
+    _, dh0, _, _, _ = layers.rnn_backward((delta_o @ U.T)[None], caches[1][0])
+    np.testing.assert_allclose(dh0, delta_h @ Hm.T, atol=1e-14)
+
+
+def test_truncated_equals_exact_when_the_window_covers_the_sequence():
+    """CS224d's trick: with bptt = the whole sequence from a zero state, the one-pass truncated
+    gradient is the exact gradient of the sequence's loss."""
+    m = cfg(activation="tanh", layers=2)
+    params, inputs, targets, _ = gradcheck.random_problem(m, 9, 2, 8, seed=5)
+    zero = model.init_state(m, 2, "float64")
+    _, grads, _ = model.loss_and_grads(params, m, inputs, targets, zero.copy())
+    for key in ("rnn.0.W_h", "rnn.1.W_x", "embedding"):
+        idx = np.arange(params[key].size)
+        numeric = gradcheck.numerical_gradient(
+            lambda: model.forward(params, m, inputs, targets, zero.copy(), need_grad=False)[0], params[key], idx)
+        assert gradcheck.rel_error(grads[key], numeric) < gradcheck.TOLERANCE
+
+
+def test_truncation_no_gradient_flows_into_the_carried_state():
+    """Two windows: the second window's gradient treats its start state as a constant, so the sum
+    of the two truncated gradients differs from the full-sequence gradient, while each window's
+    gradient matches central differences with the carried state held fixed."""
+    m = cfg(activation="tanh")
+    params, inputs, targets, _ = gradcheck.random_problem(m, 9, 2, 8, seed=6)
+    zero = model.init_state(m, 2, "float64")
+    _, g1, mid = model.loss_and_grads(params, m, inputs[:, :4], targets[:, :4], zero.copy())
+    _, g2, _ = model.loss_and_grads(params, m, inputs[:, 4:], targets[:, 4:], mid.copy())
+    _, g_full, _ = model.loss_and_grads(params, m, inputs, targets, zero.copy())
+    truncated = (g1["rnn.0.W_h"] + g2["rnn.0.W_h"]) / 2  # each window's loss is a mean over 4 steps
+    assert not np.allclose(truncated, g_full["rnn.0.W_h"], rtol=1e-3)
+    numeric = gradcheck.numerical_gradient(
+        lambda: model.forward(params, m, inputs[:, 4:], targets[:, 4:], mid.copy(), need_grad=False)[0],
+        params["rnn.0.W_h"], np.arange(36))
+    assert gradcheck.rel_error(g2["rnn.0.W_h"], numeric) < gradcheck.TOLERANCE
+
+
+def test_float32_stays_float32():
+    m = cfg(layers=2)
+    params = model.init_params(m, 10, seed=0, dtype="float32")
+    rng = np.random.default_rng(0)
+    inputs, targets = rng.integers(0, 10, (3, 4)), rng.integers(0, 10, (3, 4))
+    state = model.init_state(m, 3, "float32")
+    loss, new_state, cache = model.forward(params, m, inputs, targets, state)
+    grads = model.backward(cache)
+    assert all(p.dtype == np.float32 for p in params.values())
+    assert all(g.dtype == np.float32 for g in grads.values())
+    assert new_state.dtype == np.float32
+    (_, rnn_caches), out_cache, dlogits, _ = cache
+    assert dlogits.dtype == np.float32 and all(c[2].dtype == np.float32 for c in rnn_caches)
+
+
+def test_init_is_deterministic_and_seeded():
+    m = cfg()
+    a, b = model.init_params(m, 10, seed=3), model.init_params(m, 10, seed=3)
+    c = model.init_params(m, 10, seed=4)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["embedding"], c["embedding"])
+    assert set(a) == set(model.param_shapes(m, 10))
+    assert all(a[k].shape == s for k, s in model.param_shapes(m, 10).items())
