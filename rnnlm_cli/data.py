@@ -1,0 +1,275 @@
+"""Corpus files -> token streams -> batched streams -> BPTT windows.
+
+The contract (docs/SPEC.md, "Text, tokens, vocabulary" and "Batching and truncated BPTT"):
+
+- a file is UTF-8 text, one sentence per line;
+- its token stream is ``<eos>``, then for each non-empty line its words followed by ``<eos>``,
+  so a file of W words on L non-empty lines has W + L prediction targets;
+- training cuts the stream into N contiguous streams of equal length and walks them in
+  windows of ``bptt`` steps.
+
+Shapes use N for the number of streams (the batch) and T for time steps in a window.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import os
+import re
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import UserError
+
+if TYPE_CHECKING:  # only for annotations: vocab.py imports this module, not the reverse
+    from .vocab import Vocab
+
+PathLike = str | os.PathLike
+
+_BOM = b"\xef\xbb\xbf"
+
+# The `simple` tokenizer, applied to lowercased text. Alternatives are tried in order:
+# 1. the vocabulary's special tokens stay whole, so raw text that already marks unknown
+#    words with <unk> is not turned into "< unk >";
+# 2. a word: a run of letters/digits/underscore, which may continue across an apostrophe or
+#    hyphen between word characters (don't, lord's, well-known) or across "." or ","
+#    between digits (3.14, 1,000, 10.5.2);
+# 3. anything else that is not whitespace: a run of one repeated punctuation character
+#    ("...", "--", "!!") or a single one ("?!" is "?" then "!").
+_SIMPLE_RE = re.compile(
+    r"""
+      <unk> | <eos>
+    | \w+ (?: (?: ['\u2019-] | (?<=\d)[.,](?=\d) ) \w+ )*
+    | ([^\w\s]) \1*
+    """,
+    re.VERBOSE,
+)
+
+
+def _whitespace(line: str) -> list[str]:
+    """Pre-tokenized text: str.split() splits on every Unicode whitespace run, tabs included."""
+    return line.split()
+
+
+def _simple(line: str) -> list[str]:
+    """Raw text: lowercase, split punctuation off words, keep numbers and inner ' and - whole."""
+    return [m.group(0) for m in _SIMPLE_RE.finditer(line.lower())]
+
+
+TOKENIZERS: dict[str, Callable[[str], list[str]]] = {
+    "whitespace": _whitespace,
+    "simple": _simple,
+}
+
+
+def get_tokenizer(tokenizer: str) -> Callable[[str], list[str]]:
+    """The function for a tokenizer name; UserError naming the value if it is unknown."""
+    try:
+        return TOKENIZERS[tokenizer]
+    except (KeyError, TypeError):
+        names = ", ".join(TOKENIZERS)
+        raise UserError(f"unknown tokenizer {tokenizer!r}: expected one of {names}") from None
+
+
+def tokenize(line: str, tokenizer: str) -> list[str]:
+    """The words of one line of text (no <eos>) under the named tokenizer."""
+    return get_tokenizer(tokenizer)(line)
+
+
+def _open_binary(path: PathLike):
+    """Open a corpus file for reading, turning the usual OS failures into UserError."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise UserError(f"{os.fspath(path)}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{os.fspath(path)}: is a directory, not a text file") from None
+    except PermissionError:
+        raise UserError(f"{os.fspath(path)}: permission denied") from None
+    except OSError as e:
+        raise UserError(f"{os.fspath(path)}: cannot open ({e.strerror or e})") from None
+
+
+def _decode(raw: bytes, path: PathLike, lineno: int, offset: int) -> str:
+    """Strict UTF-8 decode of one line; `offset` is the file byte offset of raw[0]."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = raw[e.start : e.start + 1].hex()
+        raise UserError(
+            f"{os.fspath(path)}: line {lineno}: invalid UTF-8 at byte offset {offset + e.start}"
+            f" (byte 0x{bad}): the file must be UTF-8 text"
+        ) from None
+
+
+def iter_lines(path: PathLike) -> Iterator[tuple[int, str]]:
+    """Yield (line number from 1, text without its line ending) for each line of a UTF-8 file.
+
+    Streams the file: it is read in binary one b"\\n"-terminated chunk at a time and each line
+    is decoded on its own, so a decoding error can name its line and byte offset, and memory
+    does not grow with the file. LF, CRLF and lone CR all end a line (UTF-8 never uses the
+    bytes 0x0A/0x0D inside a multi-byte character, so splitting bytes first is safe). A
+    leading UTF-8 byte order mark is skipped. A final line ending does not start a new line.
+    """
+    lineno = 0
+    offset = 0  # file byte offset of the current chunk
+    with _open_binary(path) as f:
+        try:
+            for chunk in f:
+                start = 0
+                if offset == 0 and chunk.startswith(_BOM):
+                    start = len(_BOM)
+                body = chunk[start:-1] if chunk.endswith(b"\n") else chunk[start:]
+                if body.endswith(b"\r"):
+                    body = body[:-1]  # CRLF
+                # A lone CR (old Mac endings) also ends a line; usually there is none.
+                pos = offset + start
+                for piece in body.split(b"\r") if b"\r" in body else (body,):
+                    lineno += 1
+                    yield lineno, _decode(piece, path, lineno, pos)
+                    pos += len(piece) + 1
+                offset += len(chunk)
+        except OSError as e:
+            raise UserError(f"{os.fspath(path)}: read error ({e.strerror or e})") from None
+
+
+def count_words(path: PathLike, tokenizer: str) -> tuple[collections.Counter, int, int]:
+    """(word counts, number of words, number of non-empty lines) of a file.
+
+    A line is non-empty if it has at least one word; only such lines add an <eos>.
+    """
+    split = get_tokenizer(tokenizer)
+    counts: collections.Counter = collections.Counter()
+    words = lines = 0
+    for _, text in iter_lines(path):
+        toks = split(text)
+        if toks:
+            counts.update(toks)
+            words += len(toks)
+            lines += 1
+    return counts, words, lines
+
+
+def encode_file(
+    path: PathLike, vocab: Vocab, tokenizer: str, allow_empty: bool = False
+) -> tuple[np.ndarray, dict]:
+    """The SPEC token stream of a file as int32 ids, shape (words + lines + 1,), and its stats.
+
+    Stream: <eos>, then for each non-empty line its word ids and <eos>. Words outside the
+    vocabulary become <unk>. Stats: file, words, lines (non-empty), targets (= len(ids) - 1),
+    oov (words not in the vocabulary; a literal <unk> in the text is a vocabulary word, not an
+    OOV), oov_rate (oov / targets, 0.0 if there are no targets). A file with no tokens is a
+    UserError unless allow_empty, in which case the stream is just [<eos>].
+    """
+    split = get_tokenizer(tokenizer)
+    index, unk, eos = vocab.index, vocab.unk_id, vocab.eos_id
+    get = index.get
+    # array('i') holds 4 bytes per token, not a Python object per word.
+    ids = array.array("i", [eos])
+    words = lines = literal_unk = 0
+    for _, text in iter_lines(path):
+        toks = split(text)
+        if not toks:
+            continue
+        ids.extend([get(w, unk) for w in toks])
+        ids.append(eos)
+        words += len(toks)
+        lines += 1
+        literal_unk += toks.count(vocab.tokens[unk])
+    if words == 0 and not allow_empty:
+        raise UserError(f"{os.fspath(path)}: no tokens (the file is empty or only whitespace)")
+    out = np.frombuffer(ids, dtype=np.intc).astype(np.int32)
+    # Every <unk> id came from an OOV word or a literal <unk>, so this avoids a second
+    # dictionary lookup per word.
+    oov = int(np.count_nonzero(out == unk)) - literal_unk
+    targets = len(out) - 1
+    stats = {
+        "file": os.fspath(path),
+        "words": words,
+        "lines": lines,
+        "targets": targets,
+        "oov": oov,
+        "oov_rate": oov / targets if targets else 0.0,
+    }
+    return out, stats
+
+
+def _positive_int(value, name: str) -> int:
+    """value as an int if it is an integer >= 1 (not a bool or float), else UserError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UserError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def batchify(ids: np.ndarray, batch_size: int, *, source: str | None = None) -> np.ndarray:
+    """Cut a token stream (len,) into N = batch_size contiguous streams, shape (N, L).
+
+    L = len(ids) // N; the remainder at the end is dropped. For the alphabet and N = 4
+    (L = 6), read each row left to right; a window walks all rows in step:
+
+        stream 0:  a b c d e f
+        stream 1:  g h i j k l
+        stream 2:  m n o p q r
+        stream 3:  s t u v w x        (y z dropped)
+
+    Row n + 1 continues row n in the file, but state never crosses rows: the hidden state
+    of stream n at the end of one window starts stream n in the next. Returns a view.
+    `source` (e.g. the file name) is only used in the error message.
+    """
+    n = _positive_int(batch_size, "batch size")
+    length = len(ids) // n
+    if length < 2:
+        where = f"{source}: " if source else ""
+        fix = f"use a batch size of at most {len(ids) // 2}" if len(ids) >= 2 else "add text"
+        raise UserError(
+            f"{where}corpus too short for batch size {n}: its {len(ids)} tokens"
+            f" ({max(len(ids) - 1, 0)} targets) are shorter than one window of one stream"
+            f" (each of the {n} streams needs at least 2 tokens); {fix}"
+        )
+    return ids[: n * length].reshape(n, length)
+
+
+def num_windows(streams: np.ndarray, bptt: int) -> int:
+    """Number of windows iter_windows yields for streams (N, L): ceil((L - 1) / bptt)."""
+    bptt = _positive_int(bptt, "bptt")
+    targets = max(streams.shape[1] - 1, 0)
+    return -(-targets // bptt)
+
+
+def iter_windows(
+    streams: np.ndarray, bptt: int, start: int = 0
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (inputs, targets), each (N, t), for the windows of streams (N, L) in order.
+
+    Window k starts at i = k * bptt and has t = min(bptt, L - 1 - i) steps: the last one may
+    be shorter. Targets are the inputs shifted by one, so every stream position 1 .. L-1 is a
+    target exactly once, in order. With L = 6 and bptt = 2 (positions 0..5):
+
+        window 0:  inputs 0 1    targets 1 2
+        window 1:  inputs 2 3    targets 3 4
+        window 2:  inputs 4      targets 5        (partial)
+
+    `start` is the index of the first window to yield (resuming mid-epoch); 0 <= start <=
+    num_windows. The arrays are views into `streams`.
+    """
+    n_windows = num_windows(streams, bptt)
+    if not 0 <= start <= n_windows:
+        raise ValueError(f"start window {start} outside 0..{n_windows}")
+    last = streams.shape[1] - 1
+    for k in range(start, n_windows):
+        i = k * bptt
+        t = min(bptt, last - i)
+        yield streams[:, i : i + t], streams[:, i + 1 : i + 1 + t]
+
+
+def one_hot(ids: np.ndarray, V: int, dtype=np.float64) -> np.ndarray:
+    """One-hot rows for integer ids: (N, T) -> (N, T, V) (any input shape S -> S + (V,))."""
+    ids = np.asarray(ids)
+    if ids.size and (ids.min() < 0 or ids.max() >= V):
+        raise ValueError(f"ids must lie in 0..{V - 1}, got {ids.min()}..{ids.max()}")
+    out = np.zeros(ids.shape + (V,), dtype=dtype)
+    np.put_along_axis(out, ids[..., None].astype(np.intp), 1, axis=-1)
+    return out

@@ -1,0 +1,139 @@
+"""The vocabulary: ids 0 = <unk>, 1 = <eos>, then words by frequency; vocab.txt on disk.
+
+vocab.txt holds one token per line, UTF-8, LF endings; a token's id is its 0-based line number.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from .data import iter_lines
+from .errors import UserError
+
+UNK = "<unk>"
+EOS = "<eos>"
+SPECIALS = (UNK, EOS)
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """tokens[i] is the word with id i; index maps a word back to its id.
+
+    Build it with build_vocab, vocab_from_tokens or load_vocab, which keep the two consistent.
+    Equality and hashing use `tokens` only (the index is derived from it).
+    """
+
+    tokens: tuple[str, ...]
+    index: dict[str, int] = field(repr=False, compare=False)
+
+    @property
+    def unk_id(self) -> int:
+        return self.index[UNK]
+
+    @property
+    def eos_id(self) -> int:
+        return self.index[EOS]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def _token_problem(token: str) -> str | None:
+    """Why `token` cannot be a vocabulary entry, or None if it can."""
+    if not isinstance(token, str):
+        return f"token {token!r} is not a string"
+    if token == "":
+        return "empty token"
+    if token.split() != [token]:
+        # Whitespace could never come out of a tokenizer and would break vocab.txt's lines.
+        return f"token {token!r} contains whitespace"
+    return None
+
+
+def _check_tokens(tokens: tuple[str, ...], source: str, where: Callable[[int], str]) -> None:
+    """UserError "source: where(i): problem" for the first bad, duplicate or misplaced token."""
+    seen: dict[str, int] = {}
+    for i, tok in enumerate(tokens):
+        problem = _token_problem(tok)
+        if problem is None and tok in seen:
+            problem = f"duplicate token {tok!r} (also at {where(seen[tok])})"
+        if problem is None and i < len(SPECIALS) and tok != SPECIALS[i]:
+            problem = f"expected {SPECIALS[i]!r} here, found {tok!r}"
+        if problem:
+            raise UserError(f"{source}: {where(i)}: {problem}")
+        seen[tok] = i
+    if len(tokens) < len(SPECIALS):
+        raise UserError(
+            f"{source}: {len(tokens)} token(s); a vocabulary starts with {UNK} at"
+            f" {where(0)} and {EOS} at {where(1)}"
+        )
+
+
+def vocab_from_tokens(tokens: Iterable[str]) -> Vocab:
+    """A Vocab whose ids are the positions in `tokens` (which must start <unk>, <eos>)."""
+    tokens = tuple(tokens)
+    _check_tokens(tokens, "vocabulary", lambda i: f"id {i}")
+    return Vocab(tokens, {tok: i for i, tok in enumerate(tokens)})
+
+
+def build_vocab(
+    counts: Mapping[str, int], min_count: int = 1, max_size: int | None = None
+) -> Vocab:
+    """<unk>, <eos>, then the words with count >= min_count, most frequent first.
+
+    Ties are broken by the token's string order, so the result depends only on the counts.
+    max_size caps the total size including the two specials. A corpus that already contains
+    <unk> or <eos> (Penn Treebank has <unk>) does not get a second one.
+    """
+    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
+        raise UserError(f"vocab.min_count must be an integer >= 1, got {min_count!r}")
+    if max_size is not None and (
+        isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < len(SPECIALS)
+    ):
+        raise UserError(
+            f"vocab.max_size must be null or an integer >= {len(SPECIALS)}"
+            f" (it counts {UNK} and {EOS}), got {max_size!r}"
+        )
+    words = [w for w, c in counts.items() if c >= min_count and w not in SPECIALS]
+    words.sort(key=lambda w: (-counts[w], w))
+    if max_size is not None:
+        words = words[: max_size - len(SPECIALS)]
+    return vocab_from_tokens(SPECIALS + tuple(words))
+
+
+def save_vocab(vocab: Vocab, path: str | os.PathLike) -> None:
+    """Write vocab.txt atomically: a temp file in the same folder, then os.replace.
+
+    A crash leaves either the old file or the new one, never a half-written one.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.writelines(tok + "\n" for tok in vocab.tokens)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def load_vocab(path: str | os.PathLike) -> Vocab:
+    """Read vocab.txt; UserError naming the file and line for anything malformed.
+
+    Each line is one token (no surrounding or inner whitespace, no empty lines, no
+    duplicates); lines 1 and 2 must be <unk> and <eos>.
+    """
+    name = os.fspath(path)
+    # iter_lines gives strict UTF-8 with line/byte-offset errors, and file errors by name.
+    tokens = tuple(text for _, text in iter_lines(path))
+    _check_tokens(tokens, name, lambda i: f"line {i + 1}")
+    return Vocab(tokens, {tok: i for i, tok in enumerate(tokens)})

@@ -1,0 +1,142 @@
+"""Vocabulary: ordering, limits, specials, vocab.txt round trip and its errors."""
+
+from collections import Counter
+
+import pytest
+
+from rnnlm_cli.errors import UserError
+from rnnlm_cli.vocab import (
+    EOS,
+    UNK,
+    Vocab,
+    build_vocab,
+    load_vocab,
+    save_vocab,
+    vocab_from_tokens,
+)
+
+
+def test_specials_first_then_frequency_then_string_order():
+    counts = Counter({"b": 2, "a": 2, "c": 5, "d": 1})
+    v = build_vocab(counts)
+    assert v.tokens == (UNK, EOS, "c", "a", "b", "d")
+    assert v.unk_id == 0 and v.eos_id == 1
+    assert len(v) == 6
+    assert all(v.index[t] == i for i, t in enumerate(v.tokens))
+
+
+def test_ties_broken_by_token_not_by_insertion_order():
+    a = build_vocab({"z": 1, "y": 1, "x": 1})
+    b = build_vocab({"x": 1, "z": 1, "y": 1})
+    assert a.tokens == b.tokens == (UNK, EOS, "x", "y", "z")
+
+
+def test_min_count_drops_rare_words():
+    v = build_vocab({"a": 3, "b": 2, "c": 1}, min_count=2)
+    assert v.tokens == (UNK, EOS, "a", "b")
+
+
+def test_max_size_counts_the_specials():
+    counts = {"a": 4, "b": 3, "c": 2, "d": 1}
+    assert build_vocab(counts, max_size=4).tokens == (UNK, EOS, "a", "b")
+    assert build_vocab(counts, max_size=2).tokens == (UNK, EOS)
+    assert len(build_vocab(counts, max_size=100)) == 6
+
+
+def test_max_size_and_min_count_together():
+    v = build_vocab({"a": 4, "b": 3, "c": 1}, min_count=2, max_size=3)
+    assert v.tokens == (UNK, EOS, "a")
+
+
+def test_unk_and_eos_in_corpus_are_not_doubled():
+    # Penn Treebank already writes <unk>; it keeps id 0 and is not a second entry.
+    v = build_vocab({UNK: 100, "a": 5, EOS: 3})
+    assert v.tokens == (UNK, EOS, "a")
+    v = build_vocab({UNK: 100, "a": 5}, max_size=3)
+    assert v.tokens == (UNK, EOS, "a")
+
+
+def test_empty_counts_give_just_the_specials():
+    assert build_vocab({}).tokens == (UNK, EOS)
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"min_count": 0}, "vocab.min_count"),
+        ({"min_count": 1.5}, "vocab.min_count"),
+        ({"max_size": 1}, "vocab.max_size"),
+        ({"max_size": True}, "vocab.max_size"),
+    ],
+)
+def test_bad_limits(kwargs, key):
+    with pytest.raises(UserError, match=key):
+        build_vocab({"a": 1}, **kwargs)
+
+
+def test_vocab_is_immutable_and_compares_by_tokens():
+    v = build_vocab({"a": 1})
+    with pytest.raises(AttributeError):
+        v.tokens = ()
+    assert v == vocab_from_tokens([UNK, EOS, "a"])
+    assert hash(v) == hash(vocab_from_tokens([UNK, EOS, "a"]))
+    assert isinstance(v, Vocab)
+
+
+def test_vocab_from_tokens_checks_the_specials():
+    with pytest.raises(UserError, match="id 0.*'<unk>'"):
+        vocab_from_tokens([EOS, UNK])
+    with pytest.raises(UserError, match="duplicate"):
+        vocab_from_tokens([UNK, EOS, "a", "a"])
+
+
+def test_save_load_round_trip(tmp_path):
+    v = build_vocab({"the": 9, "naïve": 2, "don't": 2, "3.14": 1, "<s>": 1})
+    path = tmp_path / "vocab.txt"
+    save_vocab(v, path)
+    assert path.read_text(encoding="utf-8").splitlines()[:2] == [UNK, EOS]
+    assert load_vocab(path) == v
+    assert load_vocab(path).index == v.index
+    assert [p.name for p in tmp_path.iterdir()] == ["vocab.txt"]  # no temp file left
+
+
+def test_save_replaces_an_existing_file(tmp_path):
+    path = tmp_path / "vocab.txt"
+    path.write_text("old\n")
+    save_vocab(build_vocab({"new": 1}), path)
+    assert load_vocab(path).tokens == (UNK, EOS, "new")
+
+
+def test_load_accepts_crlf_and_bom(tmp_path):
+    path = tmp_path / "vocab.txt"
+    path.write_bytes(b"\xef\xbb\xbf<unk>\r\n<eos>\r\nword\r\n")
+    assert load_vocab(path).tokens == (UNK, EOS, "word")
+
+
+@pytest.mark.parametrize(
+    "content, fault",
+    [
+        (b"<unk>\n<eos>\n\nword\n", r"line 3: empty token"),
+        (b"<unk>\n<eos>\nword\nword\n", r"line 4: duplicate token 'word' \(also at line 3\)"),
+        (b"<unk>\n<eos>\ntwo words\n", r"line 3: token 'two words' contains whitespace"),
+        (b"<unk>\n<eos>\nword \n", r"line 3: .*contains whitespace"),
+        (b"<unk>\n<eos>\ntab\tbed\n", r"line 3: .*contains whitespace"),
+        (b"<eos>\n<unk>\nword\n", r"line 1: expected '<unk>' here, found '<eos>'"),
+        (b"<unk>\nword\n<eos>\n", r"line 2: expected '<eos>' here, found 'word'"),
+        (b"<unk>\n", r"1 token\(s\)"),
+        (b"", r"0 token\(s\)"),
+        (b"<unk>\n<eos>\ncaf\xe9\n", r"line 3: invalid UTF-8 at byte offset 15"),
+    ],
+)
+def test_load_errors_name_file_and_line(tmp_path, content, fault):
+    path = tmp_path / "vocab.txt"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=fault) as e:
+        load_vocab(path)
+    assert str(e.value).startswith(str(path))
+
+
+def test_load_missing_file(tmp_path):
+    with pytest.raises(UserError, match="no such file") as e:
+        load_vocab(tmp_path / "nope.txt")
+    assert "nope.txt" in str(e.value)
