@@ -1,0 +1,435 @@
+"""The `rnnlm` command line: parses, dispatches, prints. The work is done in the other modules.
+
+Errors: a UserError (bad file, key or value) prints one line and exits 2; click's usage errors
+exit 2 too; anything else exits 1 with a one-line message (the traceback under --debug).
+numpy is imported inside the commands so that `rnnlm --help` stays fast.
+"""
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import UserError
+
+SET_HELP = "Override a config key, e.g. --set model.hidden_dim=256 (value parsed as YAML). Repeatable."
+RESUME_KEYS = {"train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every"}
+
+
+def _fmt_count(n):
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
+
+
+def _fmt_seconds(s):
+    return f"{int(s // 60)}m{s % 60:04.1f}s" if s >= 60 else f"{s:.1f}s"
+
+
+def _ppl(x):
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="rnnlm")
+@click.option("--debug", is_flag=True, help="Show the full traceback of an unexpected error.")
+@click.pass_context
+def cli(ctx, debug):
+    """Train word-level recurrent language models with plain numpy and hand-derived BPTT.
+
+    \b
+    Example:
+      rnnlm train                      # the built-in config on the shipped corpus
+      rnnlm eval runs/default          # perplexity on the test file
+      rnnlm sample runs/default --prompt "in the beginning"
+    """
+    ctx.obj = {"debug": debug}
+
+
+# --------------------------------------------------------------------------------------------
+# config
+
+
+def _load(config_path, overrides):
+    from .config import load_config
+    return load_config(config_path, overrides)
+
+
+@cli.command("config")
+@click.argument("config_path", required=False, type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--keys", is_flag=True, help="List every config key with its default and meaning.")
+def config_cmd(config_path, overrides, keys):
+    """Print the effective config (defaults < CONFIG < --set) as YAML.
+
+    \b
+    Example:
+      rnnlm config configs/ptb-elman.yaml --set train.lr=0.5
+    """
+    from .config import describe_keys, dump_config
+    if keys:
+        click.echo(describe_keys())
+        return
+    click.echo(dump_config(_load(config_path, overrides)), nl=False)
+
+
+# --------------------------------------------------------------------------------------------
+# vocab
+
+
+@cli.command("vocab")
+@click.argument("train_file", type=click.Path(dir_okay=False))
+@click.argument("other_files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--min-count", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Drop words seen fewer times in TRAIN_FILE.")
+@click.option("--max-size", default=None, type=click.IntRange(min=3), help="Cap the vocabulary size (specials included).")
+@click.option("--tokenizer", default="whitespace", show_default=True, type=click.Choice(["whitespace", "simple"]))
+@click.option("--save", "save_path", type=click.Path(dir_okay=False), help="Write the vocabulary here (vocab.txt format).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
+def vocab_cmd(train_file, other_files, min_count, max_size, tokenizer, save_path, as_json):
+    """Build a vocabulary from TRAIN_FILE and report coverage of every file given.
+
+    \b
+    Example:
+      rnnlm vocab data/train.txt data/valid.txt --min-count 2 --save vocab.txt
+    """
+    from . import data, vocab as vocab_mod
+    counts, _, _ = data.count_words(train_file, tokenizer)
+    vocab = vocab_mod.build_vocab(counts, min_count, max_size)
+    rows = [data.encode_file(path, vocab, tokenizer, allow_empty=True)[1] for path in (train_file, *other_files)]
+    if save_path:
+        vocab_mod.save_vocab(vocab, save_path)
+    if as_json:
+        click.echo(json.dumps({"vocab_size": len(vocab), "types_in_train": len(counts)}))
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    click.echo(f"vocabulary: {len(vocab)} tokens ({len(counts)} word types in {train_file}, "
+               f"min_count {min_count}, max_size {max_size})")
+    for r in rows:
+        click.echo(f"{r['file']}: {r['words']} words, {r['lines']} lines, {r['targets']} targets, "
+                   f"{r['oov']} OOV ({r['oov_rate']:.2%})")
+    if save_path:
+        click.echo(f"saved to {save_path}")
+
+
+# --------------------------------------------------------------------------------------------
+# train
+
+
+class BarReporter:
+    """Progress for a terminal: a tqdm bar per epoch (tokens/s, loss, ppl, lr) and a summary line
+    per epoch, all on stderr. `bar=False` keeps the summary lines only; `quiet` shows nothing."""
+
+    def __init__(self, batch_size, bptt, bar, quiet):
+        self.batch_size, self.bptt, self.bar_on, self.quiet = batch_size, bptt, bar, quiet
+        self.bar = None
+        self.loss = None
+        self.started = time.perf_counter()
+
+    def info(self, text):
+        if not self.quiet:
+            click.echo(text, err=True)
+
+    def epoch_start(self, epoch, windows, start):
+        if not self.bar_on or self.quiet:
+            return
+        from tqdm import tqdm
+        total = windows * self.batch_size * self.bptt
+        self.bar = tqdm(total=total, initial=start * self.batch_size * self.bptt, unit="tok", unit_scale=True,
+                        desc=f"epoch {epoch}", leave=False, dynamic_ncols=True, mininterval=0.5)
+
+    def step(self, tokens, loss, lr):
+        self.loss = loss if self.loss is None else 0.95 * self.loss + 0.05 * loss
+        if self.bar is not None:
+            self.bar.update(tokens)
+            if self.bar.n % (50 * tokens) < tokens:
+                self.bar.set_postfix_str(f"loss {self.loss:.3f} ppl {math.exp(min(self.loss, 50)):.1f} lr {lr:g}",
+                                         refresh=False)
+
+    def epoch_end(self, r):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        speed = f"{r['tokens_per_sec'] / 1e3:.1f}k tok/s" if r.get("tokens_per_sec") else ""
+        self.info(f"| epoch {r['epoch']:3d} | {_fmt_seconds(time.perf_counter() - self.started)} | train loss "
+                  f"{r['train_loss']:.3f} | valid ppl {r['valid_ppl']:8.2f} | lr {r['lr']:g} | {speed} | "
+                  f"{'kept' if r['accepted'] else 'rejected'}")
+
+
+def _default_out(config_path):
+    stem = Path(config_path).stem if config_path else "default"
+    out = Path("runs") / stem
+    n = 2
+    while out.exists():
+        out = Path("runs") / f"{stem}-{n}"
+        n += 1
+    return out
+
+
+class _Signals:
+    """SIGINT/SIGTERM ask training to checkpoint and stop; a second SIGINT stops at once."""
+
+    def __init__(self):
+        self.received = None
+
+    def __enter__(self):
+        self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+        click.echo("\nstopping: saving a checkpoint (Ctrl-C again to abort at once)", err=True)
+
+    def __exit__(self, *exc):
+        for s, handler in self.old.items():
+            signal.signal(s, handler)
+
+    def __call__(self):
+        return self.received
+
+
+@cli.command("train")
+@click.argument("config_path", required=False, type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Model directory to write (default: runs/<config name>, numbered if it exists).")
+@click.option("--init", "init_dir", type=click.Path(file_okay=False), help="Start from this model's weights and vocabulary.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint.")
+@click.option("--dry-run", is_flag=True, help="Print the effective config and exit.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress, only the final line.")
+def train_cmd(config_path, overrides, out_dir, init_dir, resume, dry_run, quiet):
+    """Train a model on the config's train file; keep the best by valid perplexity.
+
+    With no CONFIG, the built-in config trains on the corpus shipped with rnnlm.
+
+    \b
+    Examples:
+      rnnlm train
+      rnnlm train configs/ptb-elman.yaml --set train.epochs=5 --out runs/ptb
+      rnnlm train --out runs/ptb --resume          # after Ctrl-C or a crash
+      rnnlm train my.yaml --init runs/ptb          # continue from another model
+    """
+    from . import checkpoint as ckpt
+    from . import train as train_mod
+    from .config import dump_config
+    if resume:
+        config = _resume_config(config_path, overrides, out_dir)
+    else:
+        config = _load(config_path, overrides)
+    if dry_run:
+        click.echo(dump_config(config), nl=False)
+        return
+    if resume:
+        out = Path(out_dir)
+    else:
+        out = Path(out_dir) if out_dir else _default_out(config_path)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise UserError(f"{out}: already exists and is not empty; use --resume to continue it, "
+                            f"or choose another --out")
+        if init_dir and Path(init_dir).resolve() == out.resolve():
+            raise UserError(f"--init {init_dir}: is the --out folder itself; choose another --out")
+    reporter = BarReporter(config.train.batch_size, config.train.bptt, sys.stderr.isatty(), quiet)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.acquire_lock(out)
+    try:
+        with _Signals() as signals:
+            summary = train_mod.run(config, out, init_dir=init_dir, resume=resume, reporter=reporter,
+                                    should_stop=signals)
+    except train_mod.Interrupted as e:
+        click.echo(f"interrupted: checkpoint saved; continue with: rnnlm train --out {out} --resume", err=True)
+        sys.exit(128 + e.signum)
+    finally:
+        ckpt.release_lock(out)
+    s = summary
+    click.echo(f"| end | valid ppl {_ppl(s['valid_ppl'])} (unigram {_ppl(s['unigram_valid_ppl'])}) | test ppl "
+               f"{_ppl(s['test_ppl'])} | {_fmt_count(s['tokens'])} tokens in {s['epochs']} epochs | "
+               f"{_fmt_seconds(s['wall_seconds'])} | {s['stop_reason']} | model in {out}")
+
+
+def _resume_config(config_path, overrides, out_dir):
+    from . import checkpoint as ckpt
+    from .config import apply_overrides, config_from_dict, config_to_dict
+    if not out_dir:
+        raise UserError("--resume needs --out DIR: the folder of the run to continue")
+    if config_path:
+        raise UserError(f"{config_path}: with --resume the config is the one saved in {out_dir}; "
+                        f"drop the CONFIG argument")
+    for text in overrides:
+        key = text.split("=", 1)[0].strip()
+        if key not in RESUME_KEYS:
+            raise UserError(f"--set {key}: cannot change on --resume (allowed: {', '.join(sorted(RESUME_KEYS))})")
+    saved = ckpt.load_config_file(Path(out_dir) / ckpt.CONFIG)
+    return config_from_dict(apply_overrides(config_to_dict(saved), overrides), source=f"{out_dir}/config.yaml")
+
+
+# --------------------------------------------------------------------------------------------
+# eval
+
+
+@cli.command("eval")
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Streams evaluated at once; 1 is exact (one stream, carried state throughout).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file, one per line.")
+def eval_cmd(model_dir, files, batch_size, as_json):
+    """Cross-entropy, bits per token and perplexity of each FILE (default: the test file).
+
+    \b
+    Example:
+      rnnlm eval runs/default
+      rnnlm eval runs/ptb ptb.valid.txt ptb.test.txt --json
+    """
+    from . import checkpoint as ckpt
+    from . import data, evaluate
+    config, vocab, params = ckpt.load_model(model_dir)
+    if not files:
+        default = config.data.test or config.data.valid
+        if not default:
+            raise UserError(f"{model_dir}: its config names no test or valid file; give FILE arguments")
+        files = (default,)
+    for path in files:
+        ids, stats = data.encode_file(path, vocab, config.data.tokenizer, allow_empty=True)
+        total, count = evaluate.evaluate_ids(params, config.model, ids, batch_size, config.train.bptt)
+        result = {**stats, "targets": count, "oov_rate": stats["oov"] / count if count else 0.0,
+                  "batch_size": batch_size, **evaluate.summarize(total, count)}
+        if batch_size == 1:
+            result["targets"] = stats["targets"]
+        if as_json:
+            click.echo(json.dumps(result))
+        elif count == 0:
+            click.echo(f"{path}: no targets (empty file)")
+        else:
+            click.echo(f"{path}: {count} targets, {stats['oov']} OOV ({result['oov_rate']:.2%}) | cross-entropy "
+                       f"{result['cross_entropy']:.4f} nats | {result['bits_per_token']:.3f} bits/token | "
+                       f"perplexity {result['perplexity']:.2f}")
+
+
+# --------------------------------------------------------------------------------------------
+# sample
+
+
+@cli.command("sample")
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--prompt", default="", help="Text to start from (tokenized like the training data).")
+@click.option("--words", default=50, show_default=True, type=click.IntRange(min=1), help="Words to generate.")
+@click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Divide the logits by this; 0 is greedy.")
+@click.option("--top-k", default=None, type=click.IntRange(min=1), help="Sample only among the k most likely words.")
+@click.option("--seed", default=0, show_default=True, type=int, help="The same seed gives the same text.")
+@click.option("--stop-at-eos", is_flag=True, help="Stop at the first end of sentence.")
+def sample_cmd(model_dir, prompt, words, temperature, top_k, seed, stop_at_eos):
+    """Generate text from a trained model. <eos> prints as a line break.
+
+    \b
+    Example:
+      rnnlm sample runs/default --prompt "and god said" --words 30 --temperature 0.8 --seed 1
+    """
+    from . import checkpoint as ckpt
+    from . import data
+    from .sample import generate
+    config, vocab, params = ckpt.load_model(model_dir)
+    if top_k is not None and top_k > len(vocab):
+        raise UserError(f"--top-k {top_k}: larger than the vocabulary ({len(vocab)} words)")
+    tokens = data.tokenize(prompt, config.data.tokenizer)
+    unknown = [w for w in tokens if w not in vocab.index]
+    if unknown:
+        click.echo(f"warning: not in the vocabulary, read as <unk>: {' '.join(unknown[:10])}", err=True)
+    prompt_ids = [vocab.index.get(w, vocab.unk_id) for w in tokens]
+    out = list(tokens)
+    for i in generate(params, config.model, prompt_ids, vocab.eos_id, words, temperature, top_k, seed, stop_at_eos):
+        out.append(vocab.tokens[i])
+    text = " ".join(out).replace(" <eos> ", "\n").replace("<eos> ", "\n").replace(" <eos>", "\n")
+    click.echo(text.replace("<eos>", "\n").rstrip("\n"))
+
+
+# --------------------------------------------------------------------------------------------
+# gradcheck
+
+
+@cli.command("gradcheck")
+@click.argument("config_path", required=False, type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--vocab-size", default=13, show_default=True, type=click.IntRange(min=2))
+@click.option("--embedding-dim", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--hidden-dim", default=7, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--bptt", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--samples", default=40, show_default=True, type=click.IntRange(min=1),
+              help="Entries checked per parameter array (all of a smaller one).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--tolerance", default=None, type=float, help="Fail above this relative error (default 1e-6).")
+def gradcheck_cmd(config_path, overrides, vocab_size, embedding_dim, hidden_dim, batch_size, bptt, samples, seed,
+                  tolerance):
+    """Check every parameter's gradient against central differences in float64.
+
+    The model's cell, activation, loss, output and layers come from the config; the sizes are
+    small (options) so that the check takes a second. Exits 1 if any error is above tolerance.
+
+    \b
+    Example:
+      rnnlm gradcheck --set model.activation=sigmoid --set model.layers=3
+    """
+    import dataclasses
+    from . import gradcheck
+    config = _load(config_path, overrides)
+    model_cfg = dataclasses.replace(config.model, embedding_dim=embedding_dim, hidden_dim=hidden_dim)
+    tolerance = gradcheck.TOLERANCE if tolerance is None else tolerance
+    results = gradcheck.check_model(model_cfg, vocab_size, batch_size, bptt, seed, samples)
+    click.echo(f"cell {model_cfg.cell}, activation {model_cfg.activation}, loss {model_cfg.loss}, "
+               f"layers {model_cfg.layers}, V={vocab_size} E={embedding_dim} H={hidden_dim} N={batch_size} "
+               f"T={bptt}, float64, ε={gradcheck.EPS:g}, non-zero carried state")
+    width = max(len(k) for k, _, _ in results)
+    failed = False
+    for key, err, checked in results:
+        ok = err <= tolerance
+        failed |= not ok
+        click.echo(f"{key:<{width}}  {checked:4d} entries  rel error {err:.2e}  {'ok' if ok else 'FAIL'}")
+    worst = max(err for _, err, _ in results)
+    click.echo(f"worst {worst:.2e}, tolerance {tolerance:.0e}: {'FAILED' if failed else 'passed'}")
+    if failed:
+        sys.exit(1)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    """Entry point: map errors to exit codes (2 user error, 1 anything unexpected)."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="rnnlm", standalone_mode=False)
+    except UserError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.stderr.close()
+        sys.exit(1)
+    except Exception as e:  # a bug or a fault of the machine, not of the input
+        if debug:
+            raise
+        click.echo(f"error: unexpected {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
+        sys.exit(1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

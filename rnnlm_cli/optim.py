@@ -1,0 +1,62 @@
+"""Updates of a `params` dict from a `grads` dict with the same keys, in place.
+
+Optimizer state is a flat dict of arrays (`adam.m.<key>`, `adam.v.<key>`, `adam.t`) so that it
+saves into a checkpoint `.npz` like the parameters do.
+"""
+
+import numpy as np
+
+
+def global_norm(grads):
+    """‖g‖ over every gradient array together, accumulated in float64."""
+    return float(np.sqrt(sum(np.vdot(g, g).astype(np.float64) for g in grads.values())))
+
+
+def clip_grad_norm(grads, max_norm):
+    """Scale all gradients by max_norm/‖g‖ when ‖g‖ > max_norm (None: no clipping).
+    Returns the norm before clipping."""
+    norm = global_norm(grads)
+    if max_norm is not None and norm > max_norm:
+        scale = max_norm / (norm + 1e-6)
+        for g in grads.values():
+            g *= scale
+    return norm
+
+
+def sgd_update(params, grads, lr):
+    """θ ← θ − lr · ∇θJ (SPEC)."""
+    for key, g in grads.items():
+        params[key] -= lr * g
+
+
+def adam_init(params):
+    state = {"adam.t": np.zeros((), dtype=np.int64)}
+    for key, p in params.items():
+        state[f"adam.m.{key}"] = np.zeros_like(p)
+        state[f"adam.v.{key}"] = np.zeros_like(p)
+    return state
+
+
+def adam_update(params, grads, state, lr, beta1=0.9, beta2=0.999, eps=1e-8):
+    """Adam (Kingma & Ba 2015) with bias correction."""
+    state["adam.t"] += 1
+    t = int(state["adam.t"])
+    step = lr * np.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+    for key, g in grads.items():
+        m, v = state[f"adam.m.{key}"], state[f"adam.v.{key}"]
+        m *= beta1
+        m += (1.0 - beta1) * g
+        v *= beta2
+        v += (1.0 - beta2) * (g * g)
+        params[key] -= step * m / (np.sqrt(v) + eps)
+
+
+def init_state(name, params):
+    return adam_init(params) if name == "adam" else {}
+
+
+def update(name, params, grads, state, lr, train_cfg):
+    if name == "sgd":
+        sgd_update(params, grads, lr)
+    else:
+        adam_update(params, grads, state, lr, train_cfg.adam_beta1, train_cfg.adam_beta2, train_cfg.adam_eps)

@@ -1,0 +1,39 @@
+"""Generating text: condition the state on `<eos>` + the prompt, then draw one word at a time."""
+
+import numpy as np
+
+from . import model
+
+
+def pick(probs, rng, temperature, top_k):
+    """The next word id from probabilities (V,) already sharpened by the temperature.
+    temperature 0 is greedy (argmax); top_k keeps only the k most likely words."""
+    if temperature == 0 or top_k == 1:
+        return int(np.argmax(probs))
+    if top_k is not None and top_k < probs.shape[0]:
+        cut = np.partition(probs, -top_k)[-top_k]
+        probs = np.where(probs >= cut, probs, 0.0)
+        probs /= probs.sum()
+    return int(rng.choice(probs.shape[0], p=probs))
+
+
+def generate(params, model_cfg, prompt_ids, eos_id, words, temperature=1.0, top_k=None, seed=0,
+             stop_at_eos=False):
+    """Yield `words` generated word ids after conditioning on `<eos>` + prompt_ids.
+
+    The state starts at zero and reads `<eos>` first, as every token stream does (SPEC), so an
+    empty prompt samples from the start of a sentence."""
+    rng = np.random.default_rng(seed)
+    dtype = params["embedding"].dtype
+    state = model.init_state(model_cfg, 1, dtype)
+    context = [eos_id] + list(prompt_ids)
+    if len(context) > 1:  # all but the last only move the state: no output layer needed
+        _, state, _ = model.hidden_forward(params, model_cfg, np.array(context[:-1])[:, None], state)
+    current = context[-1]
+    for _ in range(words):
+        probs, state = model.step_probs(params, model_cfg, np.array([current]), state,
+                                        temperature if temperature > 0 else 1.0)
+        current = pick(probs[0], rng, temperature, top_k)
+        yield current
+        if stop_at_eos and current == eos_id:
+            return
