@@ -236,6 +236,9 @@ def train_cmd(config_path, overrides, out_dir, init_dir, resume, dry_run, quiet)
         if init_dir and Path(init_dir).resolve() == out.resolve():
             raise UserError(f"--init {init_dir}: is the --out folder itself; choose another --out")
     reporter = BarReporter(config.train.batch_size, config.train.bptt, sys.stderr.isatty(), quiet)
+    created = not out.exists()
+    if resume and created:
+        raise UserError(f"--out {out}: no such folder to resume")
     out.mkdir(parents=True, exist_ok=True)
     ckpt.acquire_lock(out)
     try:
@@ -247,6 +250,8 @@ def train_cmd(config_path, overrides, out_dir, init_dir, resume, dry_run, quiet)
         sys.exit(128 + e.signum)
     finally:
         ckpt.release_lock(out)
+        if created and not any(out.iterdir()):
+            out.rmdir()  # failed before writing anything: leave no empty folder behind
     s = summary
     click.echo(f"| end | valid ppl {_ppl(s['valid_ppl'])} (unigram {_ppl(s['unigram_valid_ppl'])}) | test ppl "
                f"{_ppl(s['test_ppl'])} | {_fmt_count(s['tokens'])} tokens in {s['epochs']} epochs | "

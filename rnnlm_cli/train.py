@@ -137,6 +137,7 @@ def run(config, out_dir, *, init_dir=None, resume=False, reporter=None, should_s
             _, init_vocab, init_params = ckpt.load_model(init_dir, dtype)
             ckpt.check_params(init_params, config, len(init_vocab), f"--init {init_dir}")
         vocab, streams = prepare_data(config, init_vocab)
+        data.batchify(streams["train"][0], config.train.batch_size, source=config.data.train)  # fail before writing
         params = init_params or model.init_params(config.model, len(vocab), config.train.seed, dtype)
         opt_state = optim.init_state(config.train.optimizer, params)
         hidden = model.init_state(config.model, config.train.batch_size, dtype)

@@ -1,0 +1,69 @@
+"""Shared fixtures: a tiny corpus and a tiny config, and a way to run the CLI in-process."""
+
+import random
+import textwrap
+
+import pytest
+
+from rnnlm_cli import cli
+
+
+def _sentences(seed, n):
+    """Sentences from a small grammar: enough structure for a model to beat unigram quickly."""
+    rng = random.Random(seed)
+    subjects = ["the cat", "a dog", "the old man", "my sister", "the king", "a bird"]
+    verbs = ["sees", "likes", "follows", "finds", "calls"]
+    objects = ["the river", "a house", "the bread", "the moon", "a small boat", "the city"]
+    endings = [".", "today .", "again .", "at night ."]
+    return [f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)} {rng.choice(endings)}"
+            for _ in range(n)]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """{'train', 'valid', 'test'} paths of a tiny tokenized corpus."""
+    paths = {}
+    for name, seed, n in (("train", 1, 300), ("valid", 2, 40), ("test", 3, 40)):
+        path = tmp_path / f"{name}.txt"
+        path.write_text("\n".join(_sentences(seed, n)) + "\n", encoding="utf-8")
+        paths[name] = path
+    return paths
+
+
+@pytest.fixture
+def tiny_config(tmp_path, corpus):
+    """A config file for a model that trains in well under a second."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        data:
+          train: {corpus['train'].name}
+          valid: {corpus['valid'].name}
+          test: {corpus['test'].name}
+        model:
+          embedding_dim: 8
+          hidden_dim: 12
+        train:
+          batch_size: 4
+          bptt: 6
+          epochs: 2
+          lr: 1.0
+          clip_norm: 1.0
+          eval_batch_size: 2
+          log_every: 10
+        """), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """run_cli(*args) -> (exit code, stdout, stderr) of `rnnlm args...` run in this process."""
+    def run(*args):
+        try:
+            cli.main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        else:
+            code = 0
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+    return run

@@ -1,0 +1,118 @@
+"""Training: determinism, resume equals an uninterrupted run, --init, max_steps, optimizers."""
+
+import signal
+
+import numpy as np
+import pytest
+
+from rnnlm_cli import checkpoint, model, optim
+from rnnlm_cli import train as train_mod
+from rnnlm_cli.config import load_config
+
+
+def weights(model_dir, name="weights.npz"):
+    with np.load(model_dir / name, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def assert_same_arrays(a, b):
+    assert set(a) == set(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+
+
+def test_same_seed_same_weights_bit_for_bit(tiny_config, tmp_path):
+    config = load_config(tiny_config)
+    train_mod.run(config, tmp_path / "a")
+    train_mod.run(load_config(tiny_config), tmp_path / "b")
+    assert_same_arrays(weights(tmp_path / "a"), weights(tmp_path / "b"))
+    train_mod.run(load_config(tiny_config, ["train.seed=2"]), tmp_path / "c")
+    assert not np.array_equal(weights(tmp_path / "a")["embedding"], weights(tmp_path / "c")["embedding"])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_resume_after_a_signal_equals_an_uninterrupted_run(tiny_config, tmp_path, optimizer):
+    overrides = [f"train.optimizer={optimizer}", "train.epochs=3"] + (["train.lr=0.01"] if optimizer == "adam" else [])
+    train_mod.run(load_config(tiny_config, overrides), tmp_path / "whole")
+
+    calls = {"n": 0}
+
+    def stop_at_step_40():
+        calls["n"] += 1
+        return signal.SIGINT if calls["n"] == 40 else None
+
+    with pytest.raises(train_mod.Interrupted):
+        train_mod.run(load_config(tiny_config, overrides), tmp_path / "cut", should_stop=stop_at_step_40)
+    assert checkpoint.check_format(tmp_path / "cut")["status"] == "interrupted"
+    train_mod.run(load_config(tiny_config, overrides), tmp_path / "cut", resume=True)
+    assert_same_arrays(weights(tmp_path / "whole"), weights(tmp_path / "cut"))
+    assert (tmp_path / "whole" / "metrics.jsonl").read_text().count('"epoch"') == \
+        (tmp_path / "cut" / "metrics.jsonl").read_text().count('"epoch"')
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tiny_config, tmp_path):
+    """A crash (as kill -9) loses the steps after the last checkpoint; resume replays them."""
+    overrides = ["train.epochs=3", "train.checkpoint_every=7"]
+    train_mod.run(load_config(tiny_config, overrides), tmp_path / "whole")
+
+    class Crash(Exception):
+        pass
+
+    class CrashingReporter(train_mod.SilentReporter):
+        steps = 0
+
+        def step(self, tokens, loss, lr):
+            self.steps += 1
+            if self.steps == 150:  # mid second epoch, not on a checkpoint step
+                raise Crash
+
+    with pytest.raises(Crash):
+        train_mod.run(load_config(tiny_config, overrides), tmp_path / "cut", reporter=CrashingReporter())
+    train_mod.run(load_config(tiny_config, overrides), tmp_path / "cut", resume=True)
+    assert_same_arrays(weights(tmp_path / "whole"), weights(tmp_path / "cut"))
+
+
+def test_init_and_one_plain_sgd_step(tiny_config, tmp_path):
+    """--init A --set train.max_steps=1 gives exactly one update θ − lr·∇θJ from A's weights."""
+    base = tmp_path / "base"
+    train_mod.run(load_config(tiny_config), base)
+    config = load_config(tiny_config, ["train.max_steps=1", "train.lr=1", "train.clip_norm=null",
+                                       "train.batch_size=1"])
+    summary = train_mod.run(config, tmp_path / "one", init_dir=base)
+    assert summary["steps"] == 1
+    start = weights(base)
+    cfg, vocab, _ = checkpoint.load_model(base)
+    from rnnlm_cli import data
+    ids, _ = data.encode_file(config.data.train, vocab, "whitespace")
+    streams = data.batchify(ids, 1)
+    inputs, targets = next(data.iter_windows(streams, config.train.bptt))
+    params = {k: v.copy() for k, v in start.items()}
+    _, grads, _ = model.loss_and_grads(params, cfg.model, inputs, targets, model.init_state(cfg.model, 1))
+    optim.sgd_update(params, grads, 1.0)
+    assert_same_arrays(params, weights(tmp_path / "one"))
+    assert (tmp_path / "one" / "vocab.txt").read_text() == (base / "vocab.txt").read_text()
+
+
+def test_max_steps_keeps_the_last_weights_and_resume_extends_it(tiny_config, tmp_path):
+    out = tmp_path / "m"
+    train_mod.run(load_config(tiny_config, ["train.max_steps=5"]), out)
+    after_5 = weights(out)
+    current = {k[len("param."):]: v for k, v in weights(out, "checkpoint.npz").items() if k.startswith("param.")}
+    assert_same_arrays(after_5, current)
+    summary = train_mod.run(load_config(tiny_config, ["train.max_steps=9"]), out, resume=True)
+    assert summary["steps"] == 9
+    straight = tmp_path / "s"
+    train_mod.run(load_config(tiny_config, ["train.max_steps=9"]), straight)
+    assert_same_arrays(weights(out), weights(straight))
+
+
+def test_halving_schedule_halves_then_stops(tiny_config, tmp_path):
+    """Mikolov's schedule: once an epoch improves valid log-likelihood by less than the factor,
+    the rate halves every epoch; the next such epoch ends training."""
+    import json
+    out = tmp_path / "h"
+    summary = train_mod.run(load_config(tiny_config, ["train.epochs=6", "train.min_improvement=1.5"]), out)
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lrs = [e["lr"] for e in epochs if e["event"] == "epoch"]
+    assert lrs == [1.0, 1.0, 0.5]  # epoch 2 gains < ×1.5: halve from then on; epoch 3 too: stop
+    assert summary["stop_reason"] == "valid perplexity stopped improving"
