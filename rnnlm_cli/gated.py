@@ -1,0 +1,261 @@
+"""Gated recurrent layers (LSTM, GRU) and inverted dropout, as pairs of pure functions
+`*_forward(...) -> (out, cache)` and `*_backward(dout, cache)` in the style of layers.py.
+
+Shapes use layers.py's letters: N streams, T time steps, D the layer's input size, H hidden size;
+arrays are time-major (T, N, ·). Row-vector notation: a_t = x_t W_x + h_{t-1} W_h + b.
+
+Gates are concatenated along the last axis in PyTorch's order, LSTM (i, f, g, o) and GRU
+(r, z, n), so that `W_x` is torch's `weight_ih_l0.T` and `W_h` its `weight_hh_l0.T`.
+
+Every backward line cites its equation in docs/gated-derivation.md: (L·) for the LSTM, (G·) for
+the GRU, (D·) for dropout. Both backwards are seed 003's one-pass accumulated δ: each step adds
+what all later losses send to it, so one pass backwards over the window gives every gradient,
+and the weight gradients are single matrix products over all T·N positions after the loop.
+
+Every function keeps the dtype of its inputs (float32 in, float32 everywhere). Every backward
+here is checked against central differences in tests/test_gated.py.
+"""
+
+import numpy as np
+
+
+def _sigmoid_(z):
+    """σ(z) in place on z (a view is fine) and return it: σ(z) = ½(1 + tanh(z/2)), one ufunc and
+    no overflow for large |z| (the formula of layers.activation_forward, kept here so that this
+    module depends on numpy only)."""
+    z *= 0.5
+    np.tanh(z, out=z)
+    z += 1.0
+    z *= 0.5
+    return z
+
+# --------------------------------------------------------------------------------------------
+# LSTM: a_t = x_t W_x + h_{t-1} W_h + b = [a^i a^f a^g a^o]                              (L1)
+#       i, f, o = σ(a^i), σ(a^f), σ(a^o);  g = tanh(a^g)                                 (L2)
+#       c_t = f_t ∘ c_{t-1} + i_t ∘ g_t                                                   (L3)
+#       h_t = o_t ∘ tanh(c_t)                                                            (L4)
+
+
+def lstm_forward(x, h0, c0, W_x, W_h, b):
+    """x: (T, N, D), h0: (N, H), c0: (N, H) carried state, W_x: (D, 4H), W_h: (H, 4H), b: (4H,)
+    -> h: (T, N, H) hidden states, c_last: (N, H) the cell state after the last step, cache.
+
+    Gate blocks of the 4H axis in PyTorch's order (i, f, g, o). torch.nn.LSTM has two biases,
+    b_ih + b_hh; ours is one b, their sum (load torch weights with b = b_ih + b_hh).
+
+    The cache keeps the returned h (as rnn_forward does): do not write into h before backward.
+    The new carried state is (h[-1], c_last)."""
+    T, N, D = x.shape
+    H = W_h.shape[0]
+    # the input projection of all T·N positions is one matrix product; the loop adds h_{t-1} W_h
+    gates = (x.reshape(T * N, D) @ W_x).reshape(T, N, 4 * H)  # a_t, then the gates in place
+    gates += b
+    dtype = gates.dtype
+    h = np.empty((T, N, H), dtype=dtype)
+    c = np.empty((T, N, H), dtype=dtype)
+    tanh_c = np.empty((T, N, H), dtype=dtype)
+    rec = np.empty((N, 4 * H), dtype=dtype)  # h_{t-1} W_h, reused every step
+    prev_h, prev_c = h0, c0
+    for t in range(T):
+        a = gates[t]
+        np.matmul(prev_h, W_h, out=rec)
+        a += rec  # a_t                                                                  (L1)
+        _sigmoid_(a[:, :2 * H])  # i_t, f_t                                               (L2)
+        np.tanh(a[:, 2 * H:3 * H], out=a[:, 2 * H:3 * H])  # g_t
+        _sigmoid_(a[:, 3 * H:])  # o_t
+        i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+        ct, tc = c[t], tanh_c[t]
+        np.multiply(f, prev_c, out=ct)
+        np.multiply(i, g, out=tc)  # tc as scratch for i ∘ g
+        ct += tc  # c_t = f_t ∘ c_{t-1} + i_t ∘ g_t                                     (L3)
+        np.tanh(ct, out=tc)
+        np.multiply(o, tc, out=h[t])  # h_t = o_t ∘ tanh(c_t)                            (L4)
+        prev_h, prev_c = h[t], ct
+    c_last = c[-1].copy()
+    return h, c_last, (x, h0, c0, W_x, W_h, gates, c, tanh_c, h)
+
+
+def lstm_backward(dh, cache, dc_last=None):
+    """dh: (T, N, H) = ∂J/∂h_t from above (the output layer or the next layer), excluding the
+    path through step t+1; dc_last: (N, H) = ∂J/∂c_T from beyond the window, zero if None
+    -> dx: (T, N, D), dh0: (N, H), dc0: (N, H), dW_x: (D, 4H), dW_h: (H, 4H), db: (4H,).
+
+    One pass backwards in time (docs/gated-derivation.md §1). Two accumulators are carried: η,
+    the whole ∂J/∂h_t, and κ, the whole ∂J/∂c_t. Everything else a step needs (the local
+    derivatives K of (L8)) is computed for all t at once before the loop, so the loop only
+    multiplies: γ^o_t = η_t ∘ K^o_t and [γ^i γ^f γ^g]_t = κ_t ∘ [K^i K^f K^g]_t.
+    dh0 and dc0 are returned for tests; the model drops them (truncated BPTT)."""
+    x, h0, c0, W_x, W_h, gates, c, tanh_c, h = cache
+    T, N, D = x.shape
+    H = W_h.shape[0]
+    dtype = gates.dtype
+    G = gates.reshape(T, N, 4, H)  # views: G[:, :, 0] = i, 1 = f, 2 = g, 3 = o
+    i, f, g, o = G[:, :, 0], G[:, :, 1], G[:, :, 2], G[:, :, 3]
+    # the local derivatives, for all t at once; da becomes γ_t = ∂J/∂a_t in place in the loop
+    da = np.empty_like(gates)
+    K = da.reshape(T, N, 4, H)
+    np.multiply(i, 1.0 - i, out=K[:, :, 0])
+    K[:, :, 0] *= g  # K^i = ∂c_t/∂a^i = g_t ∘ σ'(a^i)                                   (L8)
+    np.multiply(f, 1.0 - f, out=K[:, :, 1])
+    K[0, :, 1] *= c0
+    K[1:, :, 1] *= c[:-1]  # K^f = ∂c_t/∂a^f = c_{t-1} ∘ σ'(a^f)                         (L8)
+    np.multiply(g, g, out=K[:, :, 2])
+    np.subtract(1.0, K[:, :, 2], out=K[:, :, 2])
+    K[:, :, 2] *= i  # K^g = ∂c_t/∂a^g = i_t ∘ (1 − g_t²)                                 (L8)
+    np.multiply(o, 1.0 - o, out=K[:, :, 3])
+    K[:, :, 3] *= tanh_c  # K^o = ∂h_t/∂a^o = tanh(c_t) ∘ σ'(a^o)                        (L6)
+    K_c = tanh_c * tanh_c
+    np.subtract(1.0, K_c, out=K_c)
+    K_c *= o  # ∂h_t/∂c_t = o_t ∘ (1 − tanh² c_t)                                          (L7)
+
+    eta = np.empty((N, H), dtype=dtype)  # η_t
+    dnext = np.zeros((N, H), dtype=dtype)  # ε_{t+1} = γ_{t+1} W_hᵀ, zero after the last step
+    kappa = np.zeros((N, H), dtype=dtype)  # κ_{t+1} ∘ f_{t+1}, then κ_t
+    if dc_last is not None:
+        kappa += dc_last  # κ_{T+1} ∘ f_{T+1} := ∂J/∂c_T from beyond the window          (L7)
+    for t in reversed(range(T)):
+        Kt = K[t]
+        np.add(dh[t], dnext, out=eta)  # η_t = dh_t + ε_{t+1}                               (L5)
+        Kt[:, 3] *= eta  # γ^o_t = η_t ∘ tanh(c_t) ∘ σ'(a^o)                                 (L6)
+        eta *= K_c[t]
+        kappa += eta  # κ_t = κ_{t+1} ∘ f_{t+1} + η_t ∘ o_t ∘ (1 − tanh² c_t)               (L7)
+        Kt[:, :3] *= kappa[:, None, :]  # [γ^i γ^f γ^g]_t = κ_t ∘ [K^i K^f K^g]_t           (L8)
+        kappa *= f[t]  # ∂J/∂c_{t-1} through step t = κ_t ∘ f_t                              (L9)
+        np.matmul(da[t], W_h.T, out=dnext)  # ε_t = γ_t W_hᵀ                                 (L10)
+    da2 = da.reshape(T * N, 4 * H)
+    dW_x = x.reshape(T * N, D).T @ da2  # ∇W_x = Σ_t x_tᵀ γ_t                               (L11)
+    dW_h = h0.T @ da[0]  # ∇W_h = Σ_t h_{t-1}ᵀ γ_t                                          (L12)
+    if T > 1:
+        dW_h += h[:-1].reshape((T - 1) * N, H).T @ da[1:].reshape((T - 1) * N, 4 * H)
+    db = da2.sum(axis=0)  # ∇b = Σ_t γ_t                                                    (L13)
+    dx = (da2 @ W_x.T).reshape(T, N, D)  # ∂J/∂x_t = γ_t W_xᵀ                               (L14)
+    return dx, dnext, kappa, dW_x, dW_h, db  # dh0 = ε_1, dc0 = κ_1 ∘ f_1                    (L15)
+
+
+# --------------------------------------------------------------------------------------------
+# GRU: u_t = x_t W_x + b_x = [u^r u^z u^n],  v_t = h_{t-1} W_h + b_h = [v^r v^z v^n]      (G1)
+#      r_t = σ(u^r + v^r),  z_t = σ(u^z + v^z)                                           (G2)
+#      n_t = tanh(u^n + r_t ∘ v^n)                                                       (G3)
+#      h_t = (1 − z_t) ∘ n_t + z_t ∘ h_{t-1}                                             (G4)
+
+
+def gru_forward(x, h0, W_x, W_h, b_x, b_h):
+    """x: (T, N, D), h0: (N, H) carried state, W_x: (D, 3H), W_h: (H, 3H), b_x: (3H,), b_h: (3H,)
+    -> h: (T, N, H) hidden states, cache.
+
+    Gate blocks of the 3H axis in PyTorch's order (r, z, n); b_x, b_h are torch's bias_ih_l0,
+    bias_hh_l0 (two biases are needed: b_h^n sits inside r ∘ (·)). The new carried state is h[-1].
+    The cache keeps the returned h: do not write into h before backward."""
+    T, N, D = x.shape
+    H = W_h.shape[0]
+    gates = (x.reshape(T * N, D) @ W_x).reshape(T, N, 3 * H)  # u_t, then r, z, n in place
+    gates += b_x
+    dtype = gates.dtype
+    h = np.empty((T, N, H), dtype=dtype)
+    v_n = np.empty((T, N, H), dtype=dtype)  # v^n_t = h_{t-1} W_h^n + b_h^n, kept for backward
+    rec = np.empty((N, 3 * H), dtype=dtype)  # v_t, reused every step
+    prev = h0
+    for t in range(T):
+        a = gates[t]
+        np.matmul(prev, W_h, out=rec)
+        rec += b_h  # v_t                                                                 (G1)
+        a[:, :2 * H] += rec[:, :2 * H]
+        _sigmoid_(a[:, :2 * H])  # r_t, z_t                                               (G2)
+        r, z, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
+        v_n[t] = rec[:, 2 * H:]
+        rec_n = rec[:, 2 * H:]
+        rec_n *= r
+        n += rec_n
+        np.tanh(n, out=n)  # n_t = tanh(u^n + r_t ∘ v^n)                                  (G3)
+        ht = h[t]
+        np.subtract(prev, n, out=ht)
+        ht *= z
+        ht += n  # h_t = n_t + z_t ∘ (h_{t-1} − n_t)                                      (G4)
+        prev = ht
+    return h, (x, h0, W_x, W_h, gates, v_n, h)
+
+
+def gru_backward(dh, cache):
+    """dh: (T, N, H) = ∂J/∂h_t from above, excluding the path through step t+1
+    -> dx: (T, N, D), dh0: (N, H), dW_x: (D, 3H), dW_h: (H, 3H), db_x: (3H,), db_h: (3H,).
+
+    One pass backwards in time (docs/gated-derivation.md §2) carrying one accumulator, η, the
+    whole ∂J/∂h_t. Every γ of a step is η_t times a local derivative K computed for all t before
+    the loop (G6-G8). dh0 is returned for tests; the model drops it (truncated BPTT)."""
+    x, h0, W_x, W_h, gates, v_n, h = cache
+    T, N, D = x.shape
+    H = W_h.shape[0]
+    dtype = gates.dtype
+    G = gates.reshape(T, N, 3, H)
+    r, z, n = G[:, :, 0], G[:, :, 1], G[:, :, 2]
+    # local derivatives for all t; du becomes γ^u_t = ∂J/∂u_t in place in the loop
+    du = np.empty_like(gates)
+    K = du.reshape(T, N, 3, H)
+    np.multiply(n, n, out=K[:, :, 2])
+    np.subtract(1.0, K[:, :, 2], out=K[:, :, 2])
+    K[:, :, 2] *= 1.0 - z  # K^n = (1 − z_t) ∘ (1 − n_t²)                                  (G6)
+    np.multiply(r, 1.0 - r, out=K[:, :, 0])
+    K[:, :, 0] *= v_n
+    K[:, :, 0] *= K[:, :, 2]  # K^r = K^n ∘ v^n_t ∘ r_t(1 − r_t)                           (G8)
+    np.multiply(z, 1.0 - z, out=K[:, :, 1])
+    K[0, :, 1] *= h0 - n[0]
+    K[1:, :, 1] *= h[:-1] - n[1:]  # K^z = (h_{t-1} − n_t) ∘ z_t(1 − z_t)                   (G7)
+    dv = np.empty_like(gates)  # γ^v_t = ∂J/∂v_t
+
+    eta = np.empty((N, H), dtype=dtype)  # η_t
+    dnext = np.zeros((N, H), dtype=dtype)  # ε_{t+1}, zero after the window's last step
+    for t in reversed(range(T)):
+        Kt = K[t]
+        np.add(dh[t], dnext, out=eta)  # η_t = dh_t + ε_{t+1}                               (G5)
+        Kt *= eta[:, None, :]  # [γ^r γ^z γ^n]_t = η_t ∘ [K^r K^z K^n]_t                    (G6-G8)
+        dvt = dv[t]
+        dvt[:, :2 * H] = du[t, :, :2 * H]  # γ^v_r = γ^u_r, γ^v_z = γ^u_z                  (G9)
+        np.multiply(du[t, :, 2 * H:], r[t], out=dvt[:, 2 * H:])  # γ^v_n = r_t ∘ γ^u_n    (G9)
+        np.matmul(dvt, W_h.T, out=dnext)
+        eta *= z[t]
+        dnext += eta  # ε_t = γ^v_t W_hᵀ + η_t ∘ z_t                                        (G10)
+    du2 = du.reshape(T * N, 3 * H)
+    dv2 = dv.reshape(T * N, 3 * H)
+    dW_x = x.reshape(T * N, D).T @ du2  # ∇W_x = Σ_t x_tᵀ γ^u_t                             (G11)
+    db_x = du2.sum(axis=0)  # ∇b_x = Σ_t γ^u_t                                              (G12)
+    dW_h = h0.T @ dv[0]  # ∇W_h = Σ_t h_{t-1}ᵀ γ^v_t                                        (G13)
+    if T > 1:
+        dW_h += h[:-1].reshape((T - 1) * N, H).T @ dv[1:].reshape((T - 1) * N, 3 * H)
+    db_h = dv2.sum(axis=0)  # ∇b_h = Σ_t γ^v_t                                              (G14)
+    dx = (du2 @ W_x.T).reshape(T, N, D)  # ∂J/∂x_t = γ^u_t W_xᵀ                             (G15)
+    return dx, dnext, dW_x, dW_h, db_x, db_h  # dh0 = ε_1                                   (G16)
+
+
+# --------------------------------------------------------------------------------------------
+# Inverted dropout: out = x ∘ m / (1 − p), m_k ~ Bernoulli(1 − p) kept units.             (D1)
+
+
+def dropout_forward(x, p, rng_or_mask=None):
+    """x: any shape, p: drop probability in [0, 1), rng_or_mask: a numpy Generator to draw the
+    keep mask from (shape x.shape), or an explicit keep mask (bool or 0/1, broadcastable to x;
+    e.g. (N, H) against (T, N, H) for one mask per stream over the window)
+    -> out: x's shape and dtype, cache (the scaled mask m / (1 − p), or None).
+
+    Kept units are scaled by 1/(1 − p) so that E[out] = x (D2) and nothing changes at
+    evaluation. p = 0 returns x itself and a None cache, drawing nothing from the Generator."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    if p == 0:
+        return x, None
+    scale = x.dtype.type(1.0 / (1.0 - p))
+    if isinstance(rng_or_mask, np.random.Generator):
+        mask = rng_or_mask.random(x.shape, dtype=x.dtype) >= p  # P(keep) = 1 − p          (D1)
+    elif rng_or_mask is None:
+        raise ValueError("dropout with p > 0 needs a numpy Generator or a mask")
+    else:
+        mask = np.asarray(rng_or_mask)
+    scaled = mask.astype(x.dtype)
+    scaled *= scale  # m / (1 − p)
+    return x * scaled, scaled  # out = x ∘ m / (1 − p)                                     (D1)
+
+
+def dropout_backward(dout, cache):
+    """dout: out's shape -> dx: ∂J/∂x = dout ∘ m / (1 − p) (D3); dout itself when p was 0."""
+    if cache is None:
+        return dout
+    return dout * cache  # ∂J/∂x = dout ∘ m / (1 − p)                                       (D3)
