@@ -23,9 +23,10 @@ def evaluate_ids(params, model_cfg, ids, batch_size=1, bptt=35):
     batch_size = max(1, min(batch_size, len(ids) // 2))
     streams = data.batchify(ids, batch_size)
     state = model.init_state(model_cfg, batch_size, params["embedding"].dtype)
-    total, count = 0.0, 0
+    total, count, workspace = 0.0, 0, {}
     for inputs, targets in data.iter_windows(streams, bptt):
-        loss, state, _ = model.forward(params, model_cfg, inputs, targets, state, need_grad=False)
+        loss, state, _ = model.forward(params, model_cfg, inputs, targets, state, need_grad=False,
+                                       workspace=workspace)
         total += loss * targets.size
         count += targets.size
     return total, count

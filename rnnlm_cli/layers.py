@@ -11,7 +11,11 @@ formula δ = f'(z) ∘ (Uᵀ δ_o) reads in our rows as δ = f'(z) ∘ (δ_o U�
 Every backward here is checked against central differences in tests/test_layers.py.
 """
 
+from typing import NamedTuple
+
 import numpy as np
+
+from . import parallel
 
 # --------------------------------------------------------------------------------------------
 # Activations. Each derivative is written in terms of the activation's output h = f(z), so the
@@ -54,26 +58,47 @@ def embedding_forward(ids, embedding):
     return embedding[ids], (ids, embedding.shape)
 
 
-def embedding_backward(dx, cache):
-    """dx: (T, N, E) -> d_embedding: (V, E). ∇L_w = Σ of δ over the positions reading word w
-    (seed 002, eq. 4), as a scatter-add over the rows used, never a dense one-hot product."""
+def embedding_backward(dx, cache, sparse=False):
+    """dx: (T, N, E) -> d_embedding: (V, E), or with sparse=True a SparseRows of the rows used.
+    ∇L_w = Σ of δ over the positions reading word w (seed 002, eq. 4): a scatter-add over the
+    rows used, never a dense one-hot product."""
     ids, shape = cache
+    used, sums = sum_rows_by_id(ids.reshape(-1), dx.reshape(-1, shape[1]))
+    if sparse:
+        return SparseRows(used, sums, shape)
     d_embedding = np.zeros(shape, dtype=dx.dtype)
-    scatter_add_rows(d_embedding, ids.reshape(-1), dx.reshape(-1, shape[1]))
+    d_embedding[used] = sums
     return d_embedding
 
 
-def scatter_add_rows(out, ids, rows):
-    """out[ids[i]] += rows[i] for every i, repeated ids summed.
+class SparseRows(NamedTuple):
+    """A (V, E) gradient that is zero but for `rows` at the distinct `ids` (the words of a
+    window): the optimizer updates those rows only, never touching the other V − n."""
+    ids: np.ndarray
+    rows: np.ndarray
+    shape: tuple
 
-    Sorting the ids and summing each run with one `np.add.reduceat` is exact and far faster
-    than `np.add.at` for the few hundred rows of a window."""
-    if ids.size == 0:
+    def dense(self):
+        out = np.zeros(self.shape, dtype=self.rows.dtype)
+        out[self.ids] = self.rows
         return out
+
+
+def sum_rows_by_id(ids, rows):
+    """(distinct ids, the sum of the rows of each): sort the ids, sum each run with one
+    np.add.reduceat: exact, and far faster than np.add.at for the rows of a window."""
+    if ids.size == 0:
+        return ids, rows[:0]
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     starts = np.flatnonzero(np.concatenate(([True], sorted_ids[1:] != sorted_ids[:-1])))
-    out[sorted_ids[starts]] += np.add.reduceat(rows[order], starts, axis=0)
+    return sorted_ids[starts], np.add.reduceat(rows[order], starts, axis=0)
+
+
+def scatter_add_rows(out, ids, rows):
+    """out[ids[i]] += rows[i] for every i, repeated ids summed."""
+    used, sums = sum_rows_by_id(ids, rows)
+    out[used] += sums
     return out
 
 
@@ -129,61 +154,76 @@ def rnn_backward(dh, cache):
 # Output layer: logits = h W + b over all M = T·N positions at once.
 
 
-def affine_forward(h, W, b):
-    """h: (M, H), W: (H, V), b: (V,) -> logits: (M, V), cache."""
-    logits = h @ W
-    logits += b
+def affine_forward(h, W, b, out=None):
+    """h: (M, H), W: (H, V), b: (V,) -> logits: (M, V) (into `out` if given), cache.
+    The bias is added by the loss (see softmax_cross_entropy) when it is passed there instead."""
+    logits = np.matmul(h, W, out=out)
+    if b is not None:
+        logits += b
     return logits, (h, W)
 
 
-def affine_backward(dlogits, cache):
-    """dlogits: (M, V) -> dh: (M, H), dW: (H, V), db: (V,).
+def affine_backward(dlogits, cache, out=None):
+    """dlogits: (M, V) -> dh: (M, H), dW: (H, V), db: (V,); `out` optionally (dh, dW) buffers.
     ∇U = Σ_t h_tᵀ δ_o,t (seed 002, eq. 1) and δ_h = δ_o Uᵀ (seed 002, eq. 2, before f')."""
     h, W = cache
-    return dlogits @ W.T, h.T @ dlogits, dlogits.sum(axis=0)
+    dh_out, dW_out = out if out is not None else (None, None)
+    dW = np.matmul(h.T, dlogits, out=dW_out)  # ∇U = Σ_t h_tᵀ δ_o,t
+    db = np.ones(h.shape[0], dtype=dlogits.dtype) @ dlogits  # ∇b = Σ_t δ_o,t, as a (threaded) GEMV
+    return np.matmul(dlogits, W.T, out=dh_out), dW, db
 
 
 # --------------------------------------------------------------------------------------------
 # Losses on top of the softmax. Both work in place on the logits (M, V), which are large, and
 # return (sum of per-target losses, dlogits scaled by `scale`), dlogits reusing the logits' memory.
+# The cross-entropy works through the rows in chunks small enough to stay in cache, on as many
+# threads as there are cores (parallel.map_rows): every pass but the first then hits the cache.
+
+CHUNK_ROWS = 16
 
 
-def _shifted_exp(logits):
-    """logits -= row max; exp in place; return row sums (M,) and the shifted logits' copy is gone."""
-    logits -= logits.max(axis=1, keepdims=True)
-    np.exp(logits, out=logits)
-    return logits.sum(axis=1)
-
-
-def softmax_cross_entropy(logits, targets, scale=1.0, need_grad=True):
-    """logits: (M, V) (overwritten), targets: (M,) ints -> (Σ_t −log ŷ_t[target], dlogits or None).
+def softmax_cross_entropy(logits, targets, scale=1.0, need_grad=True, bias=None):
+    """logits: (M, V) (overwritten), targets: (M,) ints, bias: (V,) or None (added here if given)
+    -> (Σ_t −log ŷ_t[target], dlogits or None).
 
     J_t = −log softmax(z)_k = log Σ_j e^{z_j} − z_k, computed from shifted logits (stable);
-    ∂J_t/∂z = ŷ − y (seed 003, eq. 7)."""
-    rows = np.arange(targets.shape[0])
-    logits -= logits.max(axis=1, keepdims=True)
-    picked = logits[rows, targets]  # z_k − max, copied out before exp overwrites it
-    np.exp(logits, out=logits)
-    sums = logits.sum(axis=1)
-    loss = float(np.sum(np.log(sums), dtype=np.float64) - np.sum(picked, dtype=np.float64))
-    if not need_grad:
-        return loss, None
-    logits /= sums[:, None]  # ŷ
-    logits[rows, targets] -= 1.0  # ŷ − y
-    if scale != 1.0:
-        logits *= scale
-    return loss, logits
+    ∂J_t/∂z = ŷ − y (seed 003, eq. 7), then scaled by `scale` (1/M for a mean loss)."""
+    M, V = logits.shape
+
+    def rows(a, b):
+        loss = 0.0
+        for c in range(a, b, CHUNK_ROWS):
+            d = min(b, c + CHUNK_ROWS)
+            z, t = logits[c:d], targets[c:d]
+            if bias is not None:
+                z += bias
+            z -= z.max(axis=1, keepdims=True)
+            idx = np.arange(d - c)
+            picked = z[idx, t]  # z_k − max, copied out before exp overwrites it
+            np.exp(z, out=z)
+            sums = z.sum(axis=1)
+            loss += float(np.log(sums, dtype=np.float64).sum() - picked.sum(dtype=np.float64))
+            if need_grad:
+                z *= (scale / sums)[:, None]  # ŷ · scale
+                z[idx, t] -= scale  # (ŷ − y) · scale
+        return loss
+
+    loss = sum(parallel.map_rows(rows, M, V))
+    return loss, (logits if need_grad else None)
 
 
-def softmax_squared_error(logits, targets, scale=1.0, need_grad=True):
+def softmax_squared_error(logits, targets, scale=1.0, need_grad=True, bias=None):
     """logits: (M, V) (overwritten), targets: (M,) -> (Σ_t ½‖ŷ_t − y_t‖², dlogits or None).
 
     Seed 004's quadratic loss through the softmax: with g = ŷ − y, ∂J/∂o = g (seed 004, eq. 2),
     and the softmax Jacobian ∂ŷ_k/∂z_i = ŷ_k([i = k] − ŷ_i) (seed 004, eq. 3's ∂f_k/∂g_i) gives
     ∂J/∂z = ŷ ∘ (g − (g·ŷ)), the Jacobian applied without forming the (V, V) matrix."""
+    if bias is not None:
+        logits += bias
     rows = np.arange(targets.shape[0])
-    sums = _shifted_exp(logits)
-    logits /= sums[:, None]  # ŷ
+    logits -= logits.max(axis=1, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=1, keepdims=True)  # ŷ
     p_target = logits[rows, targets].astype(np.float64)
     sq = np.einsum("mv,mv->m", logits, logits, dtype=np.float64)  # ‖ŷ‖²
     loss = float(0.5 * np.sum(sq - 2.0 * p_target + 1.0))  # ½‖ŷ − y‖² = ½(‖ŷ‖² − 2ŷ_k + 1)

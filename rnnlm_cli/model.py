@@ -63,35 +63,56 @@ def hidden_forward(params, model_cfg, ids, state):
     return x, new_state, (emb_cache, rnn_caches)
 
 
-def forward(params, model_cfg, inputs, targets, state, need_grad=True):
+def buffer(workspace, name, shape, dtype):
+    """A scratch array from the caller's `workspace` dict, reused across windows (a fresh array
+    without one). Reuse matters: a (M, V) logits array is tens of MB, and glibc hands every
+    allocation over 32 MB a fresh mmap whose pages fault in again on every window."""
+    if workspace is None:
+        return np.empty(shape, dtype)
+    size = int(np.prod(shape))
+    flat = workspace.get(name)
+    if flat is None or flat.size < size or flat.dtype != dtype:
+        flat = workspace[name] = np.empty(size, dtype)
+    return flat[:size].reshape(shape)  # a shorter last window reuses the front of the buffer
+
+
+def forward(params, model_cfg, inputs, targets, state, need_grad=True, workspace=None):
     """inputs, targets: (N, T) ints; state: (L, N, H) carried from the previous window
     -> (loss, new_state, cache).
 
     loss is the mean per-target loss over the N·T targets (SPEC: J = 1/T Σ_t J(t), averaged over
-    the streams too). cache is None when need_grad is False (evaluation)."""
+    the streams too). cache is None when need_grad is False (evaluation). With a `workspace`
+    dict the big arrays live in it and are overwritten by the next call."""
     N, T = inputs.shape
     top, new_state, caches = hidden_forward(params, model_cfg, inputs.T, state)
-    H = top.shape[2]
-    logits, out_cache = layers.affine_forward(top.reshape(T * N, H), params["output.W"], params["output.b"])
-    count = N * T
-    loss_sum, dlogits = layers.LOSSES[model_cfg.loss](logits, targets.T.reshape(-1), 1.0 / count, need_grad)
+    H, V = params["output.W"].shape
+    M = T * N
+    logits = buffer(workspace, "logits", (M, V), params["output.W"].dtype)
+    logits, out_cache = layers.affine_forward(top.reshape(M, H), params["output.W"], None, out=logits)
+    loss_sum, dlogits = layers.LOSSES[model_cfg.loss](logits, targets.T.reshape(-1), 1.0 / M, need_grad,
+                                                      bias=params["output.b"])  # bias added in the loss's pass
     cache = (caches, out_cache, dlogits, model_cfg.layers) if need_grad else None
-    return loss_sum / count, new_state, cache
+    return loss_sum / M, new_state, cache
 
 
-def backward(cache):
+def backward(cache, workspace=None, sparse_embedding=False):
     """The gradient of the window's mean loss for every parameter, in one pass backwards over
     the window (seed 003's accumulated-γ form, see layers.rnn_backward). No gradient flows into
-    the carried state: it is a constant of this window (truncated BPTT)."""
+    the carried state: it is a constant of this window (truncated BPTT).
+
+    sparse_embedding=True returns the embedding's gradient as layers.SparseRows (the rows of the
+    words in the window), which optim applies without touching the other rows."""
     (emb_cache, rnn_caches), out_cache, dlogits, L = cache
     grads = {}
-    dtop, grads["output.W"], grads["output.b"] = layers.affine_backward(dlogits, out_cache)
+    h, W = out_cache
+    out = (buffer(workspace, "dtop", h.shape, h.dtype), buffer(workspace, "dW", W.shape, W.dtype))
+    dtop, grads["output.W"], grads["output.b"] = layers.affine_backward(dlogits, out_cache, out)
     T, N, H = rnn_caches[-1][2].shape
     dx = dtop.reshape(T, N, H)
     for l in reversed(range(L)):
         dx, _dh0, grads[f"rnn.{l}.W_x"], grads[f"rnn.{l}.W_h"], grads[f"rnn.{l}.b"] = \
             layers.rnn_backward(dx, rnn_caches[l])
-    grads["embedding"] = layers.embedding_backward(dx, emb_cache)
+    grads["embedding"] = layers.embedding_backward(dx, emb_cache, sparse=sparse_embedding)
     return grads
 
 

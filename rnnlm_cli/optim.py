@@ -6,10 +6,17 @@ saves into a checkpoint `.npz` like the parameters do.
 
 import numpy as np
 
+from .layers import SparseRows
+
+
+def _values(g):
+    """The stored numbers of a gradient: the array, or a SparseRows' rows."""
+    return g.rows if isinstance(g, SparseRows) else g
+
 
 def global_norm(grads):
     """‖g‖ over every gradient array together, accumulated in float64."""
-    return float(np.sqrt(sum(np.vdot(g, g).astype(np.float64) for g in grads.values())))
+    return float(np.sqrt(sum(float(np.vdot(v, v)) for v in map(_values, grads.values()))))
 
 
 def clip_grad_norm(grads, max_norm):
@@ -19,14 +26,18 @@ def clip_grad_norm(grads, max_norm):
     if max_norm is not None and norm > max_norm:
         scale = max_norm / (norm + 1e-6)
         for g in grads.values():
-            g *= scale
+            _values(g)[...] *= scale
     return norm
 
 
 def sgd_update(params, grads, lr):
     """θ ← θ − lr · ∇θJ (SPEC)."""
     for key, g in grads.items():
-        params[key] -= lr * g
+        if isinstance(g, SparseRows):
+            params[key][g.ids] -= lr * g.rows  # ids are distinct: a plain fancy-index update
+        else:
+            g *= -lr  # in place: no temporary the size of the array
+            params[key] += g
 
 
 def adam_init(params):
@@ -43,6 +54,7 @@ def adam_update(params, grads, state, lr, beta1=0.9, beta2=0.999, eps=1e-8):
     t = int(state["adam.t"])
     step = lr * np.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
     for key, g in grads.items():
+        g = g.dense() if isinstance(g, SparseRows) else g
         m, v = state[f"adam.m.{key}"], state[f"adam.v.{key}"]
         m *= beta1
         m += (1.0 - beta1) * g
