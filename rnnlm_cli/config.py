@@ -43,15 +43,20 @@ class VocabConfig:
 
 @dataclass
 class ModelConfig:
-    cell: str = _key("elman", choices=("elman",), doc="recurrent cell")
-    activation: str = _key("tanh", choices=("sigmoid", "tanh", "relu"), doc="Elman activation f")
+    cell: str = _key("elman", choices=("elman", "lstm", "gru"), doc="recurrent cell")
+    activation: str = _key("tanh", choices=("sigmoid", "tanh", "relu"), doc="Elman activation f (LSTM/GRU: fixed)")
     embedding_dim: int = _key(64, low=1, doc="E: size of a word's input vector")
     hidden_dim: int = _key(128, low=1, doc="H: size of each layer's hidden state")
     layers: int = _key(1, low=1, doc="L: stacked recurrent layers")
     loss: str = _key("cross_entropy", choices=("cross_entropy", "squared_error"), doc="per-target loss")
     output: str = _key("softmax", choices=("softmax",), doc="output layer")
-    init_scale: float = _key(0.1, low=0.0, low_open=True,
-                             doc="weights start uniform in ±init_scale (recurrent: ±1/sqrt(H))")
+    dropout: float = _key(0.0, low=0.0, high=0.95,
+                          doc="dropout on the non-recurrent connections (Zaremba et al.), training only")
+    tie_weights: bool = _key(False, doc="output.W is embedding transposed (needs embedding_dim = hidden_dim)")
+    init: str = _key("torch", choices=("torch", "uniform"),
+                     doc="torch: recurrent weights ±1/sqrt(H), the rest ±init_scale; uniform: all ±init_scale")
+    init_scale: float = _key(0.1, low=0.0, low_open=True, doc="range of the uniform initialization")
+    forget_bias: float = _key(0.0, doc="LSTM: initial bias of the forget gate")
 
 
 @dataclass
@@ -174,7 +179,12 @@ def config_from_dict(raw, source: str = "config") -> Config:
         if name not in SECTION_TYPES:
             raise UserError(f"{source}: unknown section '{name}'{_suggest(str(name), SECTION_TYPES)}"
                             f" (sections: {', '.join(SECTION_TYPES)})")
-    return Config(**{name: _section_from_dict(name, raw.get(name), source) for name in SECTION_TYPES})
+    config = Config(**{name: _section_from_dict(name, raw.get(name), source) for name in SECTION_TYPES})
+    m = config.model
+    if m.tie_weights and m.embedding_dim != m.hidden_dim:
+        raise UserError(f"{source}: model.tie_weights needs model.embedding_dim = model.hidden_dim "
+                        f"(got {m.embedding_dim} and {m.hidden_dim})")
+    return config
 
 
 def config_to_dict(config: Config) -> dict:

@@ -64,20 +64,26 @@ def random_problem(model_cfg, vocab_size, batch_size, bptt, seed):
         value[...] = rng.normal(0.0, 0.5, size=value.shape)
     inputs = rng.integers(0, vocab_size, size=(batch_size, bptt))
     targets = rng.integers(0, vocab_size, size=(batch_size, bptt))
-    state = rng.uniform(-0.8, 0.8, size=(model_cfg.layers, batch_size, model_cfg.hidden_dim))
-    if model_cfg.activation in ("relu", "sigmoid"):
+    state = rng.uniform(-0.8, 0.8, size=model.init_state(model_cfg, batch_size, "float64").shape)
+    if model_cfg.cell == "elman" and model_cfg.activation in ("relu", "sigmoid"):
         state = np.abs(state)  # a state such a layer could have produced
     return params, inputs, targets, state
 
 
 def check_model(model_cfg, vocab_size=13, batch_size=3, bptt=5, seed=0, samples=40, eps=EPS):
-    """[(key, worst relative error, entries checked)] for every parameter of the model."""
+    """[(key, worst relative error, entries checked)] for every parameter of the model.
+    With dropout, every evaluation draws the same masks (a generator seeded afresh each time)."""
     model_cfg = dataclasses.replace(model_cfg)
     params, inputs, targets, state = random_problem(model_cfg, vocab_size, batch_size, bptt, seed)
-    _, grads, _ = model.loss_and_grads(params, model_cfg, inputs, targets, state.copy())
+
+    def masks():
+        return np.random.default_rng(seed + 7) if model_cfg.dropout > 0 else None
+
+    _, grads, _ = model.loss_and_grads(params, model_cfg, inputs, targets, state.copy(), masks())
 
     def loss():
-        return model.forward(params, model_cfg, inputs, targets, state.copy(), need_grad=False)[0]
+        return model.forward(params, model_cfg, inputs, targets, state.copy(), need_grad=False,
+                             dropout_rng=masks())[0]
 
     rng = np.random.default_rng(seed + 1)
     results = []

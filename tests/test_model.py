@@ -86,8 +86,8 @@ def test_seed_002_closed_forms_on_a_worked_case():
     np.testing.assert_allclose(grads["rnn.0.W_x"], e.T @ delta_h, atol=1e-14)
     np.testing.assert_allclose(grads["embedding"][word], (delta_h @ I.T)[0], atol=1e-14)
     # ∇h_{t-1} = δ_h Hᵀ: what rnn_backward hands back for the carried state
-    top, _, caches = model.hidden_forward(params, m, np.array([[word]]), h_prev[None].copy())
-    _, dh0, _, _, _ = layers.rnn_backward((delta_o @ U.T)[None], caches[1][0])
+    top, _, (_, layer_caches, _) = model.hidden_forward(params, m, np.array([[word]]), h_prev[None].copy())
+    _, dh0, _, _, _ = layers.rnn_backward((delta_o @ U.T)[None], layer_caches[0])
     np.testing.assert_allclose(dh0, delta_h @ Hm.T, atol=1e-14)
 
 
@@ -134,7 +134,7 @@ def test_float32_stays_float32():
     assert all(p.dtype == np.float32 for p in params.values())
     assert all(g.dtype == np.float32 for g in grads.values())
     assert new_state.dtype == np.float32
-    (_, rnn_caches), out_cache, dlogits, _ = cache
+    (_, rnn_caches, _), out_cache, dlogits, _ = cache
     assert dlogits.dtype == np.float32 and all(c[2].dtype == np.float32 for c in rnn_caches)
 
 
@@ -146,3 +146,41 @@ def test_init_is_deterministic_and_seeded():
     assert not np.array_equal(a["embedding"], c["embedding"])
     assert set(a) == set(model.param_shapes(m, 10))
     assert all(a[k].shape == s for k, s in model.param_shapes(m, 10).items())
+
+
+GATED_GRID = list(itertools.product(["lstm", "gru"], [1, 2], [0.0, 0.5], [False, True]))
+
+
+@pytest.mark.parametrize("cell,n_layers,dropout,tied", GATED_GRID)
+def test_gradcheck_gated_grid(cell, n_layers, dropout, tied):
+    """Every parameter of LSTM/GRU models, dropout with a fixed mask, tied or untied weights."""
+    m = cfg(cell=cell, layers=n_layers, dropout=dropout, tie_weights=tied, embedding_dim=6 if tied else 4)
+    results = gradcheck.check_model(m)
+    assert {key for key, _, _ in results} == set(model.param_shapes(m, 13))
+    for key, err, _ in results:
+        assert err < gradcheck.TOLERANCE, f"{key}: {err:.2e}"
+
+
+def test_gated_keys_follow_pytorch_layout():
+    lstm = model.param_shapes(cfg(cell="lstm", layers=2), 10)
+    assert lstm["rnn.0.W_x"] == (4, 24) and lstm["rnn.1.W_x"] == (6, 24) and lstm["rnn.0.b"] == (24,)
+    gru = model.param_shapes(cfg(cell="gru"), 10)
+    assert gru["rnn.0.W_h"] == (6, 18) and gru["rnn.0.b_x"] == (18,) and gru["rnn.0.b_h"] == (18,)
+    assert "rnn.0.b" not in gru
+    tied = model.param_shapes(cfg(embedding_dim=6, tie_weights=True), 10)
+    assert "output.W" not in tied and tied["embedding"] == (10, 6)  # saved once, as `embedding`
+    params = model.init_params(cfg(cell="lstm", forget_bias=1.0), 10, seed=0)
+    assert np.all(params["rnn.0.b"][6:12] == 1.0)  # gate order (i, f, g, o)
+
+
+def test_dropout_is_seeded_training_only():
+    m = cfg(cell="lstm", dropout=0.5)
+    params, inputs, targets, state = gradcheck.random_problem(m, 11, 3, 5, seed=8)
+
+    def loss(rng):
+        return model.forward(params, m, inputs, targets, state.copy(), need_grad=False, dropout_rng=rng)[0]
+    plain = loss(None)
+    assert loss(np.random.default_rng(1)) == loss(np.random.default_rng(1))
+    assert loss(np.random.default_rng(1)) != plain != loss(np.random.default_rng(2))
+    assert model.forward(params, dataclasses.replace(m, dropout=0.0), inputs, targets, state.copy(),
+                         need_grad=False)[0] == plain  # no generator: dropout off (eval, sampling)

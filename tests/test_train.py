@@ -30,9 +30,14 @@ def test_same_seed_same_weights_bit_for_bit(tiny_config, tmp_path):
     assert not np.array_equal(weights(tmp_path / "a")["embedding"], weights(tmp_path / "c")["embedding"])
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_resume_after_a_signal_equals_an_uninterrupted_run(tiny_config, tmp_path, optimizer):
-    overrides = [f"train.optimizer={optimizer}", "train.epochs=3"] + (["train.lr=0.01"] if optimizer == "adam" else [])
+@pytest.mark.parametrize("extra", [
+    [],
+    ["train.optimizer=adam", "train.lr=0.01"],
+    ["model.cell=lstm", "model.dropout=0.3"],  # the dropout masks' generator is restored too
+    ["model.cell=gru", "model.tie_weights=true", "model.embedding_dim=12"],
+])
+def test_resume_after_a_signal_equals_an_uninterrupted_run(tiny_config, tmp_path, extra):
+    overrides = ["train.epochs=3"] + extra
     train_mod.run(load_config(tiny_config, overrides), tmp_path / "whole")
 
     calls = {"n": 0}
