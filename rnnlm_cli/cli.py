@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import UserError
+from .errors import RnnlmError, UserError, WriteError, one_line
 
 SET_HELP = "Override a config key, e.g. --set model.hidden_dim=256 (value parsed as YAML). Repeatable."
 RESUME_KEYS = {"train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every"}
@@ -31,7 +31,12 @@ def _fmt_seconds(s):
 
 
 def _ppl(x):
-    return "n/a" if x is None else f"{x:.2f}"
+    return "n/a" if x is None else f"{x:.2f}" if x < 1e7 else f"{x:.3g}"
+
+
+def _shown(path):
+    """A path as text that any terminal encoding can print (undecodable bytes become U+FFFD)."""
+    return os.fsencode(path).decode("utf-8", "replace")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -135,7 +140,18 @@ class BarReporter:
         if not self.quiet:
             click.echo(text, err=True)
 
+    def warn(self, text):
+        """Warnings show even under --quiet."""
+        self._close_bar()
+        click.echo(text, err=True)
+
+    def _close_bar(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
     def epoch_start(self, epoch, windows, start):
+        self._close_bar()  # after a rollback the epoch starts again
         if not self.bar_on or self.quiet:
             return
         from tqdm import tqdm
@@ -152,9 +168,7 @@ class BarReporter:
                                          refresh=False)
 
     def epoch_end(self, r):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        self._close_bar()
         speed = f"{r['tokens_per_sec'] / 1e3:.1f}k tok/s" if r.get("tokens_per_sec") else ""
         self.info(f"| epoch {r['epoch']:3d} | {_fmt_seconds(time.perf_counter() - self.started)} | train loss "
                   f"{r['train_loss']:.3f} | valid ppl {r['valid_ppl']:8.2f} | lr {r['lr']:g} | {speed} | "
@@ -230,7 +244,9 @@ def train_cmd(config_path, overrides, out_dir, init_dir, resume, dry_run, quiet)
         out = Path(out_dir)
     else:
         out = Path(out_dir) if out_dir else _default_out(config_path)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out}: is a file, not a folder; choose another --out")
+        if out.exists() and any(p.name != ckpt.LOCK and not ckpt.is_temp_file(p.name) for p in out.iterdir()):
             raise UserError(f"{out}: already exists and is not empty; use --resume to continue it, "
                             f"or choose another --out")
         if init_dir and Path(init_dir).resolve() == out.resolve():
@@ -239,19 +255,30 @@ def train_cmd(config_path, overrides, out_dir, init_dir, resume, dry_run, quiet)
     created = not out.exists()
     if resume and created:
         raise UserError(f"--out {out}: no such folder to resume")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
     ckpt.acquire_lock(out)
     try:
+        ckpt.remove_stale_temp_files(out)  # left by a run that was killed while writing
         with _Signals() as signals:
             summary = train_mod.run(config, out, init_dir=init_dir, resume=resume, reporter=reporter,
                                     should_stop=signals)
     except train_mod.Interrupted as e:
         click.echo(f"interrupted: checkpoint saved; continue with: rnnlm train --out {out} --resume", err=True)
         sys.exit(128 + e.signum)
+    except WriteError as e:
+        if (out / ckpt.CHECKPOINT).exists():
+            raise WriteError(f"{e}; fix the cause and continue with: rnnlm train --out {out} --resume") from None
+        raise
     finally:
         ckpt.release_lock(out)
-        if created and not any(out.iterdir()):
-            out.rmdir()  # failed before writing anything: leave no empty folder behind
+        try:
+            if created and not any(out.iterdir()):
+                out.rmdir()  # failed before writing anything: leave no empty folder behind
+        except OSError:
+            pass
     s = summary
     click.echo(f"| end | valid ppl {_ppl(s['valid_ppl'])} (unigram {_ppl(s['unigram_valid_ppl'])}) | test ppl "
                f"{_ppl(s['test_ppl'])} | {_fmt_count(s['tokens'])} tokens in {s['epochs']} epochs | "
@@ -292,6 +319,7 @@ def eval_cmd(model_dir, files, batch_size, as_json):
       rnnlm eval runs/default
       rnnlm eval runs/ptb ptb.valid.txt ptb.test.txt --json
     """
+    import numpy as np
     from . import checkpoint as ckpt
     from . import data, evaluate
     config, vocab, params = ckpt.load_model(model_dir)
@@ -302,19 +330,23 @@ def eval_cmd(model_dir, files, batch_size, as_json):
         files = (default,)
     for path in files:
         ids, stats = data.encode_file(path, vocab, config.data.tokenizer, allow_empty=True)
-        total, count = evaluate.evaluate_ids(params, config.model, ids, batch_size, config.train.bptt)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            total, count = evaluate.evaluate_ids(params, config.model, ids, batch_size, config.train.bptt)
+        if not math.isfinite(total):
+            raise UserError(f"{Path(model_dir) / ckpt.WEIGHTS}: the model gives a cross-entropy of {total} on "
+                            f"{_shown(path)}; are its weights absurdly large?")
         result = {**stats, "targets": count, "oov_rate": stats["oov"] / count if count else 0.0,
                   "batch_size": batch_size, **evaluate.summarize(total, count)}
         if batch_size == 1:
             result["targets"] = stats["targets"]
         if as_json:
             click.echo(json.dumps(result))
-        elif count == 0:
-            click.echo(f"{path}: no targets (empty file)")
+        elif count == 0:  # not an error: its figures are undefined, the other files still count
+            click.echo(f"{_shown(path)}: no tokens (the file is empty or only whitespace): nothing to evaluate")
         else:
-            click.echo(f"{path}: {count} targets, {stats['oov']} OOV ({result['oov_rate']:.2%}) | cross-entropy "
+            click.echo(f"{_shown(path)}: {count} targets, {stats['oov']} OOV ({result['oov_rate']:.2%}) | cross-entropy "
                        f"{result['cross_entropy']:.4f} nats | {result['bits_per_token']:.3f} bits/token | "
-                       f"perplexity {result['perplexity']:.2f}")
+                       f"perplexity {_ppl(result['perplexity'])}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,6 +372,9 @@ def sample_cmd(model_dir, prompt, words, temperature, top_k, seed, stop_at_eos):
     from . import checkpoint as ckpt
     from . import data
     from .sample import generate
+    import numpy as np
+    if not math.isfinite(temperature) or 0 < temperature < 1e-6:
+        raise UserError(f"--temperature {temperature}: must be 0 (greedy) or a finite number >= 1e-6")
     config, vocab, params = ckpt.load_model(model_dir)
     if top_k is not None and top_k > len(vocab):
         raise UserError(f"--top-k {top_k}: larger than the vocabulary ({len(vocab)} words)")
@@ -349,8 +384,16 @@ def sample_cmd(model_dir, prompt, words, temperature, top_k, seed, stop_at_eos):
         click.echo(f"warning: not in the vocabulary, read as <unk>: {' '.join(unknown[:10])}", err=True)
     prompt_ids = [vocab.index.get(w, vocab.unk_id) for w in tokens]
     out = list(tokens)
-    for i in generate(params, config.model, prompt_ids, vocab.eos_id, words, temperature, top_k, seed, stop_at_eos):
-        out.append(vocab.tokens[i])
+    try:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            for i in generate(params, config.model, prompt_ids, vocab.eos_id, words, temperature, top_k, seed,
+                              stop_at_eos):
+                out.append(vocab.tokens[i])
+    except ValueError as e:
+        if "probabilit" not in str(e).lower():
+            raise
+        raise UserError(f"{model_dir}: the model gives no valid probabilities ({e}); are its weights "
+                        f"absurdly large?") from None
     text = " ".join(out).replace(" <eos> ", "\n").replace("<eos> ", "\n").replace(" <eos>", "\n")
     click.echo(text.replace("<eos>", "\n").rstrip("\n"))
 
@@ -407,31 +450,49 @@ def gradcheck_cmd(config_path, overrides, vocab_size, embedding_dim, hidden_dim,
 
 
 def main(argv=None):
-    """Entry point: map errors to exit codes (2 user error, 1 anything unexpected)."""
+    """Entry point: map errors to exit codes and one line on stderr (SPEC: 2 bad usage or bad
+    input, 1 anything else; the traceback of an unexpected error only under --debug)."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         cli.main(args=argv, prog_name="rnnlm", standalone_mode=False)
-    except UserError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    except RnnlmError as e:  # UserError (2), WriteError (1), Diverged (2): the message says it all
+        click.echo(f"error: {one_line(e)}", err=True)
+        sys.exit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
+    except click.exceptions.NoArgsIsHelpError as e:  # plain `rnnlm`: the help text, exit 2
         e.show()
+        sys.exit(e.exit_code)
+    except click.UsageError as e:  # click's own checks (options, ranges): one line too
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+        click.echo(f"error: {one_line(e.format_message())}{hint}", err=True)
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        click.echo(f"error: {one_line(e.format_message())}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except BrokenPipeError:
-        sys.stderr.close()
+    except BrokenPipeError:  # `rnnlm sample ... | head`: stop quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        sys.exit(1)
+    except MemoryError as e:
+        if debug:
+            raise
+        click.echo(f"error: out of memory ({one_line(e) or 'MemoryError'}); use a smaller model "
+                   f"(model.hidden_dim, vocab.max_size) or train.batch_size", err=True)
         sys.exit(1)
     except Exception as e:  # a bug or a fault of the machine, not of the input
         if debug:
             raise
-        click.echo(f"error: unexpected {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
+        click.echo(f"error: unexpected {type(e).__name__}: {one_line(e)} (run with --debug for the traceback)",
+                   err=True)
         sys.exit(1)
     sys.exit(0)
 

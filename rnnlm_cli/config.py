@@ -7,6 +7,8 @@ Relative paths in `data` resolve against the folder of the config file they came
 
 import dataclasses
 import difflib
+import re
+import reprlib
 import os
 import typing
 from dataclasses import dataclass, field
@@ -49,7 +51,9 @@ class ModelConfig:
     hidden_dim: int = _key(128, low=1, doc="H: size of each layer's hidden state")
     layers: int = _key(1, low=1, doc="L: stacked recurrent layers")
     loss: str = _key("cross_entropy", choices=("cross_entropy", "squared_error"), doc="per-target loss")
-    output: str = _key("softmax", choices=("softmax",), doc="output layer")
+    output: str = _key("softmax", choices=("softmax", "class"),
+                       doc="softmax: full softmax over V; class: Mikolov's class-factored softmax (exact)")
+    classes: int | None = _key(None, low=1, nullable=True, doc="class output: number of classes (null: about √V)")
     dropout: float = _key(0.0, low=0.0, high=0.95,
                           doc="dropout on the non-recurrent connections (Zaremba et al.), training only")
     tie_weights: bool = _key(False, doc="output.W is embedding transposed (needs embedding_dim = hidden_dim)")
@@ -69,8 +73,11 @@ class TrainConfig:
     lr: float = _key(1.0, low=0.0, low_open=True, doc="learning rate")
     clip_norm: float | None = _key(5.0, low=0.0, low_open=True, nullable=True,
                                    doc="clip the global gradient norm to this (null: no clipping)")
-    schedule: str = _key("halving", choices=("halving", "constant"),
-                         doc="halving: Mikolov's RNNLM schedule (see README); constant: fixed lr")
+    schedule: str = _key("halving", choices=("halving", "step", "constant"),
+                         doc="halving: Mikolov's RNNLM schedule (see README); step: ×lr_decay after every "
+                             "epoch from decay_start on (Zaremba et al.); constant: fixed lr")
+    lr_decay: float = _key(0.5, low=0.0, high=1.0, low_open=True, doc="factor of each learning-rate cut")
+    decay_start: int = _key(4, low=1, doc="step: the first epoch after which the rate is cut")
     min_improvement: float = _key(1.003, low=1.0,
                                   doc="halving: an epoch must shrink valid perplexity by this factor")
     seed: int = _key(1, low=0, doc="seeds initialization and everything random")
@@ -129,6 +136,16 @@ def _base_type(f) -> type:
     return next(t for t in typing.get_args(f.type) if t is not type(None))
 
 
+_FLOAT_RE = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+
+
+def _show(value) -> str:
+    """repr(value), cut short: a hostile YAML (nested aliases) must not be printed in full."""
+    return _REPR.repr(value)
+
+
 def _check_value(where: str, f, value):
     """Type- and range-check one value; return it converted (an int is accepted as a float)."""
     meta = f.metadata
@@ -139,10 +156,12 @@ def _check_value(where: str, f, value):
     want = _base_type(f)
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if want is float and isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-3 as a string; YAML 1.2 and users read a number
     if isinstance(value, bool) and want is not bool or not isinstance(value, want):
-        raise UserError(f"{where}: expected {_type_name(f)}, got {value!r}")
+        raise UserError(f"{where}: expected {_type_name(f)}, got {_show(value)}")
     if meta["choices"] and value not in meta["choices"]:
-        raise UserError(f"{where}: {value!r} is not one of {', '.join(meta['choices'])}"
+        raise UserError(f"{where}: {_show(value)} is not one of {', '.join(meta['choices'])}"
                         f"{_suggest(str(value), meta['choices'])}")
     low, high = meta["low"], meta["high"]
     if low is not None and (value < low or (meta["low_open"] and value == low)):
@@ -151,6 +170,10 @@ def _check_value(where: str, f, value):
         raise UserError(f"{where}: {value!r} is out of range (must be <= {high})")
     if want is float and value != value:
         raise UserError(f"{where}: must be a number, got NaN")
+    if want is float and value in (float("inf"), float("-inf")):
+        raise UserError(f"{where}: must be a finite number, got {value}")
+    if want is str and "\x00" in value:
+        raise UserError(f"{where}: {_show(value)} contains a NUL character")
     return value
 
 
@@ -159,12 +182,12 @@ def _section_from_dict(name: str, raw, source: str):
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise UserError(f"{source}: section '{name}' must be a mapping of keys to values, got {raw!r}")
+        raise UserError(f"{source}: section '{name}' must be a mapping of keys to values, got {_show(raw)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for key, value in raw.items():
         if key not in fields:
-            raise UserError(f"{source}: unknown key '{name}.{key}'{_suggest(f'{name}.{key}', all_keys())}")
+            raise UserError(f"{source}: unknown key {_show(f'{name}.{key}')}{_suggest(f'{name}.{key}', all_keys())}")
         values[key] = _check_value(f"{source}: {name}.{key}", fields[key], value)
     return cls(**values)
 
@@ -177,13 +200,15 @@ def config_from_dict(raw, source: str = "config") -> Config:
         raise UserError(f"{source}: the config must be a mapping with sections data, vocab, model, train")
     for name in raw:
         if name not in SECTION_TYPES:
-            raise UserError(f"{source}: unknown section '{name}'{_suggest(str(name), SECTION_TYPES)}"
+            raise UserError(f"{source}: unknown section {_show(str(name))}{_suggest(str(name), SECTION_TYPES)}"
                             f" (sections: {', '.join(SECTION_TYPES)})")
     config = Config(**{name: _section_from_dict(name, raw.get(name), source) for name in SECTION_TYPES})
     m = config.model
     if m.tie_weights and m.embedding_dim != m.hidden_dim:
         raise UserError(f"{source}: model.tie_weights needs model.embedding_dim = model.hidden_dim "
                         f"(got {m.embedding_dim} and {m.hidden_dim})")
+    if m.output == "class" and m.loss != "cross_entropy":
+        raise UserError(f"{source}: model.output class works with model.loss cross_entropy only")
     return config
 
 
@@ -203,8 +228,12 @@ def read_yaml(path: Path):
         raise UserError(f"{path}: not UTF-8 text (bad byte at offset {e.start})") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read config ({e.strerror})") from None
+    except ValueError:  # a NUL character in the path
+        raise UserError(f"{path!r}: not a valid file name") from None
     try:
         return yaml.safe_load(text)
+    except RecursionError:
+        raise UserError(f"{path}: YAML nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -223,8 +252,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise UserError(f"--set {text!r}: KEY must be SECTION.NAME, e.g. train.lr{_suggest(key, all_keys())}")
     try:
         value = yaml.safe_load(value_text) if value_text.strip() else None
-    except yaml.YAMLError:
-        raise UserError(f"--set {text!r}: the value is not valid YAML") from None
+    except (yaml.YAMLError, RecursionError):
+        raise UserError(f"--set {_show(text)}: the value is not valid YAML") from None
     return parts, value
 
 
@@ -246,7 +275,10 @@ def resolve_paths(config: Config, base: Path) -> Config:
         value = getattr(config.data, key)
         if value is not None:
             path = Path(os.path.expanduser(value))
-            setattr(config.data, key, str(path if path.is_absolute() else (base / path).resolve()))
+            try:
+                setattr(config.data, key, str(path if path.is_absolute() else (base / path).resolve()))
+            except (OSError, RuntimeError, ValueError) as e:  # e.g. a symlink loop
+                raise UserError(f"data.{key}: {value}: not a usable path ({e})") from None
     return config
 
 

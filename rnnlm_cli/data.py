@@ -8,6 +8,17 @@ The contract (docs/SPEC.md, "Text, tokens, vocabulary" and "Batching and truncat
 - training cuts the stream into N contiguous streams of equal length and walks them in
   windows of ``bptt`` steps.
 
+Reading text (decisions beyond SPEC):
+
+- lines end at LF, CRLF or a lone CR (mixed endings are fine); a leading UTF-8 BOM is skipped;
+- words are separated by any Unicode whitespace, as Python's ``str.split()`` defines it: space,
+  tab, no-break space U+00A0, ideographic space U+3000, the other Zs spaces, and also U+0085,
+  U+2028, U+2029, form feed and vertical tab (which do *not* end a line). Zero-width characters
+  (U+200B, U+FEFF inside a line) are not whitespace: they stay part of a word;
+- invalid UTF-8 and NUL bytes (binary or UTF-16 files) are refused, naming line and byte offset;
+- a line of any length is read in blocks of 64 KiB cut at whitespace, so memory does not grow
+  with the length of a line.
+
 Shapes use N for the number of streams (the batch) and T for time steps in a window.
 """
 
@@ -91,49 +102,144 @@ def _open_binary(path: PathLike):
         raise UserError(f"{os.fspath(path)}: permission denied") from None
     except OSError as e:
         raise UserError(f"{os.fspath(path)}: cannot open ({e.strerror or e})") from None
+    except ValueError:  # a NUL character in the path
+        raise UserError(f"{os.fspath(path)!r}: not a valid file name (it contains a NUL character)") from None
 
 
 def _decode(raw: bytes, path: PathLike, lineno: int, offset: int) -> str:
     """Strict UTF-8 decode of one line; `offset` is the file byte offset of raw[0]."""
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise UserError(
+            f"{os.fspath(path)}: line {lineno}: NUL byte at byte offset {offset + nul}: a binary file"
+            f" or UTF-16 text? The file must be UTF-8 text"
+        )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         bad = raw[e.start : e.start + 1].hex()
         raise UserError(
             f"{os.fspath(path)}: line {lineno}: invalid UTF-8 at byte offset {offset + e.start}"
-            f" (byte 0x{bad}): the file must be UTF-8 text"
+            f" (byte 0x{bad}): the file must be UTF-8 text (a binary file, or Latin-1/UTF-16 text?)"
         ) from None
+
+
+# Reading is done in blocks of at most this many bytes, so that memory does not grow with the
+# length of a line (a whole book on one line is fine).
+_BLOCK = 1 << 16
+# ASCII whitespace bytes other than LF: a line may be cut after one of them without cutting a
+# word or a UTF-8 character (they never occur inside a multi-byte sequence). CR is among them:
+# it ends a line.
+_CUT_BYTES = tuple(bytes([b]) for b in b" \t\x0b\x0c\x1c\x1d\x1e\x1f\r")
+
+
+def iter_pieces(path: PathLike, block: int | None = None) -> Iterator[tuple[int, str, bool]]:
+    """Yield (line number from 1, text, ends_line) for the lines of a UTF-8 file, in pieces.
+
+    A line shorter than `block` bytes comes as one piece with ends_line True. A longer line
+    comes as several pieces, cut just after an ASCII whitespace character, so no word is cut
+    and joining the pieces gives the line back; only the last has ends_line True. Tokenizing
+    the pieces one by one therefore gives the tokens of the line, in bounded memory (a single
+    word longer than `block` is kept whole). See iter_lines for endings, BOM and errors.
+    """
+    block = max(1, block or _BLOCK)
+    lineno = 1
+    pos = 0  # file byte offset of the first byte not yet yielded
+    pending: list[bytes] = []  # the start of the current line: bytes with no cut point
+    open_line = False  # a piece of the current line was yielded already
+
+    def lines_of(data: bytes, last_complete: bool):
+        """Split data on CR (each CR ends a line) and yield its pieces."""
+        nonlocal lineno, pos, open_line
+        segments = data.split(b"\r") if b"\r" in data else [data]
+        for i, seg in enumerate(segments):
+            complete = last_complete or i < len(segments) - 1
+            if seg or complete:
+                yield lineno, _decode(seg, path, lineno, pos), complete
+            pos += len(seg) + (1 if i < len(segments) - 1 else 0)
+            if complete:
+                lineno += 1
+                open_line = False
+            elif seg:
+                open_line = True
+
+    with _open_binary(path) as f:
+        try:
+            if f.peek(len(_BOM))[: len(_BOM)] == _BOM:
+                f.read(len(_BOM))
+                pos = len(_BOM)
+            while True:
+                chunk = f.readline(block)
+                while chunk.endswith(b"\r"):  # a CR at the end of a block: is it CRLF?
+                    more = f.read(1)
+                    if not more:
+                        break
+                    chunk += more
+                    if more != b"\r":
+                        break
+                if not chunk:  # end of file
+                    if open_line or any(pending):
+                        yield from lines_of(b"".join(pending), True)
+                    return
+                if chunk.endswith(b"\n"):  # the rest of a line
+                    data = b"".join(pending + [chunk[:-1]]) if pending else chunk[:-1]
+                    pending = []
+                    if data.endswith(b"\r"):
+                        data = data[:-1]  # CRLF
+                        yield from lines_of(data, True)
+                        pos += 2  # CR and LF
+                    else:
+                        yield from lines_of(data, True)
+                        pos += 1  # LF
+                    continue
+                if len(chunk) < block:  # the last line, with no line ending
+                    data = b"".join(pending + [chunk])
+                    pending = []
+                    trailing_cr = data.endswith(b"\r")
+                    yield from lines_of(data[:-1] if trailing_cr else data, True)
+                    pos += trailing_cr
+                    continue
+                # A long line: cut after its last whitespace byte, keep the rest for later.
+                cut = max(chunk.rfind(b) for b in _CUT_BYTES)
+                if cut < 0:
+                    pending.append(chunk)  # inside one long word
+                    continue
+                head = b"".join(pending + [chunk[: cut + 1]]) if pending else chunk[: cut + 1]
+                pending = [chunk[cut + 1 :]]
+                yield from lines_of(head, False)
+        except OSError as e:
+            raise UserError(f"{os.fspath(path)}: read error ({e.strerror or e})") from None
 
 
 def iter_lines(path: PathLike) -> Iterator[tuple[int, str]]:
     """Yield (line number from 1, text without its line ending) for each line of a UTF-8 file.
 
-    Streams the file: it is read in binary one b"\\n"-terminated chunk at a time and each line
-    is decoded on its own, so a decoding error can name its line and byte offset, and memory
-    does not grow with the file. LF, CRLF and lone CR all end a line (UTF-8 never uses the
-    bytes 0x0A/0x0D inside a multi-byte character, so splitting bytes first is safe). A
-    leading UTF-8 byte order mark is skipped. A final line ending does not start a new line.
+    Streams the file in binary and decodes each line on its own, so a decoding error can name
+    its line and byte offset. LF, CRLF and lone CR end a line (UTF-8 never uses the bytes
+    0x0A/0x0D inside a multi-byte character, so splitting bytes first is safe); other Unicode
+    line separators (U+0085, U+2028, U+2029, form feed, vertical tab) do not end a line: they
+    are whitespace between words. A leading UTF-8 byte order mark is skipped. A final line
+    ending does not start a new line. A NUL byte is refused (binary or UTF-16 input).
+    Errors (missing file, bad bytes, read errors) are UserErrors naming the file.
     """
-    lineno = 0
-    offset = 0  # file byte offset of the current chunk
-    with _open_binary(path) as f:
-        try:
-            for chunk in f:
-                start = 0
-                if offset == 0 and chunk.startswith(_BOM):
-                    start = len(_BOM)
-                body = chunk[start:-1] if chunk.endswith(b"\n") else chunk[start:]
-                if body.endswith(b"\r"):
-                    body = body[:-1]  # CRLF
-                # A lone CR (old Mac endings) also ends a line; usually there is none.
-                pos = offset + start
-                for piece in body.split(b"\r") if b"\r" in body else (body,):
-                    lineno += 1
-                    yield lineno, _decode(piece, path, lineno, pos)
-                    pos += len(piece) + 1
-                offset += len(chunk)
-        except OSError as e:
-            raise UserError(f"{os.fspath(path)}: read error ({e.strerror or e})") from None
+    parts: list[str] = []
+    for lineno, text, ends_line in iter_pieces(path):
+        if not ends_line:
+            parts.append(text)
+            continue
+        if parts:
+            parts.append(text)
+            text = "".join(parts)
+            parts = []
+        yield lineno, text
+
+
+def _iter_token_pieces(path: PathLike, tokenizer: str) -> Iterator[tuple[list[str], bool]]:
+    """(tokens of a piece of a line, whether the piece ends its line) for a file, in bounded
+    memory: a line is tokenized piece by piece (cut at whitespace, so no token is cut)."""
+    split = get_tokenizer(tokenizer)
+    for _, text, ends_line in iter_pieces(path):
+        yield split(text), ends_line
 
 
 def count_words(path: PathLike, tokenizer: str) -> tuple[collections.Counter, int, int]:
@@ -141,15 +247,17 @@ def count_words(path: PathLike, tokenizer: str) -> tuple[collections.Counter, in
 
     A line is non-empty if it has at least one word; only such lines add an <eos>.
     """
-    split = get_tokenizer(tokenizer)
     counts: collections.Counter = collections.Counter()
     words = lines = 0
-    for _, text in iter_lines(path):
-        toks = split(text)
+    in_line = False  # the current line has a word
+    for toks, ends_line in _iter_token_pieces(path, tokenizer):
         if toks:
             counts.update(toks)
             words += len(toks)
+            in_line = True
+        if ends_line and in_line:
             lines += 1
+            in_line = False
     return counts, words, lines
 
 
@@ -164,21 +272,24 @@ def encode_file(
     OOV), oov_rate (oov / targets, 0.0 if there are no targets). A file with no tokens is a
     UserError unless allow_empty, in which case the stream is just [<eos>].
     """
-    split = get_tokenizer(tokenizer)
+    get_tokenizer(tokenizer)  # an unknown tokenizer fails before the file is opened
     index, unk, eos = vocab.index, vocab.unk_id, vocab.eos_id
     get = index.get
+    unk_token = vocab.tokens[unk]
     # array('i') holds 4 bytes per token, not a Python object per word.
     ids = array.array("i", [eos])
     words = lines = literal_unk = 0
-    for _, text in iter_lines(path):
-        toks = split(text)
-        if not toks:
-            continue
-        ids.extend([get(w, unk) for w in toks])
-        ids.append(eos)
-        words += len(toks)
-        lines += 1
-        literal_unk += toks.count(vocab.tokens[unk])
+    in_line = False
+    for toks, ends_line in _iter_token_pieces(path, tokenizer):
+        if toks:
+            ids.extend([get(w, unk) for w in toks])
+            words += len(toks)
+            literal_unk += toks.count(unk_token)
+            in_line = True
+        if ends_line and in_line:
+            ids.append(eos)
+            lines += 1
+            in_line = False
     if words == 0 and not allow_empty:
         raise UserError(f"{os.fspath(path)}: no tokens (the file is empty or only whitespace)")
     out = np.frombuffer(ids, dtype=np.intc).astype(np.int32)

@@ -39,20 +39,41 @@ def param_shapes(model_cfg, vocab_size):
     if not model_cfg.tie_weights:
         shapes["output.W"] = (H, V)
     shapes["output.b"] = (V,)
+    if model_cfg.output == "class":
+        C = n_classes(model_cfg, V)
+        shapes["output.class_W"] = (H, C)
+        shapes["output.class_b"] = (C,)
+        shapes["output.class_bounds"] = (C + 1,)  # int64, not trained: class c = ids [bounds[c], bounds[c+1])
     return shapes
 
 
-def init_params(model_cfg, vocab_size, seed, dtype="float32"):
+def n_classes(model_cfg, vocab_size):
+    """C: model.classes, or about √V; never more than V."""
+    C = model_cfg.classes or int(round(np.sqrt(vocab_size)))
+    return max(1, min(C, vocab_size))
+
+
+def trainable(params):
+    """The keys that have gradients (all but the class boundaries)."""
+    return [k for k in params if k != "output.class_bounds"]
+
+
+def init_params(model_cfg, vocab_size, seed, dtype="float32", counts=None):
     """init `torch`: embedding and output.W uniform in ±init_scale (as pytorch/examples), the
     recurrent layers uniform in ±1/√H (as torch.nn.RNN/LSTM/GRU); `uniform`: every weight in
-    ±init_scale (Zaremba et al.). output.b zero; LSTM forget-gate biases set to forget_bias."""
+    ±init_scale (Zaremba et al.). output.b zero; LSTM forget-gate biases set to forget_bias.
+    `counts` (V,), the train frequency of each id, bins the words of a class output layer."""
     rng = np.random.default_rng(seed)
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     H = model_cfg.hidden_dim
     rnn_scale = 1.0 / np.sqrt(H) if model_cfg.init == "torch" else model_cfg.init_scale
     params = {}
     for key, shape in param_shapes(model_cfg, vocab_size).items():
-        if key == "output.b":
+        if key == "output.class_bounds":  # class output: bin the words by train frequency
+            counts = np.ones(vocab_size) if counts is None else counts
+            params[key] = layers.class_bounds(counts, shape[0] - 1)
+            continue
+        if key in ("output.b", "output.class_b"):
             params[key] = np.zeros(shape, dtype=dtype)
             continue
         scale = rnn_scale if key.startswith("rnn.") else model_cfg.init_scale
@@ -151,6 +172,12 @@ def forward(params, model_cfg, inputs, targets, state, need_grad=True, workspace
     W = output_weight(params)
     H, V = W.shape
     M = T * N
+    if model_cfg.output == "class":
+        loss_sum, out_cache = layers.class_output_forward(
+            top.reshape(M, H), W, params["output.b"], params["output.class_W"], params["output.class_b"],
+            params["output.class_bounds"], targets.T.reshape(-1), 1.0 / M, need_grad)
+        cache = (caches, out_cache, None, model_cfg) if need_grad else None
+        return loss_sum / M, new_state, cache
     logits = buffer(workspace, "logits", (M, V), W.dtype)
     logits, out_cache = layers.affine_forward(top.reshape(M, H), W, None, out=logits)
     loss_sum, dlogits = layers.LOSSES[model_cfg.loss](logits, targets.T.reshape(-1), 1.0 / M, need_grad,
@@ -168,12 +195,18 @@ def backward(cache, workspace=None, sparse_embedding=False):
     words in the window), which optim applies without touching the other rows (untied only)."""
     (emb_cache, layer_caches, drop_caches), out_cache, dlogits, model_cfg = cache
     grads = {}
-    h, W = out_cache
     tied = model_cfg.tie_weights
-    out = (buffer(workspace, "dtop", h.shape, h.dtype), None if tied else buffer(workspace, "dW", W.shape, W.dtype))
-    dtop, dW, grads["output.b"] = layers.affine_backward(dlogits, out_cache, out)
+    if model_cfg.output == "class":
+        dtop, dW, grads["output.b"], grads["output.class_W"], grads["output.class_b"] = \
+            layers.class_output_backward(out_cache)
+        if tied:
+            dW = dW.dense()
+    else:
+        h, W = out_cache
+        out = (buffer(workspace, "dtop", h.shape, h.dtype), None if tied else buffer(workspace, "dW", W.shape, W.dtype))
+        dtop, dW, grads["output.b"] = layers.affine_backward(dlogits, out_cache, out)
     T, N = emb_cache[0].shape
-    dx = dtop.reshape(T, N, h.shape[1])
+    dx = dtop.reshape(T, N, dtop.shape[1])
     for l in reversed(range(model_cfg.layers)):
         dx = _undrop(dx, drop_caches[l + 1])
         dx = _layer_backward(model_cfg.cell, dx, layer_caches[l], grads, l)
@@ -197,12 +230,30 @@ def loss_and_grads(params, model_cfg, inputs, targets, state, dropout_rng=None):
     return loss, backward(cache), new_state
 
 
+def _log_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def output_log_probs(params, model_cfg, h):
+    """h: (N, H) -> log P(w | h) of every word, (N, V) in float64, for either output layer."""
+    logits = (h @ output_weight(params) + params["output.b"]).astype(np.float64)
+    if model_cfg.output != "class":
+        return _log_softmax(logits)
+    class_logp = _log_softmax((h @ params["output.class_W"] + params["output.class_b"]).astype(np.float64))
+    bounds = params["output.class_bounds"]
+    for c in range(len(bounds) - 1):  # log P(w) = log P(c) + log P(w | c)
+        a, z = bounds[c], bounds[c + 1]
+        logits[:, a:z] = _log_softmax(logits[:, a:z]) + class_logp[:, c:c + 1]
+    return logits
+
+
 def step_probs(params, model_cfg, ids, state, temperature=1.0):
-    """One time step for sampling. ids: (N,) -> probabilities (N, V) of the next word, new state."""
+    """One time step for sampling. ids: (N,) -> probabilities (N, V) of the next word, sharpened
+    by the temperature (p^(1/τ), renormalized), and the new state."""
     top, new_state, _ = hidden_forward(params, model_cfg, ids[None, :], state)
-    logits, _ = layers.affine_forward(top[0], output_weight(params), params["output.b"])
-    logits = logits.astype(np.float64) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    probs = np.exp(logits)
+    logp = output_log_probs(params, model_cfg, top[0]) / temperature
+    logp -= logp.max(axis=1, keepdims=True)
+    probs = np.exp(logp)
     probs /= probs.sum(axis=1, keepdims=True)
     return probs, new_state

@@ -6,17 +6,21 @@ saves into a checkpoint `.npz` like the parameters do.
 
 import numpy as np
 
-from .layers import SparseRows
+from .layers import ColumnBlocks, SparseRows
 
 
 def _values(g):
-    """The stored numbers of a gradient: the array, or a SparseRows' rows."""
-    return g.rows if isinstance(g, SparseRows) else g
+    """The stored arrays of a gradient: [the array], a SparseRows' rows, a ColumnBlocks' blocks."""
+    if isinstance(g, SparseRows):
+        return [g.rows]
+    if isinstance(g, ColumnBlocks):
+        return g.blocks
+    return [g]
 
 
 def global_norm(grads):
     """‖g‖ over every gradient array together, accumulated in float64."""
-    return float(np.sqrt(sum(float(np.vdot(v, v)) for v in map(_values, grads.values()))))
+    return float(np.sqrt(sum(float(np.vdot(v, v)) for g in grads.values() for v in _values(g))))
 
 
 def clip_grad_norm(grads, max_norm):
@@ -26,7 +30,8 @@ def clip_grad_norm(grads, max_norm):
     if max_norm is not None and norm > max_norm:
         scale = max_norm / (norm + 1e-6)
         for g in grads.values():
-            _values(g)[...] *= scale
+            for v in _values(g):
+                v *= scale
     return norm
 
 
@@ -35,6 +40,9 @@ def sgd_update(params, grads, lr):
     for key, g in grads.items():
         if isinstance(g, SparseRows):
             params[key][g.ids] -= lr * g.rows  # ids are distinct: a plain fancy-index update
+        elif isinstance(g, ColumnBlocks):
+            for (a, b), block in zip(g.ranges, g.blocks):
+                params[key][..., a:b] -= lr * block
         else:
             g *= -lr  # in place: no temporary the size of the array
             params[key] += g
@@ -43,6 +51,8 @@ def sgd_update(params, grads, lr):
 def adam_init(params):
     state = {"adam.t": np.zeros((), dtype=np.int64)}
     for key, p in params.items():
+        if not np.issubdtype(p.dtype, np.floating):
+            continue  # not trained (the class boundaries)
         state[f"adam.m.{key}"] = np.zeros_like(p)
         state[f"adam.v.{key}"] = np.zeros_like(p)
     return state
@@ -54,7 +64,7 @@ def adam_update(params, grads, state, lr, beta1=0.9, beta2=0.999, eps=1e-8):
     t = int(state["adam.t"])
     step = lr * np.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
     for key, g in grads.items():
-        g = g.dense() if isinstance(g, SparseRows) else g
+        g = g.dense() if isinstance(g, (SparseRows, ColumnBlocks)) else g
         m, v = state[f"adam.m.{key}"], state[f"adam.v.{key}"]
         m *= beta1
         m += (1.0 - beta1) * g

@@ -6,7 +6,6 @@ vocab.txt holds one token per line, UTF-8, LF endings; a token's id is its 0-bas
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -104,26 +103,20 @@ def build_vocab(
     return vocab_from_tokens(SPECIALS + tuple(words))
 
 
-def save_vocab(vocab: Vocab, path: str | os.PathLike) -> None:
-    """Write vocab.txt atomically: a temp file in the same folder, then os.replace.
+def format_vocab(vocab: Vocab) -> str:
+    """The text of vocab.txt: one token per line, LF endings."""
+    return "".join(tok + "\n" for tok in vocab.tokens)
 
-    A crash leaves either the old file or the new one, never a half-written one.
+
+def save_vocab(vocab: Vocab, path: str | os.PathLike) -> None:
+    """Write vocab.txt atomically: a temp file in the same folder, flushed, then os.replace.
+
+    A crash or a full disk leaves either the old file or the new one, never a half-written
+    one; a failure is a UserError (bad place) or WriteError (the machine) naming the file.
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.writelines(tok + "\n" for tok in vocab.tokens)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from .checkpoint import write_text  # checkpoint imports this module: import at call time
+
+    write_text(path, format_vocab(vocab))
 
 
 def load_vocab(path: str | os.PathLike) -> Vocab:

@@ -19,21 +19,19 @@ def _sentences(seed, n):
             for _ in range(n)]
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    """{'train', 'valid', 'test'} paths of a tiny tokenized corpus."""
+def write_corpus(folder):
+    """Write the tiny corpus into `folder`: {'train', 'valid', 'test'} paths."""
     paths = {}
     for name, seed, n in (("train", 1, 300), ("valid", 2, 40), ("test", 3, 40)):
-        path = tmp_path / f"{name}.txt"
+        path = folder / f"{name}.txt"
         path.write_text("\n".join(_sentences(seed, n)) + "\n", encoding="utf-8")
         paths[name] = path
     return paths
 
 
-@pytest.fixture
-def tiny_config(tmp_path, corpus):
-    """A config file for a model that trains in well under a second."""
-    path = tmp_path / "tiny.yaml"
+def write_tiny_config(folder, corpus, name="tiny.yaml"):
+    """Write the tiny config (data paths relative to `folder`) and return its path."""
+    path = folder / name
     path.write_text(textwrap.dedent(f"""\
         data:
           train: {corpus['train'].name}
@@ -52,6 +50,31 @@ def tiny_config(tmp_path, corpus):
           log_every: 10
         """), encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """{'train', 'valid', 'test'} paths of a tiny tokenized corpus."""
+    return write_corpus(tmp_path)
+
+
+@pytest.fixture
+def tiny_config(tmp_path, corpus):
+    """A config file for a model that trains in well under a second."""
+    return write_tiny_config(tmp_path, corpus)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """(model directory, config path) of the tiny config trained once for the session: tests
+    that damage it must work on a copy."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    config = write_tiny_config(folder, write_corpus(folder))
+    from rnnlm_cli import train
+    from rnnlm_cli.config import load_config
+    out = folder / "model"
+    train.run(load_config(config), out)
+    return out, config
 
 
 @pytest.fixture

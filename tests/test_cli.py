@@ -157,3 +157,28 @@ def test_bad_corpus_files(tmp_path, tiny_config, corpus, run_cli):
         code, _, err = run_cli("train", tiny_config, "--set", f"data.train={path}", "--out", tmp_path / "x")
         assert code == 2 and str(path.name) in err and fragment in err, err
         assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("setting", [["model.output=class", "model.classes=5"],
+                                     ["model.cell=lstm", "model.dropout=0.2", "model.tie_weights=true",
+                                      "model.embedding_dim=12"],
+                                     ["model.cell=gru", "train.optimizer=adam", "train.lr=0.01"]])
+def test_train_eval_sample_other_models(tiny_config, tmp_path, run_cli, setting):
+    out = tmp_path / "m"
+    args = [a for s in setting for a in ("--set", s)]
+    code, stdout, err = run_cli("train", tiny_config, *args, "--out", out)
+    assert code == 0, err
+    end = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert end["valid_ppl"] < end["unigram_valid_ppl"]
+    code, stdout, _ = run_cli("eval", out, "--json")
+    assert code == 0 and json.loads(stdout)["perplexity"] == pytest.approx(end["test_ppl"], rel=1e-6)
+    code, stdout, _ = run_cli("sample", out, "--words", 10, "--prompt", "the king")
+    assert code == 0 and stdout.startswith("the king")
+
+
+def test_readme_config_reference_is_current():
+    """The README's config table is `rnnlm config --keys`: it changes when a key does."""
+    from pathlib import Path
+    from rnnlm_cli.config import describe_keys
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert describe_keys() in readme

@@ -184,3 +184,34 @@ def test_dropout_is_seeded_training_only():
     assert loss(np.random.default_rng(1)) != plain != loss(np.random.default_rng(2))
     assert model.forward(params, dataclasses.replace(m, dropout=0.0), inputs, targets, state.copy(),
                          need_grad=False)[0] == plain  # no generator: dropout off (eval, sampling)
+
+
+@pytest.mark.parametrize("cell,n_layers,classes,tied", [
+    ("elman", 1, 4, False), ("elman", 2, 13, False), ("elman", 1, 1, True), ("lstm", 2, 5, False), ("gru", 1, 3, True)])
+def test_gradcheck_class_output(cell, n_layers, classes, tied):
+    m = cfg(cell=cell, layers=n_layers, output="class", classes=classes, tie_weights=tied,
+            embedding_dim=6 if tied else 4)
+    results = gradcheck.check_model(m, bptt=7)
+    keys = {key for key, _, _ in results}
+    assert {"output.class_W", "output.class_b", "output.b"} <= keys and "output.class_bounds" not in keys
+    for key, err, _ in results:
+        assert err < gradcheck.TOLERANCE, f"{key}: {err:.2e}"
+
+
+def test_class_output_is_an_exact_normalized_distribution():
+    """Σ_w P(c(w)|h) P(w|c(w),h) = 1, and the loss is −log of that same P(target)."""
+    m = cfg(output="class", classes=4)
+    counts = np.array([50, 40, 30, 20, 10, 9, 8, 7, 6, 5, 4, 3, 1])
+    params = model.init_params(m, 13, seed=0, dtype="float64", counts=counts)
+    bounds = params["output.class_bounds"]
+    assert bounds[0] == 0 and bounds[-1] == 13 and len(bounds) == 5 and np.all(np.diff(bounds) > 0)
+    assert bounds[1] <= 3  # the frequent words make small classes (frequency binning)
+    rng = np.random.default_rng(1)
+    for key in model.trainable(params):
+        params[key][...] = rng.normal(0, 0.5, size=params[key].shape)
+    state = rng.normal(size=(1, 1, 6))
+    inputs, targets = np.array([[3]]), np.array([[7]])
+    logp = model.output_log_probs(params, m, model.hidden_forward(params, m, inputs.T, state)[0][0])
+    np.testing.assert_allclose(np.exp(logp).sum(), 1.0, rtol=1e-12)
+    loss, _, _ = model.forward(params, m, inputs, targets, state, need_grad=False)
+    assert loss == pytest.approx(-logp[0, 7], rel=1e-12)
