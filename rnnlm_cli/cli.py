@@ -360,7 +360,8 @@ def eval_cmd(model_dir, files, batch_size, as_json):
 @click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="Divide the logits by this; 0 is greedy.")
 @click.option("--top-k", default=None, type=click.IntRange(min=1), help="Sample only among the k most likely words.")
-@click.option("--seed", default=0, show_default=True, type=int, help="The same seed gives the same text.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="The same seed gives the same text.")
 @click.option("--stop-at-eos", is_flag=True, help="Stop at the first end of sentence.")
 def sample_cmd(model_dir, prompt, words, temperature, top_k, seed, stop_at_eos):
     """Generate text from a trained model. <eos> prints as a line break.
@@ -412,7 +413,7 @@ def sample_cmd(model_dir, prompt, words, temperature, top_k, seed, stop_at_eos):
 @click.option("--bptt", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--samples", default=40, show_default=True, type=click.IntRange(min=1),
               help="Entries checked per parameter array (all of a smaller one).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--tolerance", default=None, type=float, help="Fail above this relative error (default 1e-6).")
 def gradcheck_cmd(config_path, overrides, vocab_size, embedding_dim, hidden_dim, batch_size, bptt, samples, seed,
                   tolerance):
@@ -430,6 +431,8 @@ def gradcheck_cmd(config_path, overrides, vocab_size, embedding_dim, hidden_dim,
     config = _load(config_path, overrides)
     model_cfg = dataclasses.replace(config.model, embedding_dim=embedding_dim, hidden_dim=hidden_dim)
     tolerance = gradcheck.TOLERANCE if tolerance is None else tolerance
+    if not tolerance >= 0:  # also NaN
+        raise UserError(f"--tolerance {tolerance}: must be a number >= 0")
     results = gradcheck.check_model(model_cfg, vocab_size, batch_size, bptt, seed, samples)
     click.echo(f"cell {model_cfg.cell}, activation {model_cfg.activation}, loss {model_cfg.loss}, "
                f"layers {model_cfg.layers}, V={vocab_size} E={embedding_dim} H={hidden_dim} N={batch_size} "
@@ -449,9 +452,17 @@ def gradcheck_cmd(config_path, overrides, vocab_size, embedding_dim, hidden_dim,
 # --------------------------------------------------------------------------------------------
 
 
+def _one_blas_thread():
+    """Before numpy loads: BLAS on one thread, rnnlm spreads the big products over the cores
+    itself (see parallel.py). A user's own setting of these variables wins."""
+    for name in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
+
+
 def main(argv=None):
     """Entry point: map errors to exit codes and one line on stderr (SPEC: 2 bad usage or bad
     input, 1 anything else; the traceback of an unexpected error only under --debug)."""
+    _one_blas_thread()
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         cli.main(args=argv, prog_name="rnnlm", standalone_mode=False)

@@ -73,9 +73,10 @@ class TrainConfig:
     lr: float = _key(1.0, low=0.0, low_open=True, doc="learning rate")
     clip_norm: float | None = _key(5.0, low=0.0, low_open=True, nullable=True,
                                    doc="clip the global gradient norm to this (null: no clipping)")
-    schedule: str = _key("halving", choices=("halving", "step", "constant"),
+    schedule: str = _key("halving", choices=("halving", "step", "plateau", "constant"),
                          doc="halving: Mikolov's RNNLM schedule (see README); step: ×lr_decay after every "
-                             "epoch from decay_start on (Zaremba et al.); constant: fixed lr")
+                             "epoch from decay_start on (Zaremba et al.); plateau: ×lr_decay after an epoch "
+                             "that does not improve valid perplexity (pytorch/examples); constant: fixed lr")
     lr_decay: float = _key(0.5, low=0.0, high=1.0, low_open=True, doc="factor of each learning-rate cut")
     decay_start: int = _key(4, low=1, doc="step: the first epoch after which the rate is cut")
     min_improvement: float = _key(1.003, low=1.0,

@@ -155,9 +155,10 @@ def rnn_backward(dh, cache):
 
 
 def affine_forward(h, W, b, out=None):
-    """h: (M, H), W: (H, V), b: (V,) -> logits: (M, V) (into `out` if given), cache.
-    The bias is added by the loss (see softmax_cross_entropy) when it is passed there instead."""
-    logits = np.matmul(h, W, out=out)
+    """h: (M, H), W: (H, V), b: (V,) or None -> logits: (M, V) (into `out` if given), cache.
+    The product is split over the cores (parallel.matmul); with b None the caller adds the bias
+    (the loss does, in its own pass over the logits)."""
+    logits = parallel.matmul(h, W, out)
     if b is not None:
         logits += b
     return logits, (h, W)
@@ -168,9 +169,11 @@ def affine_backward(dlogits, cache, out=None):
     ∇U = Σ_t h_tᵀ δ_o,t (seed 002, eq. 1) and δ_h = δ_o Uᵀ (seed 002, eq. 2, before f')."""
     h, W = cache
     dh_out, dW_out = out if out is not None else (None, None)
-    dW = np.matmul(h.T, dlogits, out=dW_out)  # ∇U = Σ_t h_tᵀ δ_o,t
-    db = np.ones(h.shape[0], dtype=dlogits.dtype) @ dlogits  # ∇b = Σ_t δ_o,t, as a (threaded) GEMV
-    return np.matmul(dlogits, W.T, out=dh_out), dW, db
+    dW = parallel.matmul(h.T, dlogits, dW_out)  # ∇U = Σ_t h_tᵀ δ_o,t
+    ones = np.ones((1, h.shape[0]), dtype=dlogits.dtype)
+    db = parallel.matmul(ones, dlogits)[0]  # ∇b = Σ_t δ_o,t
+    dh = parallel.matmul_inner(dlogits, W.T, dh_out)  # δ_o Uᵀ
+    return dh, dW, db
 
 
 # --------------------------------------------------------------------------------------------

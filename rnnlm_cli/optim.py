@@ -23,12 +23,18 @@ def global_norm(grads):
     return float(np.sqrt(sum(float(np.vdot(v, v)) for g in grads.values() for v in _values(g))))
 
 
+def clip_factor(norm, max_norm):
+    """The factor max_norm/‖g‖ that clipping multiplies the gradients by (1 when ‖g‖ ≤ max_norm
+    or max_norm is None)."""
+    return max_norm / (norm + 1e-6) if max_norm is not None and norm > max_norm else 1.0
+
+
 def clip_grad_norm(grads, max_norm):
     """Scale all gradients by max_norm/‖g‖ when ‖g‖ > max_norm (None: no clipping).
     Returns the norm before clipping."""
     norm = global_norm(grads)
-    if max_norm is not None and norm > max_norm:
-        scale = max_norm / (norm + 1e-6)
+    scale = clip_factor(norm, max_norm)
+    if scale != 1.0:
         for g in grads.values():
             for v in _values(g):
                 v *= scale
@@ -77,8 +83,14 @@ def init_state(name, params):
     return adam_init(params) if name == "adam" else {}
 
 
-def update(name, params, grads, state, lr, train_cfg):
+def update(name, params, grads, state, lr, train_cfg, grad_scale=1.0):
+    """One step of the named optimizer with the gradients times grad_scale (the clip factor):
+    for SGD folded into the rate, so clipping costs no pass over the gradients."""
     if name == "sgd":
-        sgd_update(params, grads, lr)
-    else:
-        adam_update(params, grads, state, lr, train_cfg.adam_beta1, train_cfg.adam_beta2, train_cfg.adam_eps)
+        sgd_update(params, grads, lr * grad_scale)
+        return
+    if grad_scale != 1.0:
+        for g in grads.values():
+            for v in _values(g):
+                v *= grad_scale
+    adam_update(params, grads, state, lr, train_cfg.adam_beta1, train_cfg.adam_beta2, train_cfg.adam_eps)

@@ -1,12 +1,19 @@
-"""Elementwise work over big (M, V) arrays, split into row blocks on plain threads.
+"""Using every core: the big matrix products and the elementwise work over (M, V) arrays are
+split into blocks run on plain threads, while BLAS itself is kept to one thread.
 
-numpy releases the GIL inside ufuncs, so two threads working on two halves of the logits run on
-two cores, where numpy alone would use one; BLAS already threads the matrix products. Each row
-is handled by exactly one thread with the same operations whatever the split, so the results do
-not depend on the number of threads (only the float64 loss sum's rounding order could, and it
-is summed in block order).
+Why not let BLAS thread? A window's recurrent loop is dozens of small products ((N, H) times
+(H, H)) for which a multithreaded BLAS spends more time waking and synchronizing its threads
+than computing, and on a busy machine (another process on a core) each of those small products
+can stall for a whole scheduler time slice: we measured the Elman layer's loop 10-60x slower
+with OpenBLAS on 2 threads than on 1 under load. So BLAS runs single-threaded, and the few big
+products (the output layer's, over all N·T positions and V words) are split here into one block
+per core: numpy releases the GIL inside BLAS calls and ufuncs, so the blocks run in parallel.
+
+Every block is computed by exactly one thread with the same operations whatever the timing, so
+results are identical run to run (for a given number of threads).
 """
 
+import ctypes
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,24 +38,99 @@ def workers():
     return _workers
 
 
+def single_threaded_blas():
+    """Set the BLAS numpy loaded (OpenBLAS, under its plain or scipy-openblas names) to one
+    thread, through its own C function; returns whether it found one. The CLI also sets the
+    usual environment variables before numpy loads, which covers other BLAS builds."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return False
+    done = False
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
+                     "openblas_set_num_threads64_", "scipy_openblas_set_num_threads"):
+            setter = getattr(lib, name, None)
+            if setter is not None:
+                setter(1)
+                done = True
+                break
+    return done
+
+
 def _get_pool():
     global _pool
     if _pool is None:
+        import numpy  # noqa: F401  (so that its BLAS is loaded before we set it)
+        single_threaded_blas()
         _pool = ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="rnnlm")
     return _pool
 
 
-def row_blocks(rows, cols):
-    """[(start, stop)] splitting `rows` into one block per worker (one block if small)."""
-    n = min(workers(), max(1, rows * cols // MIN_BLOCK), rows) if rows else 1
-    bounds = [rows * i // n for i in range(n + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
+def ranges(n, parts):
+    """[(start, stop)] cutting range(n) into `parts` nearly equal pieces."""
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def run(tasks):
+    """Run the zero-argument callables on the pool (the last one on this thread); their results."""
+    pool = _get_pool()  # also puts BLAS on one thread, for the small products as well
+    if len(tasks) == 1:
+        return [tasks[0]()]
+    futures = [pool.submit(task) for task in tasks[:-1]]
+    last = tasks[-1]()
+    return [f.result() for f in futures] + [last]
+
+
+def parts_for(elements):
+    return max(1, min(workers(), elements // MIN_BLOCK))
 
 
 def map_rows(fn, rows, cols):
-    """[fn(start, stop) for each row block], run on the pool when there is more than one block."""
-    blocks = row_blocks(rows, cols)
-    if len(blocks) == 1:
-        return [fn(*blocks[0])]
-    futures = [_get_pool().submit(fn, a, b) for a, b in blocks]
-    return [f.result() for f in futures]
+    """[fn(start, stop) for each block of rows], in parallel when the work is big enough."""
+    blocks = ranges(rows, min(parts_for(rows * cols), max(rows, 1))) or [(0, 0)]
+    return run([lambda a=a, b=b: fn(a, b) for a, b in blocks])
+
+
+def matmul(a, b, out=None):
+    """a @ b for a: (M, K), b: (K, V), split over the columns of b (each thread reads its half
+    of b once: the big operand, (H, V) weights or (M, V) gradients, is never read twice)."""
+    M, V = a.shape[0], b.shape[1]
+    if out is None:
+        out = _empty_like_result(a, b)
+    blocks = ranges(V, parts_for(M * V * max(1, a.shape[1] // 64)))
+    run([lambda s=s, e=e: _matmul_into(a, b[:, s:e], out[:, s:e]) for s, e in blocks])
+    return out
+
+
+def matmul_inner(a, b, out=None):
+    """a @ b for a: (M, V), b: (V, K) with V the big dimension: each thread multiplies its slice
+    of V, and the (M, K) partial products are summed in a fixed order."""
+    M, V = a.shape
+    blocks = ranges(V, parts_for(M * V))
+    parts = run([lambda s=s, e=e: a[:, s:e] @ b[s:e] for s, e in blocks])
+    result = parts[0] if out is None else _copy_into(out, parts[0])
+    for p in parts[1:]:
+        result += p
+    return result
+
+
+def _matmul_into(a, b, out):
+    import numpy as np
+    return np.matmul(a, b, out=out)  # a column block: BLAS writes it in place (ldc = row length)
+
+
+def _copy_into(out, value):
+    out[...] = value
+    return out
+
+
+def _empty_like_result(a, b):
+    import numpy as np
+    return np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))

@@ -87,8 +87,9 @@ def train_step(params, model_cfg, train_cfg, opt_state, inputs, targets, state, 
     loss, new_state, cache = model.forward(params, model_cfg, inputs, targets, state, workspace=workspace,
                                            dropout_rng=dropout_rng)
     grads = model.backward(cache, workspace, sparse_embedding=True)
-    norm = optim.clip_grad_norm(grads, train_cfg.clip_norm)
-    optim.update(train_cfg.optimizer, params, grads, opt_state, lr, train_cfg)
+    norm = optim.global_norm(grads)
+    optim.update(train_cfg.optimizer, params, grads, opt_state, lr, train_cfg,
+                 grad_scale=optim.clip_factor(norm, train_cfg.clip_norm))
     return loss, new_state, norm
 
 
@@ -140,7 +141,7 @@ def _write_metric(out_dir, progress, record):
             except OSError:
                 pass
             raise WriteError(f"{path}: could not append ({e.strerror or e}); the model files are "
-                                  f"untouched") from None
+                             f"untouched") from None
     finally:
         os.close(fd)
     progress.metrics_bytes += len(line)
@@ -451,7 +452,8 @@ def _end_of_epoch(config, out_dir, params, best, progress, valid_ids, reporter):
         ckpt.write_npz(out_dir / ckpt.WEIGHTS, best)
     elif tc.schedule == "halving":
         params = {k: v.copy() for k, v in best.items()}  # reject the epoch (Mikolov)
-    if (tc.schedule == "halving" and progress.halving) or (tc.schedule == "step" and progress.epoch >= tc.decay_start):
+    if ((tc.schedule == "halving" and progress.halving) or (tc.schedule == "step" and progress.epoch >= tc.decay_start)
+            or (tc.schedule == "plateau" and not improved)):
         progress.lr *= tc.lr_decay
     _write_metric(out_dir, progress, record)
     reporter.epoch_end(record)
