@@ -358,7 +358,7 @@ def eval_cmd(model_dir, files, batch_size, as_json):
 @click.option("--prompt", default="", help="Text to start from (tokenized like the training data).")
 @click.option("--words", default=50, show_default=True, type=click.IntRange(min=1), help="Words to generate.")
 @click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(min=0),
-              help="Divide the logits by this; 0 is greedy.")
+              help="Divide the logits by this; 0 is greedy (else at least 1e-6).")
 @click.option("--top-k", default=None, type=click.IntRange(min=1), help="Sample only among the k most likely words.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
               help="The same seed gives the same text.")

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -362,7 +363,11 @@ def run(config, out_dir, *, init_dir=None, resume=False, reporter=None, should_s
 
     if progress.done and progress.stop_reason.startswith("reached"):
         progress.done = False  # resumed with a larger epochs or max_steps: carry on
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):  # NaN/inf are checked
+    # NaN/inf are checked explicitly: no numpy warnings on stderr (errstate is per thread, hence
+    # the filter too, for the worker threads of parallel.py)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         while not progress.done:
             if progress.epoch > tc.epochs:
                 progress.done, progress.stop_reason = True, f"reached {tc.epochs} epochs"

@@ -124,3 +124,24 @@ def test_planted_error_is_caught():
     wrong = dW_h.copy()
     wrong[0, 0] *= 1.01
     assert rel_error(wrong, numeric) > 1e-4
+
+
+def test_parallel_products_equal_plain_ones(monkeypatch):
+    """The split products (over the columns of b, or over the inner dimension) are the products."""
+    from rnnlm_cli import parallel
+    monkeypatch.setattr(parallel, "_workers", 3)
+    monkeypatch.setattr(parallel, "MIN_BLOCK", 16)
+    rng = np.random.default_rng(8)
+    a, b = rng.normal(size=(40, 30)), rng.normal(size=(30, 101))
+    out = np.empty((40, 101))
+    np.testing.assert_allclose(parallel.matmul(a, b, out), a @ b, rtol=1e-12, atol=1e-12)
+    d = rng.normal(size=(40, 101))
+    np.testing.assert_allclose(parallel.matmul(a.T, d), a.T @ d, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(parallel.matmul_inner(d, b.T), d @ b.T, rtol=1e-12, atol=1e-12)
+    logits = rng.normal(size=(40, 101))
+    targets = rng.integers(0, 101, size=40)
+    split, d_split = layers.softmax_cross_entropy(logits.copy(), targets, 0.5)
+    monkeypatch.setattr(parallel, "_workers", 1)
+    whole, d_whole = layers.softmax_cross_entropy(logits.copy(), targets, 0.5)
+    assert split == pytest.approx(whole, rel=1e-12)
+    np.testing.assert_array_equal(d_split, d_whole)  # each row by one thread, same operations
