@@ -172,7 +172,7 @@ def affine_backward(dlogits, cache, out=None):
     dW = parallel.matmul(h.T, dlogits, dW_out)  # ∇U = Σ_t h_tᵀ δ_o,t
     ones = np.ones((1, h.shape[0]), dtype=dlogits.dtype)
     db = parallel.matmul(ones, dlogits)[0]  # ∇b = Σ_t δ_o,t
-    dh = parallel.matmul_inner(dlogits, W.T, dh_out)  # δ_o Uᵀ
+    dh = parallel.matmul_rows(dlogits, W.T, dh_out)  # δ_o Uᵀ
     return dh, dW, db
 
 
@@ -189,26 +189,40 @@ def softmax_cross_entropy(logits, targets, scale=1.0, need_grad=True, bias=None)
     """logits: (M, V) (overwritten), targets: (M,) ints, bias: (V,) or None (added here if given)
     -> (Σ_t −log ŷ_t[target], dlogits or None).
 
-    J_t = −log softmax(z)_k = log Σ_j e^{z_j} − z_k, computed from shifted logits (stable);
-    ∂J_t/∂z = ŷ − y (seed 003, eq. 7), then scaled by `scale` (1/M for a mean loss)."""
+    J_t = −log softmax(z)_k = log Σ_j e^{z_j} − z_k; ∂J_t/∂z = ŷ − y (seed 003, eq. 7), then
+    scaled by `scale` (1/M for a mean loss).
+
+    The usual shift by the row maximum costs two passes over the logits. It is only needed when
+    e^z would overflow or underflow float32, so each chunk is first exponentiated unshifted into a
+    scratch array; the rare chunk whose row sums come out infinite or tiny is done again, shifted,
+    from its logits, which are still intact."""
     M, V = logits.shape
+    if V == 1:  # one outcome: probability 1 exactly, no loss, no gradient (no rounding residue)
+        logits[...] = 0.0
+        return 0.0, (logits if need_grad else None)
 
     def rows(a, b):
         loss = 0.0
-        for c in range(a, b, CHUNK_ROWS):
-            d = min(b, c + CHUNK_ROWS)
-            z, t = logits[c:d], targets[c:d]
-            if bias is not None:
-                z += bias
-            z -= z.max(axis=1, keepdims=True)
-            idx = np.arange(d - c)
-            picked = z[idx, t]  # z_k − max, copied out before exp overwrites it
-            np.exp(z, out=z)
-            sums = z.sum(axis=1)
-            loss += float(np.log(sums, dtype=np.float64).sum() - picked.sum(dtype=np.float64))
-            if need_grad:
-                z *= (scale / sums)[:, None]  # ŷ · scale
-                z[idx, t] -= scale  # (ŷ − y) · scale
+        scratch = np.empty((min(CHUNK_ROWS, b - a), V), dtype=logits.dtype)
+        with np.errstate(over="ignore", under="ignore"):
+            for c in range(a, b, CHUNK_ROWS):
+                d = min(b, c + CHUNK_ROWS)
+                z, t, e = logits[c:d], targets[c:d], scratch[:d - c]
+                if bias is not None:
+                    z += bias
+                idx = np.arange(d - c)
+                picked = z[idx, t]  # z_k
+                np.exp(z, out=e)
+                sums = e.sum(axis=1)
+                if not np.all((sums < 1e37) & (sums > 1e-30)):  # overflow or underflow: shift
+                    shift = z.max(axis=1, keepdims=True)
+                    np.exp(z - shift, out=e)
+                    sums = e.sum(axis=1)
+                    picked = picked - shift[:, 0]
+                loss += float(np.log(sums, dtype=np.float64).sum() - picked.sum(dtype=np.float64))
+                if need_grad:
+                    np.multiply(e, (scale / sums)[:, None], out=z)  # ŷ · scale
+                    z[idx, t] -= scale  # (ŷ − y) · scale
         return loss
 
     loss = sum(parallel.map_rows(rows, M, V))
@@ -305,6 +319,8 @@ def class_output_forward(h, W, b, class_W, class_b, bounds, targets, scale=1.0, 
         pos = order[g0:g1]  # the positions whose target is in class c
         c = cls[pos[0]]
         a, z = bounds[c], bounds[c + 1]
+        if z - a == 1:
+            continue  # a one-word class: P(w | c, h) = 1, no loss and no gradient
         hc = h[pos]
         logits = hc @ W[:, a:z]
         word_loss, dlogits = softmax_cross_entropy(logits, targets[pos] - a, scale, need_grad, bias=b[a:z])
