@@ -6,6 +6,7 @@ saves into a checkpoint `.npz` like the parameters do.
 
 import numpy as np
 
+from . import parallel
 from .layers import ColumnBlocks, SparseRows
 
 
@@ -65,18 +66,56 @@ def adam_init(params):
 
 
 def adam_update(params, grads, state, lr, beta1=0.9, beta2=0.999, eps=1e-8):
-    """Adam (Kingma & Ba 2015) with bias correction."""
+    """Adam (Kingma & Ba 2015) with bias correction, exactly, but without materializing a sparse
+    gradient: the moments of every entry decay, and only the rows (or class columns) a window
+    touched receive gradient; all of it in place and split over the cores."""
     state["adam.t"] += 1
     t = int(state["adam.t"])
     step = lr * np.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
     for key, g in grads.items():
-        g = g.dense() if isinstance(g, (SparseRows, ColumnBlocks)) else g
-        m, v = state[f"adam.m.{key}"], state[f"adam.v.{key}"]
-        m *= beta1
-        m += (1.0 - beta1) * g
-        v *= beta2
-        v += (1.0 - beta2) * (g * g)
-        params[key] -= step * m / (np.sqrt(v) + eps)
+        p, m, v = params[key], state[f"adam.m.{key}"], state[f"adam.v.{key}"]
+        if isinstance(g, SparseRows):
+            _decay(m, v, beta1, beta2)
+            m[g.ids] += (1.0 - beta1) * g.rows
+            v[g.ids] += (1.0 - beta2) * (g.rows * g.rows)
+        elif isinstance(g, ColumnBlocks):
+            _decay(m, v, beta1, beta2)
+            for (a, b), block in zip(g.ranges, g.blocks):
+                m[..., a:b] += (1.0 - beta1) * block
+                v[..., a:b] += (1.0 - beta2) * (block * block)
+        else:
+            _blocks(lambda a, b: _moments(m.reshape(-1)[a:b], v.reshape(-1)[a:b], g.reshape(-1)[a:b],
+                                          beta1, beta2), p.size)
+        _blocks(lambda a, b: _adam_step(p.reshape(-1)[a:b], m.reshape(-1)[a:b], v.reshape(-1)[a:b], step, eps),
+                p.size)
+
+
+def _blocks(fn, n):
+    parallel.map_rows(fn, n, 1)
+
+
+def _decay(m, v, beta1, beta2):
+    def block(a, b):
+        m.reshape(-1)[a:b] *= beta1
+        v.reshape(-1)[a:b] *= beta2
+    _blocks(block, m.size)
+
+
+def _moments(m, v, g, beta1, beta2):
+    """m ← β1 m + (1 − β1) g,  v ← β2 v + (1 − β2) g²  (in place)."""
+    m *= beta1
+    m += (1.0 - beta1) * g
+    v *= beta2
+    v += (1.0 - beta2) * (g * g)
+
+
+def _adam_step(p, m, v, step, eps):
+    """p ← p − step · m / (√v + ε)  (in place, one scratch array)."""
+    tmp = np.sqrt(v)
+    tmp += eps
+    np.divide(m, tmp, out=tmp)
+    tmp *= step
+    p -= tmp
 
 
 def init_state(name, params):

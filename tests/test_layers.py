@@ -127,7 +127,7 @@ def test_planted_error_is_caught():
 
 
 def test_parallel_products_equal_plain_ones(monkeypatch):
-    """The split products (over the columns of b, or over the inner dimension) are the products."""
+    """The split products (over the columns of b, or the rows of a) are the products."""
     from rnnlm_cli import parallel
     monkeypatch.setattr(parallel, "_workers", 3)
     monkeypatch.setattr(parallel, "MIN_BLOCK", 16)
@@ -137,7 +137,7 @@ def test_parallel_products_equal_plain_ones(monkeypatch):
     np.testing.assert_allclose(parallel.matmul(a, b, out), a @ b, rtol=1e-12, atol=1e-12)
     d = rng.normal(size=(40, 101))
     np.testing.assert_allclose(parallel.matmul(a.T, d), a.T @ d, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(parallel.matmul_inner(d, b.T), d @ b.T, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(parallel.matmul_rows(d, b.T), d @ b.T, rtol=1e-12, atol=1e-12)
     logits = rng.normal(size=(40, 101))
     targets = rng.integers(0, 101, size=40)
     split, d_split = layers.softmax_cross_entropy(logits.copy(), targets, 0.5)

@@ -121,3 +121,27 @@ def test_halving_schedule_halves_then_stops(tiny_config, tmp_path):
     lrs = [e["lr"] for e in epochs if e["event"] == "epoch"]
     assert lrs == [1.0, 1.0, 0.5]  # epoch 2 gains < ×1.5: halve from then on; epoch 3 too: stop
     assert summary["stop_reason"] == "valid perplexity stopped improving"
+
+
+def test_adam_on_sparse_gradients_equals_dense_adam():
+    """The in-place, sparse-aware Adam is Adam: same result as the textbook update on dense grads."""
+    from rnnlm_cli.layers import ColumnBlocks, SparseRows
+    rng = np.random.default_rng(0)
+    params = {"e": rng.normal(size=(6, 3)), "w": rng.normal(size=(3, 8)), "b": rng.normal(size=4)}
+    state = optim.adam_init(params)
+    ref_p = {k: v.copy() for k, v in params.items()}
+    ref_m = {k: np.zeros_like(v) for k, v in params.items()}
+    ref_v = {k: np.zeros_like(v) for k, v in params.items()}
+    for t in range(1, 4):
+        grads = {"e": SparseRows(np.array([1, 4]), rng.normal(size=(2, 3)), (6, 3)),
+                 "w": ColumnBlocks([(0, 2), (5, 8)], [rng.normal(size=(3, 2)), rng.normal(size=(3, 3))], (3, 8)),
+                 "b": rng.normal(size=4)}
+        dense = {k: (g.dense() if hasattr(g, "dense") else g.copy()) for k, g in grads.items()}
+        optim.adam_update(params, grads, state, 0.01)
+        for k, g in dense.items():
+            ref_m[k] = 0.9 * ref_m[k] + 0.1 * g
+            ref_v[k] = 0.999 * ref_v[k] + 0.001 * g * g
+            m_hat, v_hat = ref_m[k] / (1 - 0.9 ** t), ref_v[k] / (1 - 0.999 ** t)
+            ref_p[k] -= 0.01 * m_hat / (np.sqrt(v_hat) + 1e-8 / np.sqrt(1 - 0.999 ** t))  # Kingma & Ba, "efficient" ε
+    for k in params:
+        np.testing.assert_allclose(params[k], ref_p[k], rtol=1e-10, atol=1e-12)
