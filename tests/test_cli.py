@@ -182,3 +182,13 @@ def test_readme_config_reference_is_current():
     from rnnlm_cli.config import describe_keys
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     assert describe_keys() in readme
+
+
+def test_builtin_config_finds_the_shipped_corpus(tmp_path, monkeypatch):
+    """`rnnlm train` with no CONFIG works from any folder: the built-in config's paths resolve."""
+    from pathlib import Path
+    from rnnlm_cli.config import load_config
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None)
+    for key in ("train", "valid", "test"):
+        assert Path(getattr(config.data, key)).is_file(), key
