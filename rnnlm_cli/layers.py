@@ -114,10 +114,11 @@ def rnn_forward(x, h0, W_x, W_h, b, activation):
     # the input projection of all T·N positions is one matrix product; the loop adds h_{t-1} W_h
     h = (x.reshape(T * N, D) @ W_x).reshape(T, N, H)
     h += b
+    rec = np.empty((N, H), dtype=h.dtype)  # h_{t-1} W_h, one buffer for every step
     prev = h0
     for t in range(T):
         z = h[t]
-        z += prev @ W_h
+        z += np.matmul(prev, W_h, out=rec)
         prev = activation_forward(z, activation)  # z_t becomes h_t in place
     return h, (x, h0, h, W_x, W_h, activation)
 
@@ -135,11 +136,12 @@ def rnn_backward(dh, cache):
     T, N, D = x.shape
     H = W_h.shape[0]
     dz = activation_grad(h, activation)  # f'(z_t) for all t at once, then γ_t in place
-    dnext = np.zeros_like(h0)  # γ_{t+1} W_hᵀ, zero after the window's last step
+    dnext = np.zeros_like(dz[0])  # γ_{t+1} W_hᵀ, zero after the window's last step
+    total = np.empty_like(dnext)  # dh_t + γ_{t+1} W_hᵀ; both buffers serve every step
     for t in reversed(range(T)):
         g = dz[t]
-        g *= dh[t] + dnext  # γ_t = f'(z_t) ∘ (dh_t + γ_{t+1} W_hᵀ)      (seed 002, eqs. 2 and 7)
-        dnext = g @ W_h.T  # ∇h_{t-1} = γ_t W_hᵀ                        (seed 002, eq. 5)
+        g *= np.add(dh[t], dnext, out=total)  # γ_t = f'(z_t) ∘ (dh_t + γ_{t+1} W_hᵀ)  (seed 002, eqs. 2 and 7)
+        np.matmul(g, W_h.T, out=dnext)  # ∇h_{t-1} = γ_t W_hᵀ                   (seed 002, eq. 5)
     dz2 = dz.reshape(T * N, H)
     dW_x = x.reshape(T * N, D).T @ dz2  # ∇W_x = Σ_t x_tᵀ γ_t         (seed 003, eq. 40)
     dW_h = h0.T @ dz[0]  # ∇W_h = Σ_t h_{t-1}ᵀ γ_t                    (seed 003, eq. 39; seed 002, eq. 3)

@@ -17,6 +17,8 @@ import ctypes
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 MIN_BLOCK = 1 << 16  # elements: below this, a thread costs more than it saves
 
 _pool = None
@@ -66,7 +68,6 @@ def single_threaded_blas():
 def _get_pool():
     global _pool
     if _pool is None:
-        import numpy  # noqa: F401  (so that its BLAS is loaded before we set it)
         single_threaded_blas()
         _pool = ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="rnnlm")
     return _pool
@@ -121,10 +122,8 @@ def matmul_rows(a, b, out=None):
 
 
 def _matmul_into(a, b, out):
-    import numpy as np
     return np.matmul(a, b, out=out)  # a column block: BLAS writes it in place (ldc = row length)
 
 
 def _empty_like_result(a, b):
-    import numpy as np
     return np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
