@@ -14,9 +14,25 @@ and the weight gradients are single matrix products over all T·N positions afte
 
 Every function keeps the dtype of its inputs (float32 in, float32 everywhere). Every backward
 here is checked against central differences in tests/test_gated.py.
+
+The streams of a batch are independent through time, so each recurrent loop runs its streams
+in one block per core (parallel.py): one hand-off per window, not per step, and each block's
+rows are computed by the same thread with the same operations every time (deterministic).
 """
 
 import numpy as np
+
+from . import parallel
+
+
+def _stream_blocks(N):
+    """[(start, stop)]: the N streams cut into one block per thread."""
+    return parallel.ranges(N, min(parallel.workers(), N)) or [(0, 0)]
+
+
+def _by_streams(loop, N):
+    """Run loop(start, stop) for each block of streams, in parallel."""
+    parallel.run([lambda s=s, e=e: loop(s, e) for s, e in _stream_blocks(N)])
 
 
 def _sigmoid_(z):
@@ -48,29 +64,33 @@ def lstm_forward(x, h0, c0, W_x, W_h, b):
     T, N, D = x.shape
     H = W_h.shape[0]
     # the input projection of all T·N positions is one matrix product; the loop adds h_{t-1} W_h
-    gates = (x.reshape(T * N, D) @ W_x).reshape(T, N, 4 * H)  # a_t, then the gates in place
+    gates = parallel.matmul(x.reshape(T * N, D), W_x).reshape(T, N, 4 * H)  # a_t, then gates
     gates += b
     dtype = gates.dtype
     h = np.empty((T, N, H), dtype=dtype)
     c = np.empty((T, N, H), dtype=dtype)
     tanh_c = np.empty((T, N, H), dtype=dtype)
-    rec = np.empty((N, 4 * H), dtype=dtype)  # h_{t-1} W_h, reused every step
-    prev_h, prev_c = h0, c0
-    for t in range(T):
-        a = gates[t]
-        np.matmul(prev_h, W_h, out=rec)
-        a += rec  # a_t                                                                  (L1)
-        _sigmoid_(a[:, :2 * H])  # i_t, f_t                                               (L2)
-        np.tanh(a[:, 2 * H:3 * H], out=a[:, 2 * H:3 * H])  # g_t
-        _sigmoid_(a[:, 3 * H:])  # o_t
-        i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-        ct, tc = c[t], tanh_c[t]
-        np.multiply(f, prev_c, out=ct)
-        np.multiply(i, g, out=tc)  # tc as scratch for i ∘ g
-        ct += tc  # c_t = f_t ∘ c_{t-1} + i_t ∘ g_t                                     (L3)
-        np.tanh(ct, out=tc)
-        np.multiply(o, tc, out=h[t])  # h_t = o_t ∘ tanh(c_t)                            (L4)
-        prev_h, prev_c = h[t], ct
+
+    def loop(s, e):  # streams s:e through the window
+        rec = np.empty((e - s, 4 * H), dtype=dtype)  # h_{t-1} W_h, reused every step
+        prev_h, prev_c = h0[s:e], c0[s:e]
+        for t in range(T):
+            a = gates[t, s:e]
+            np.matmul(prev_h, W_h, out=rec)
+            a += rec  # a_t                                                              (L1)
+            _sigmoid_(a[:, :2 * H])  # i_t, f_t                                           (L2)
+            np.tanh(a[:, 2 * H:3 * H], out=a[:, 2 * H:3 * H])  # g_t
+            _sigmoid_(a[:, 3 * H:])  # o_t
+            i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+            ct, tc = c[t, s:e], tanh_c[t, s:e]
+            np.multiply(f, prev_c, out=ct)
+            np.multiply(i, g, out=tc)  # tc as scratch for i ∘ g
+            ct += tc  # c_t = f_t ∘ c_{t-1} + i_t ∘ g_t                                 (L3)
+            np.tanh(ct, out=tc)
+            np.multiply(o, tc, out=h[t, s:e])  # h_t = o_t ∘ tanh(c_t)                  (L4)
+            prev_h, prev_c = h[t, s:e], ct
+
+    _by_streams(loop, N)
     c_last = c[-1].copy()
     return h, c_last, (x, h0, c0, W_x, W_h, gates, c, tanh_c, h)
 
@@ -90,45 +110,49 @@ def lstm_backward(dh, cache, dc_last=None):
     H = W_h.shape[0]
     dtype = gates.dtype
     G = gates.reshape(T, N, 4, H)  # views: G[:, :, 0] = i, 1 = f, 2 = g, 3 = o
-    i, f, g, o = G[:, :, 0], G[:, :, 1], G[:, :, 2], G[:, :, 3]
-    # the local derivatives, for all t at once; da becomes γ_t = ∂J/∂a_t in place in the loop
-    da = np.empty_like(gates)
-    K = da.reshape(T, N, 4, H)
-    np.multiply(i, 1.0 - i, out=K[:, :, 0])
-    K[:, :, 0] *= g  # K^i = ∂c_t/∂a^i = g_t ∘ σ'(a^i)                                   (L8)
-    np.multiply(f, 1.0 - f, out=K[:, :, 1])
-    K[0, :, 1] *= c0
-    K[1:, :, 1] *= c[:-1]  # K^f = ∂c_t/∂a^f = c_{t-1} ∘ σ'(a^f)                         (L8)
-    np.multiply(g, g, out=K[:, :, 2])
-    np.subtract(1.0, K[:, :, 2], out=K[:, :, 2])
-    K[:, :, 2] *= i  # K^g = ∂c_t/∂a^g = i_t ∘ (1 − g_t²)                                 (L8)
-    np.multiply(o, 1.0 - o, out=K[:, :, 3])
-    K[:, :, 3] *= tanh_c  # K^o = ∂h_t/∂a^o = tanh(c_t) ∘ σ'(a^o)                        (L6)
-    K_c = tanh_c * tanh_c
-    np.subtract(1.0, K_c, out=K_c)
-    K_c *= o  # ∂h_t/∂c_t = o_t ∘ (1 − tanh² c_t)                                          (L7)
-
-    eta = np.empty((N, H), dtype=dtype)  # η_t
+    da = np.empty_like(gates)  # the local derivatives K, then γ_t = ∂J/∂a_t in place
     dnext = np.zeros((N, H), dtype=dtype)  # ε_{t+1} = γ_{t+1} W_hᵀ, zero after the last step
     kappa = np.zeros((N, H), dtype=dtype)  # κ_{t+1} ∘ f_{t+1}, then κ_t
     if dc_last is not None:
         kappa += dc_last  # κ_{T+1} ∘ f_{T+1} := ∂J/∂c_T from beyond the window          (L7)
-    for t in reversed(range(T)):
-        Kt = K[t]
-        np.add(dh[t], dnext, out=eta)  # η_t = dh_t + ε_{t+1}                               (L5)
-        Kt[:, 3] *= eta  # γ^o_t = η_t ∘ tanh(c_t) ∘ σ'(a^o)                                 (L6)
-        eta *= K_c[t]
-        kappa += eta  # κ_t = κ_{t+1} ∘ f_{t+1} + η_t ∘ o_t ∘ (1 − tanh² c_t)               (L7)
-        Kt[:, :3] *= kappa[:, None, :]  # [γ^i γ^f γ^g]_t = κ_t ∘ [K^i K^f K^g]_t           (L8)
-        kappa *= f[t]  # ∂J/∂c_{t-1} through step t = κ_t ∘ f_t                              (L9)
-        np.matmul(da[t], W_h.T, out=dnext)  # ε_t = γ_t W_hᵀ                                 (L10)
+
+    def loop(s, e):  # streams s:e: their local derivatives, then backwards through the window
+        i, f, g, o = G[:, s:e, 0], G[:, s:e, 1], G[:, s:e, 2], G[:, s:e, 3]
+        K = da.reshape(T, N, 4, H)[:, s:e]
+        tc = tanh_c[:, s:e]
+        np.multiply(i, 1.0 - i, out=K[:, :, 0])
+        K[:, :, 0] *= g  # K^i = ∂c_t/∂a^i = g_t ∘ σ'(a^i)                               (L8)
+        np.multiply(f, 1.0 - f, out=K[:, :, 1])
+        K[0, :, 1] *= c0[s:e]
+        K[1:, :, 1] *= c[:-1, s:e]  # K^f = ∂c_t/∂a^f = c_{t-1} ∘ σ'(a^f)                (L8)
+        np.multiply(g, g, out=K[:, :, 2])
+        np.subtract(1.0, K[:, :, 2], out=K[:, :, 2])
+        K[:, :, 2] *= i  # K^g = ∂c_t/∂a^g = i_t ∘ (1 − g_t²)                             (L8)
+        np.multiply(o, 1.0 - o, out=K[:, :, 3])
+        K[:, :, 3] *= tc  # K^o = ∂h_t/∂a^o = tanh(c_t) ∘ σ'(a^o)                        (L6)
+        K_c = tc * tc
+        np.subtract(1.0, K_c, out=K_c)
+        K_c *= o  # ∂h_t/∂c_t = o_t ∘ (1 − tanh² c_t)                                      (L7)
+        eta = np.empty((e - s, H), dtype=dtype)  # η_t
+        eps, kap = dnext[s:e], kappa[s:e]
+        for t in reversed(range(T)):
+            Kt = K[t]
+            np.add(dh[t, s:e], eps, out=eta)  # η_t = dh_t + ε_{t+1}                        (L5)
+            Kt[:, 3] *= eta  # γ^o_t = η_t ∘ tanh(c_t) ∘ σ'(a^o)                             (L6)
+            eta *= K_c[t]
+            kap += eta  # κ_t = κ_{t+1} ∘ f_{t+1} + η_t ∘ o_t ∘ (1 − tanh² c_t)             (L7)
+            Kt[:, :3] *= kap[:, None, :]  # [γ^i γ^f γ^g]_t = κ_t ∘ [K^i K^f K^g]_t         (L8)
+            kap *= f[t]  # ∂J/∂c_{t-1} through step t = κ_t ∘ f_t                            (L9)
+            np.matmul(da[t, s:e], W_h.T, out=eps)  # ε_t = γ_t W_hᵀ                          (L10)
+
+    _by_streams(loop, N)
     da2 = da.reshape(T * N, 4 * H)
-    dW_x = x.reshape(T * N, D).T @ da2  # ∇W_x = Σ_t x_tᵀ γ_t                               (L11)
+    dW_x = parallel.matmul(x.reshape(T * N, D).T, da2)  # ∇W_x = Σ_t x_tᵀ γ_t              (L11)
     dW_h = h0.T @ da[0]  # ∇W_h = Σ_t h_{t-1}ᵀ γ_t                                          (L12)
     if T > 1:
-        dW_h += h[:-1].reshape((T - 1) * N, H).T @ da[1:].reshape((T - 1) * N, 4 * H)
+        dW_h += parallel.matmul(h[:-1].reshape((T - 1) * N, H).T, da[1:].reshape((T - 1) * N, 4 * H))
     db = da2.sum(axis=0)  # ∇b = Σ_t γ_t                                                    (L13)
-    dx = (da2 @ W_x.T).reshape(T, N, D)  # ∂J/∂x_t = γ_t W_xᵀ                               (L14)
+    dx = parallel.matmul(da2, W_x.T).reshape(T, N, D)  # ∂J/∂x_t = γ_t W_xᵀ                (L14)
     return dx, dnext, kappa, dW_x, dW_h, db  # dh0 = ε_1, dc0 = κ_1 ∘ f_1                    (L15)
 
 
