@@ -172,30 +172,34 @@ def gru_forward(x, h0, W_x, W_h, b_x, b_h):
     The cache keeps the returned h: do not write into h before backward."""
     T, N, D = x.shape
     H = W_h.shape[0]
-    gates = (x.reshape(T * N, D) @ W_x).reshape(T, N, 3 * H)  # u_t, then r, z, n in place
+    gates = parallel.matmul(x.reshape(T * N, D), W_x).reshape(T, N, 3 * H)  # u_t, then r, z, n
     gates += b_x
     dtype = gates.dtype
     h = np.empty((T, N, H), dtype=dtype)
     v_n = np.empty((T, N, H), dtype=dtype)  # v^n_t = h_{t-1} W_h^n + b_h^n, kept for backward
-    rec = np.empty((N, 3 * H), dtype=dtype)  # v_t, reused every step
-    prev = h0
-    for t in range(T):
-        a = gates[t]
-        np.matmul(prev, W_h, out=rec)
-        rec += b_h  # v_t                                                                 (G1)
-        a[:, :2 * H] += rec[:, :2 * H]
-        _sigmoid_(a[:, :2 * H])  # r_t, z_t                                               (G2)
-        r, z, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
-        v_n[t] = rec[:, 2 * H:]
-        rec_n = rec[:, 2 * H:]
-        rec_n *= r
-        n += rec_n
-        np.tanh(n, out=n)  # n_t = tanh(u^n + r_t ∘ v^n)                                  (G3)
-        ht = h[t]
-        np.subtract(prev, n, out=ht)
-        ht *= z
-        ht += n  # h_t = n_t + z_t ∘ (h_{t-1} − n_t)                                      (G4)
-        prev = ht
+
+    def loop(s, e):  # streams s:e through the window
+        rec = np.empty((e - s, 3 * H), dtype=dtype)  # v_t, reused every step
+        prev = h0[s:e]
+        for t in range(T):
+            a = gates[t, s:e]
+            np.matmul(prev, W_h, out=rec)
+            rec += b_h  # v_t                                                             (G1)
+            a[:, :2 * H] += rec[:, :2 * H]
+            _sigmoid_(a[:, :2 * H])  # r_t, z_t                                           (G2)
+            r, z, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
+            v_n[t, s:e] = rec[:, 2 * H:]
+            rec_n = rec[:, 2 * H:]
+            rec_n *= r
+            n += rec_n
+            np.tanh(n, out=n)  # n_t = tanh(u^n + r_t ∘ v^n)                              (G3)
+            ht = h[t, s:e]
+            np.subtract(prev, n, out=ht)
+            ht *= z
+            ht += n  # h_t = n_t + z_t ∘ (h_{t-1} − n_t)                                  (G4)
+            prev = ht
+
+    _by_streams(loop, N)
     return h, (x, h0, W_x, W_h, gates, v_n, h)
 
 
@@ -211,42 +215,45 @@ def gru_backward(dh, cache):
     H = W_h.shape[0]
     dtype = gates.dtype
     G = gates.reshape(T, N, 3, H)
-    r, z, n = G[:, :, 0], G[:, :, 1], G[:, :, 2]
-    # local derivatives for all t; du becomes γ^u_t = ∂J/∂u_t in place in the loop
-    du = np.empty_like(gates)
-    K = du.reshape(T, N, 3, H)
-    np.multiply(n, n, out=K[:, :, 2])
-    np.subtract(1.0, K[:, :, 2], out=K[:, :, 2])
-    K[:, :, 2] *= 1.0 - z  # K^n = (1 − z_t) ∘ (1 − n_t²)                                  (G6)
-    np.multiply(r, 1.0 - r, out=K[:, :, 0])
-    K[:, :, 0] *= v_n
-    K[:, :, 0] *= K[:, :, 2]  # K^r = K^n ∘ v^n_t ∘ r_t(1 − r_t)                           (G8)
-    np.multiply(z, 1.0 - z, out=K[:, :, 1])
-    K[0, :, 1] *= h0 - n[0]
-    K[1:, :, 1] *= h[:-1] - n[1:]  # K^z = (h_{t-1} − n_t) ∘ z_t(1 − z_t)                   (G7)
+    du = np.empty_like(gates)  # the local derivatives K, then γ^u_t = ∂J/∂u_t in place
     dv = np.empty_like(gates)  # γ^v_t = ∂J/∂v_t
-
-    eta = np.empty((N, H), dtype=dtype)  # η_t
     dnext = np.zeros((N, H), dtype=dtype)  # ε_{t+1}, zero after the window's last step
-    for t in reversed(range(T)):
-        Kt = K[t]
-        np.add(dh[t], dnext, out=eta)  # η_t = dh_t + ε_{t+1}                               (G5)
-        Kt *= eta[:, None, :]  # [γ^r γ^z γ^n]_t = η_t ∘ [K^r K^z K^n]_t                    (G6-G8)
-        dvt = dv[t]
-        dvt[:, :2 * H] = du[t, :, :2 * H]  # γ^v_r = γ^u_r, γ^v_z = γ^u_z                  (G9)
-        np.multiply(du[t, :, 2 * H:], r[t], out=dvt[:, 2 * H:])  # γ^v_n = r_t ∘ γ^u_n    (G9)
-        np.matmul(dvt, W_h.T, out=dnext)
-        eta *= z[t]
-        dnext += eta  # ε_t = γ^v_t W_hᵀ + η_t ∘ z_t                                        (G10)
+
+    def loop(s, e):  # streams s:e: their local derivatives, then backwards through the window
+        r, z, n = G[:, s:e, 0], G[:, s:e, 1], G[:, s:e, 2]
+        K = du.reshape(T, N, 3, H)[:, s:e]
+        np.multiply(n, n, out=K[:, :, 2])
+        np.subtract(1.0, K[:, :, 2], out=K[:, :, 2])
+        K[:, :, 2] *= 1.0 - z  # K^n = (1 − z_t) ∘ (1 − n_t²)                              (G6)
+        np.multiply(r, 1.0 - r, out=K[:, :, 0])
+        K[:, :, 0] *= v_n[:, s:e]
+        K[:, :, 0] *= K[:, :, 2]  # K^r = K^n ∘ v^n_t ∘ r_t(1 − r_t)                       (G8)
+        np.multiply(z, 1.0 - z, out=K[:, :, 1])
+        K[0, :, 1] *= h0[s:e] - n[0]
+        K[1:, :, 1] *= h[:-1, s:e] - n[1:]  # K^z = (h_{t-1} − n_t) ∘ z_t(1 − z_t)          (G7)
+        eta = np.empty((e - s, H), dtype=dtype)  # η_t
+        eps = dnext[s:e]
+        for t in reversed(range(T)):
+            Kt = K[t]
+            np.add(dh[t, s:e], eps, out=eta)  # η_t = dh_t + ε_{t+1}                        (G5)
+            Kt *= eta[:, None, :]  # [γ^r γ^z γ^n]_t = η_t ∘ [K^r K^z K^n]_t                (G6-G8)
+            dut, dvt = du[t, s:e], dv[t, s:e]
+            dvt[:, :2 * H] = dut[:, :2 * H]  # γ^v_r = γ^u_r, γ^v_z = γ^u_z                (G9)
+            np.multiply(dut[:, 2 * H:], r[t], out=dvt[:, 2 * H:])  # γ^v_n = r_t ∘ γ^u_n  (G9)
+            np.matmul(dvt, W_h.T, out=eps)
+            eta *= z[t]
+            eps += eta  # ε_t = γ^v_t W_hᵀ + η_t ∘ z_t                                      (G10)
+
+    _by_streams(loop, N)
     du2 = du.reshape(T * N, 3 * H)
     dv2 = dv.reshape(T * N, 3 * H)
-    dW_x = x.reshape(T * N, D).T @ du2  # ∇W_x = Σ_t x_tᵀ γ^u_t                             (G11)
+    dW_x = parallel.matmul(x.reshape(T * N, D).T, du2)  # ∇W_x = Σ_t x_tᵀ γ^u_t            (G11)
     db_x = du2.sum(axis=0)  # ∇b_x = Σ_t γ^u_t                                              (G12)
     dW_h = h0.T @ dv[0]  # ∇W_h = Σ_t h_{t-1}ᵀ γ^v_t                                        (G13)
     if T > 1:
-        dW_h += h[:-1].reshape((T - 1) * N, H).T @ dv[1:].reshape((T - 1) * N, 3 * H)
+        dW_h += parallel.matmul(h[:-1].reshape((T - 1) * N, H).T, dv[1:].reshape((T - 1) * N, 3 * H))
     db_h = dv2.sum(axis=0)  # ∇b_h = Σ_t γ^v_t                                              (G14)
-    dx = (du2 @ W_x.T).reshape(T, N, D)  # ∂J/∂x_t = γ^u_t W_xᵀ                             (G15)
+    dx = parallel.matmul(du2, W_x.T).reshape(T, N, D)  # ∂J/∂x_t = γ^u_t W_xᵀ              (G15)
     return dx, dnext, dW_x, dW_h, db_x, db_h  # dh0 = ε_1                                   (G16)
 
 

@@ -345,3 +345,26 @@ def test_gru_matches_torch():
     _torch_grads_match([(dx, xt.grad), (dh0, h0t.grad[0]),
                              (dW_x, gru.weight_ih_l0.grad.T), (dW_h, gru.weight_hh_l0.grad.T),
                              (db_x, gru.bias_ih_l0.grad), (db_h, gru.bias_hh_l0.grad)])
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_streams_split_over_threads_give_the_same_results(monkeypatch, threads):
+    """The recurrent loops run one block of streams per thread: 1 thread (one block) and 3
+    (uneven blocks) must give what the machine's default split gives, forward and backward."""
+    from rnnlm_cli import parallel
+
+    rng = np.random.default_rng(31)
+    lstm_args, gru_args = lstm_problem(32), gru_problem(33)
+    dh = rng.normal(size=(T, N, H))
+
+    def run_both():
+        h, c_last, cache = gated.lstm_forward(*lstm_args)
+        lstm_out = [h, c_last, *gated.lstm_backward(dh, cache, dc_last=c_last)]
+        g, cache = gated.gru_forward(*gru_args)
+        return lstm_out + [g, *gated.gru_backward(dh, cache)]
+
+    default = run_both()
+    monkeypatch.setattr(parallel, "_workers", threads)
+    assert len(gated._stream_blocks(N)) == min(threads, N)
+    for a, b in zip(run_both(), default):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
