@@ -95,13 +95,6 @@ def sum_rows_by_id(ids, rows):
     return sorted_ids[starts], np.add.reduceat(rows[order], starts, axis=0)
 
 
-def scatter_add_rows(out, ids, rows):
-    """out[ids[i]] += rows[i] for every i, repeated ids summed."""
-    used, sums = sum_rows_by_id(ids, rows)
-    out[used] += sums
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # Elman layer over a window: h_t = f(x_t W_x + h_{t-1} W_h + b).
 
