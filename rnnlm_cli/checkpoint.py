@@ -25,7 +25,7 @@ import yaml
 
 from . import __version__
 from .config import config_from_dict, dump_config
-from .errors import UserError, WriteError
+from .errors import UserError, WriteError, open_failed
 from .model import param_shapes
 from .vocab import load_vocab, save_vocab
 
@@ -154,8 +154,12 @@ def read_npz(path, what="weights", max_bytes=None):
     `max_bytes` bounds the uncompressed size (default: MAX_EXPANSION × the file's size)."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with zipfile.ZipFile(path) as zf:
+        f = open(path, "rb")
+        size = os.fstat(f.fileno()).st_size
+    except (OSError, ValueError) as e:  # ValueError: a NUL character in the path
+        raise open_failed(path, e, f"a {what} .npz file") from None
+    try:
+        with f, zipfile.ZipFile(f) as zf:
             infos = zf.infolist()
             limit = max_bytes if max_bytes is not None else MAX_EXPANSION * size + (1 << 20)
             claimed = sum(info.file_size for info in infos)
@@ -169,12 +173,8 @@ def read_npz(path, what="weights", max_bytes=None):
                     raise _Refused(f"array '{key}' appears twice")
                 arrays[key] = _read_member(zf, info, what)
             return arrays
-    except FileNotFoundError:
-        raise UserError(f"{path}: {what} file not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder, expected a {what} .npz file") from None
-    except PermissionError:
-        raise UserError(f"{path}: permission denied") from None
+    except OSError as e:
+        raise open_failed(path, e, f"a {what} .npz file") from None
     except _Refused as e:
         raise UserError(f"{path}: {e}") from None
     except zipfile.BadZipFile as e:

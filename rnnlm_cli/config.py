@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, open_failed
 
 
 def _key(default, *, choices=None, low=None, high=None, low_open=False, nullable=False, doc=""):
@@ -221,16 +221,10 @@ def read_yaml(path: Path):
     """safe_load a YAML file; errors name the file and the line."""
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder, expected a YAML config file") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text (bad byte at offset {e.start})") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read config ({e.strerror})") from None
-    except ValueError:  # a NUL character in the path
-        raise UserError(f"{path!r}: not a valid file name") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL character in the path
+        raise open_failed(path, e, "a YAML config file") from None
     try:
         return yaml.safe_load(text)
     except RecursionError:

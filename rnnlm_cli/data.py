@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, open_failed
 
 if TYPE_CHECKING:  # only for annotations: vocab.py imports this module, not the reverse
     from .vocab import Vocab
@@ -94,16 +94,8 @@ def _open_binary(path: PathLike):
     """Open a corpus file for reading, turning the usual OS failures into UserError."""
     try:
         return open(path, "rb")
-    except FileNotFoundError:
-        raise UserError(f"{os.fspath(path)}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"{os.fspath(path)}: is a directory, not a text file") from None
-    except PermissionError:
-        raise UserError(f"{os.fspath(path)}: permission denied") from None
-    except OSError as e:
-        raise UserError(f"{os.fspath(path)}: cannot open ({e.strerror or e})") from None
-    except ValueError:  # a NUL character in the path
-        raise UserError(f"{os.fspath(path)!r}: not a valid file name (it contains a NUL character)") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL character in the path
+        raise open_failed(os.fspath(path), e, "a text file") from None
 
 
 def _decode(raw: bytes, path: PathLike, lineno: int, offset: int) -> str:

@@ -36,6 +36,20 @@ class Diverged(UserError):
     """Training produced NaN/inf too many times; the last good model was saved."""
 
 
+def open_failed(path, error, expected) -> UserError:
+    """The UserError for an OSError (or the ValueError of a NUL in the name) raised while
+    opening or reading `path`, where `expected` says what the file should be ("a text file")."""
+    if isinstance(error, FileNotFoundError):
+        return UserError(f"{path}: no such file (expected {expected})")
+    if isinstance(error, IsADirectoryError):
+        return UserError(f"{path}: is a directory, expected {expected}")
+    if isinstance(error, PermissionError):
+        return UserError(f"{path}: permission denied")
+    if isinstance(error, OSError):
+        return UserError(f"{path}: cannot read {expected} ({error.strerror or error})")
+    return UserError(f"{str(path)!r}: not a valid file name (it contains a NUL character)")
+
+
 def one_line(text) -> str:
     """`text` with every line break shown escaped (\\n, \\r, ...), so it prints as one line."""
     return str(text).translate(_LINE_BREAKS_TABLE)

@@ -224,7 +224,7 @@ def _set_info(model_dir, text):
 DAMAGES = {
     "no config.yaml": (lambda d: (d / "config.yaml").unlink(), ["config.yaml", "missing"]),
     "no vocab.txt": (lambda d: (d / "vocab.txt").unlink(), ["vocab.txt", "missing"]),
-    "no weights.npz": (lambda d: (d / "weights.npz").unlink(), ["weights.npz", "not found"]),
+    "no weights.npz": (lambda d: (d / "weights.npz").unlink(), ["weights.npz", "no such file"]),
     "truncated weights": (lambda d: (d / "weights.npz").write_bytes((d / "weights.npz").read_bytes()[:900]),
                           ["weights.npz", "truncated or corrupted"]),
     "flipped byte": (lambda d: _flip_data(d / "weights.npz"), ["weights.npz", "corrupted"]),
@@ -741,3 +741,21 @@ def test_fuzzed_bytes_read_or_fail_cleanly(raw, block):
             assert str(e).startswith(f"{path}: line ")
             return
     assert stats["targets"] == n_words + n_lines == len(ids) - 1
+
+
+@pytest.mark.parametrize("make_path, fragment", [
+    (lambda tmp: tmp / "missing", "no such file"),
+    (lambda tmp: tmp, "is a directory"),
+    (lambda tmp: str(tmp / "a\0b"), "not a valid file name"),
+])
+def test_the_three_file_readers_report_open_failures_alike(tmp_path, make_path, fragment):
+    """A corpus, a config and a weights file that cannot be opened: one UserError naming it."""
+    from rnnlm_cli import checkpoint, config, data
+
+    path = make_path(tmp_path)
+    readers = [lambda: data._open_binary(path), lambda: config.read_yaml(Path(path)),
+               lambda: checkpoint.read_npz(path)]
+    for read in readers:
+        with pytest.raises(UserError) as e:
+            read()
+        assert fragment in str(e.value) and "\n" not in str(e.value)
