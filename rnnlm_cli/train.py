@@ -300,51 +300,64 @@ def _roll_back(out_dir, snapshot, progress, reason, reporter):
 # The loop
 
 
+def _resume(config, out_dir, reporter):
+    """The state of an interrupted run, from its checkpoint; everything is read and checked
+    before anything in out_dir changes."""
+    vocab = ckpt.load_vocab(out_dir / ckpt.VOCAB)
+    source = out_dir / ckpt.CHECKPOINT
+    params, best, opt_state, hidden, meta = ckpt.load_checkpoint(out_dir, config, len(vocab))
+    progress = _progress_from_meta(meta, source)
+    rng = _restore_rng(meta["rng"], source)
+    vocab, streams = prepare_data(config, vocab)
+    if progress.train_tokens and progress.train_tokens != len(streams["train"][0]):
+        raise UserError(f"{config.data.train}: changed since the checkpoint in {out_dir} ("
+                        f"{progress.train_tokens - 1} targets then, {len(streams['train'][0]) - 1} now); "
+                        f"--resume needs the same training data")
+    batches = data.batchify(streams["train"][0], config.train.batch_size, source=config.data.train)
+    if progress.window > data.num_windows(batches, config.train.bptt):
+        raise UserError(f"{source}: its data position (window {progress.window}) is past the end of "
+                        f"{config.data.train}: the training data changed since the checkpoint")
+    _truncate_metrics(out_dir, progress.metrics_bytes)
+    reporter.info(f"resuming {out_dir} at epoch {progress.epoch}, step {progress.step}")
+    return vocab, streams, params, best, opt_state, hidden, progress, rng
+
+
+def _start(config, out_dir, init_dir):
+    """A new run: initial (or --init) weights, a model directory and a first checkpoint, written
+    only once the data and the config have passed their checks."""
+    dtype = config.train.dtype
+    init_vocab = init_params = None
+    if init_dir is not None:
+        _, init_vocab, init_params = ckpt.load_model(init_dir, dtype)
+        ckpt.check_params(init_params, config, len(init_vocab), f"--init {init_dir}")
+    vocab, streams = prepare_data(config, init_vocab)
+    data.batchify(streams["train"][0], config.train.batch_size, source=config.data.train)  # fail before writing
+    _check_memory(config, len(vocab))
+    counts = np.bincount(streams["train"][0], minlength=len(vocab))  # bins a class output layer
+    params = init_params or model.init_params(config.model, len(vocab), config.train.seed, dtype, counts)
+    opt_state = optim.init_state(config.train.optimizer, params)
+    hidden = model.init_state(config.model, config.train.batch_size, dtype)
+    rng = np.random.default_rng(config.train.seed)
+    best = None
+    progress = Progress(lr=config.train.lr, train_tokens=len(streams["train"][0]))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.save_model(out_dir, config, vocab, params)
+    ckpt.write_text(out_dir / ckpt.METRICS, "")
+    ckpt.write_info(out_dir, status="training", vocab_size=len(vocab))
+    _save_checkpoint(out_dir, params, best, opt_state, hidden, progress, rng)  # --resume works from here on
+    return vocab, streams, params, best, opt_state, hidden, progress, rng
+
+
 def run(config, out_dir, *, init_dir=None, resume=False, reporter=None, should_stop=lambda: None):
     """Train into out_dir; returns a summary dict. `should_stop()` returns a signal number when
     the user asked to stop (the run then checkpoints and raises Interrupted)."""
     reporter = reporter or SilentReporter()
     out_dir = Path(out_dir)
     t_start = time.perf_counter()
-    dtype = config.train.dtype
-    if resume:  # everything is read and checked before anything in out_dir changes
-        vocab = ckpt.load_vocab(out_dir / ckpt.VOCAB)
-        source = out_dir / ckpt.CHECKPOINT
-        params, best, opt_state, hidden, meta = ckpt.load_checkpoint(out_dir, config, len(vocab))
-        progress = _progress_from_meta(meta, source)
-        rng = _restore_rng(meta["rng"], source)
-        vocab, streams = prepare_data(config, vocab)
-        if progress.train_tokens and progress.train_tokens != len(streams["train"][0]):
-            raise UserError(f"{config.data.train}: changed since the checkpoint in {out_dir} ("
-                            f"{progress.train_tokens - 1} targets then, {len(streams['train'][0]) - 1} now); "
-                            f"--resume needs the same training data")
-        batches = data.batchify(streams["train"][0], config.train.batch_size, source=config.data.train)
-        if progress.window > data.num_windows(batches, config.train.bptt):
-            raise UserError(f"{source}: its data position (window {progress.window}) is past the end of "
-                            f"{config.data.train}: the training data changed since the checkpoint")
-        _truncate_metrics(out_dir, progress.metrics_bytes)
-        reporter.info(f"resuming {out_dir} at epoch {progress.epoch}, step {progress.step}")
+    if resume:
+        vocab, streams, params, best, opt_state, hidden, progress, rng = _resume(config, out_dir, reporter)
     else:
-        init_vocab = init_params = None
-        if init_dir is not None:
-            _, init_vocab, init_params = ckpt.load_model(init_dir, dtype)
-            ckpt.check_params(init_params, config, len(init_vocab), f"--init {init_dir}")
-        vocab, streams = prepare_data(config, init_vocab)
-        data.batchify(streams["train"][0], config.train.batch_size, source=config.data.train)  # fail before writing
-        _check_memory(config, len(vocab))
-        counts = np.bincount(streams["train"][0], minlength=len(vocab))  # bins a class output layer
-        params = init_params or model.init_params(config.model, len(vocab), config.train.seed, dtype, counts)
-        opt_state = optim.init_state(config.train.optimizer, params)
-        hidden = model.init_state(config.model, config.train.batch_size, dtype)
-        rng = np.random.default_rng(config.train.seed)
-        best = None
-        progress = Progress(lr=config.train.lr, train_tokens=len(streams["train"][0]))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.save_model(out_dir, config, vocab, params)
-        ckpt.write_text(out_dir / ckpt.METRICS, "")
-        ckpt.write_info(out_dir, status="training", vocab_size=len(vocab))
-        _save_checkpoint(out_dir, params, best, opt_state, hidden, progress, rng)  # --resume works from here on
-
+        vocab, streams, params, best, opt_state, hidden, progress, rng = _start(config, out_dir, init_dir)
     train_ids, train_stats = streams["train"]
     valid_ids, valid_stats = streams["valid"]
     for key in ("valid", "test"):
