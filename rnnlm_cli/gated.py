@@ -25,16 +25,6 @@ import numpy as np
 from . import parallel
 
 
-def _stream_blocks(N):
-    """[(start, stop)]: the N streams cut into one block per thread."""
-    return parallel.ranges(N, min(parallel.workers(), N)) or [(0, 0)]
-
-
-def _by_streams(loop, N):
-    """Run loop(start, stop) for each block of streams, in parallel."""
-    parallel.run([lambda s=s, e=e: loop(s, e) for s, e in _stream_blocks(N)])
-
-
 def _sigmoid_(z):
     """σ(z) in place on z (a view is fine) and return it: σ(z) = ½(1 + tanh(z/2)), one ufunc and
     no overflow for large |z| (the formula of layers.activation_forward, kept here so that this
@@ -90,7 +80,7 @@ def lstm_forward(x, h0, c0, W_x, W_h, b):
             np.multiply(o, tc, out=h[t, s:e])  # h_t = o_t ∘ tanh(c_t)                  (L4)
             prev_h, prev_c = h[t, s:e], ct
 
-    _by_streams(loop, N)
+    parallel.by_streams(loop, N)
     c_last = c[-1].copy()
     return h, c_last, (x, h0, c0, W_x, W_h, gates, c, tanh_c, h)
 
@@ -145,7 +135,7 @@ def lstm_backward(dh, cache, dc_last=None):
             kap *= f[t]  # ∂J/∂c_{t-1} through step t = κ_t ∘ f_t                            (L9)
             np.matmul(da[t, s:e], W_h.T, out=eps)  # ε_t = γ_t W_hᵀ                          (L10)
 
-    _by_streams(loop, N)
+    parallel.by_streams(loop, N)
     da2 = da.reshape(T * N, 4 * H)
     dW_x = parallel.matmul(x.reshape(T * N, D).T, da2)  # ∇W_x = Σ_t x_tᵀ γ_t              (L11)
     dW_h = h0.T @ da[0]  # ∇W_h = Σ_t h_{t-1}ᵀ γ_t                                          (L12)
@@ -199,7 +189,7 @@ def gru_forward(x, h0, W_x, W_h, b_x, b_h):
             ht += n  # h_t = n_t + z_t ∘ (h_{t-1} − n_t)                                  (G4)
             prev = ht
 
-    _by_streams(loop, N)
+    parallel.by_streams(loop, N)
     return h, (x, h0, W_x, W_h, gates, v_n, h)
 
 
@@ -244,7 +234,7 @@ def gru_backward(dh, cache):
             eta *= z[t]
             eps += eta  # ε_t = γ^v_t W_hᵀ + η_t ∘ z_t                                      (G10)
 
-    _by_streams(loop, N)
+    parallel.by_streams(loop, N)
     du2 = du.reshape(T * N, 3 * H)
     dv2 = dv.reshape(T * N, 3 * H)
     dW_x = parallel.matmul(x.reshape(T * N, D).T, du2)  # ∇W_x = Σ_t x_tᵀ γ^u_t            (G11)

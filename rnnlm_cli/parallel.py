@@ -99,6 +99,17 @@ def map_rows(fn, rows, cols):
     return run([lambda a=a, b=b: fn(a, b) for a, b in blocks])
 
 
+def stream_blocks(N):
+    """[(start, stop)]: the N streams of a batch cut into one block per thread."""
+    return ranges(N, min(workers(), N)) or [(0, 0)]
+
+
+def by_streams(loop, N):
+    """Run loop(start, stop) for each block of streams, in parallel: for a recurrent layer's loop
+    over a window, whose rows (streams) never mix, so the hand-off is once per window."""
+    run([lambda s=s, e=e: loop(s, e) for s, e in stream_blocks(N)])
+
+
 def matmul(a, b, out=None):
     """a @ b for a: (M, K), b: (K, V), split over the columns of b (each thread reads its half
     of b once: the big operand, (H, V) weights or (M, V) gradients, is never read twice)."""

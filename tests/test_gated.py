@@ -365,6 +365,6 @@ def test_streams_split_over_threads_give_the_same_results(monkeypatch, threads):
 
     default = run_both()
     monkeypatch.setattr(parallel, "_workers", threads)
-    assert len(gated._stream_blocks(N)) == min(threads, N)
+    assert len(parallel.stream_blocks(N)) == min(threads, N)
     for a, b in zip(run_both(), default):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
