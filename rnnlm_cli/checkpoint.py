@@ -155,11 +155,11 @@ def read_npz(path, what="weights", max_bytes=None):
     path = Path(path)
     try:
         f = open(path, "rb")
-        size = os.fstat(f.fileno()).st_size
     except (OSError, ValueError) as e:  # ValueError: a NUL character in the path
         raise open_failed(path, e, f"a {what} .npz file") from None
     try:
         with f, zipfile.ZipFile(f) as zf:
+            size = os.fstat(f.fileno()).st_size
             infos = zf.infolist()
             limit = max_bytes if max_bytes is not None else MAX_EXPANSION * size + (1 << 20)
             claimed = sum(info.file_size for info in infos)
