@@ -1,11 +1,15 @@
-"""Shared fixtures: a tiny corpus and a tiny config, and a way to run the CLI in-process."""
+"""Shared fixtures: a tiny corpus and a tiny config, and a way to run the CLI in-process; and the
+helpers several test files use (import them with `from conftest import ...`)."""
 
 import random
 import textwrap
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rnnlm_cli import cli
+from rnnlm_cli.gradcheck import numerical_gradient
 
 
 def _sentences(seed, n):
@@ -90,3 +94,50 @@ def run_cli(capsys):
         captured = capsys.readouterr()
         return code, captured.out, captured.err
     return run
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def files(folder):
+    """{relative path: bytes} of every file under folder."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def weights(model_dir, name="weights.npz"):
+    with np.load(Path(model_dir) / name, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def assert_same_arrays(a, b):
+    assert set(a) == set(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+
+
+def train_reference(config_path, overrides, folder):
+    """Train the config (with its --set overrides) uninterrupted into folder; its weights."""
+    from rnnlm_cli import train
+    from rnnlm_cli.config import load_config
+    train.run(load_config(config_path, overrides), folder)
+    return weights(folder)
+
+
+def assert_clean_error(code, err, expected_code, *fragments):
+    """Exit code, exactly one line on stderr, 'error: ...', no traceback, the fault named."""
+    assert code == expected_code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, err)
+
+
+def num_grad_of(f, x, dout=None):
+    """Numerical gradient with respect to every entry of x of the scalar f(), or, given dout,
+    of sum(f() * dout)."""
+    if dout is not None:
+        return numerical_gradient(lambda: float(np.sum(f() * dout)), x, np.arange(x.size)).reshape(x.shape)
+    return numerical_gradient(f, x, np.arange(x.size)).reshape(x.shape)

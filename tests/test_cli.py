@@ -4,13 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import weights as read_weights
 
 from rnnlm_cli import __version__
-
-
-def read_weights(model_dir):
-    with np.load(model_dir / "weights.npz", allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
 
 
 @pytest.fixture

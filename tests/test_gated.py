@@ -4,16 +4,12 @@ importable) the gate order against torch.nn.LSTM / torch.nn.GRU."""
 
 import numpy as np
 import pytest
+from conftest import num_grad_of
 
 from rnnlm_cli import gated
-from rnnlm_cli.gradcheck import TOLERANCE, numerical_gradient, rel_error
+from rnnlm_cli.gradcheck import TOLERANCE, rel_error
 
 T, N, D, H = 4, 3, 5, 4  # T ≥ 3, D != H
-
-
-def num_grad_of(f, x):
-    """Numerical gradient of the scalar f() with respect to every entry of x."""
-    return numerical_gradient(f, x, np.arange(x.size)).reshape(x.shape)
 
 
 def sigmoid(z):

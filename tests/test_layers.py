@@ -2,16 +2,12 @@
 
 import numpy as np
 import pytest
+from conftest import num_grad_of
 
 from rnnlm_cli import layers
 from rnnlm_cli.gradcheck import TOLERANCE, numerical_gradient, rel_error
 
 ACTIVATIONS = ["sigmoid", "tanh", "relu"]
-
-
-def num_grad_of(f, x, dout):
-    """Numerical gradient of sum(f() * dout) with respect to every entry of x."""
-    return numerical_gradient(lambda: float(np.sum(f() * dout)), x, np.arange(x.size)).reshape(x.shape)
 
 
 @pytest.mark.parametrize("name", ACTIVATIONS)

@@ -22,7 +22,8 @@ from unittest import mock
 import numpy as np
 import pytest
 import yaml
-from conftest import write_corpus, write_tiny_config
+from conftest import assert_clean_error, assert_same_arrays, files, weights, write_corpus, write_tiny_config
+from conftest import train_reference as _reference
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,33 +38,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def files(folder):
-    """{relative path: bytes} of every file under folder."""
-    folder = Path(folder)
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def weights(model_dir, name="weights.npz"):
-    with np.load(Path(model_dir) / name, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
-def assert_same_arrays(a, b):
-    assert set(a) == set(b)
-    for k in a:
-        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
-
-
-def assert_clean_error(code, err, expected_code, *fragments):
-    """Exit code, exactly one line on stderr, 'error: ...', no traceback, the fault named."""
-    assert code == expected_code, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ") and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, err)
 
 
 def events(model_dir):
@@ -344,11 +318,6 @@ def test_fuzzed_weights_load_or_are_refused(tiny_model, cut, flips):
 
 # --------------------------------------------------------------------------------------------
 # 3. atomic writes, a full disk, the metrics log, the lock
-
-
-def _reference(config_path, overrides, folder):
-    train_mod.run(load_config(config_path, overrides), folder)
-    return weights(folder)
 
 
 def test_full_disk_keeps_the_previous_files_and_resume_finishes(tiny_config, tmp_path, run_cli, monkeypatch):

@@ -4,21 +4,11 @@ import signal
 
 import numpy as np
 import pytest
+from conftest import assert_same_arrays, weights
 
 from rnnlm_cli import checkpoint, model, optim
 from rnnlm_cli import train as train_mod
 from rnnlm_cli.config import load_config
-
-
-def weights(model_dir, name="weights.npz"):
-    with np.load(model_dir / name, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
-def assert_same_arrays(a, b):
-    assert set(a) == set(b)
-    for k in a:
-        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
 
 
 def test_same_seed_same_weights_bit_for_bit(tiny_config, tmp_path):
