@@ -97,7 +97,9 @@ def run_cli(capsys):
 
 
 # --------------------------------------------------------------------------------------------
-# helpers
+# helpers. The robustness contract (test_errors.py ... test_fuzz.py): every user error is one line
+# on stderr (no traceback) with exit code 2; write faults exit 1 with one line; files that existed
+# before a failure are byte-identical after it.
 
 
 def files(folder):
