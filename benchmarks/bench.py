@@ -12,7 +12,7 @@ their median reported. Per repeat it runs:
 - `gemm`:  numpy float32 matmuls of the very shapes one training window multiplies: the peak
            GFLOP/s a BLAS-bound implementation could reach here, and the GEMM-only bound on
            training tokens/s;
-- `ours`:  rnnlm's train_step on the training stream (warm-up, then timed windows), then
+- `ours`:  rnnlm's training step (window_gradient + apply_gradient) on the training stream (warm-up, then timed windows), then
            evaluate_ids with batch 1 (exact streaming) and batched, on the start of valid;
 - `torch`: benchmarks/torch_peer.py, the same model in PyTorch (embedding, nn.RNN, linear,
            cross-entropy, clip_grad_norm_, plain SGD) on the same corpus, sizes and threads.
@@ -237,14 +237,14 @@ def _load(spec):
     load_seconds = time.perf_counter() - t0
     tc = config.train
     params = model.init_params(config.model, len(vocab_), tc.seed, tc.dtype)
-    opt_state = optim.init_state(tc.optimizer, params)
+    opt_state = optim.init_state(tc.optimizer, {k: params[k] for k in model.trainable(params, config.model)})
     return config, len(vocab_), streams, params, opt_state, load_seconds
 
 
 def _our_windows(config, streams, params, opt_state):
-    """(step, windows) for time_training: rnnlm's train_step over endless training epochs."""
+    """(step, windows) for time_training: rnnlm's training step over endless training epochs."""
     from rnnlm_cli import data, model
-    from rnnlm_cli.train import train_step
+    from rnnlm_cli.train import apply_gradient, window_gradient
 
     tc = config.train
     batches = data.batchify(streams["train"][0], tc.batch_size)
@@ -253,8 +253,8 @@ def _our_windows(config, streams, params, opt_state):
     def step(new_epoch, inputs, targets):
         if new_epoch:  # the state starts at zero at each epoch (SPEC)
             hidden[0] = model.init_state(config.model, tc.batch_size, tc.dtype)
-        loss, hidden[0], _ = train_step(params, config.model, tc, opt_state, inputs, targets,
-                                        hidden[0], tc.lr)
+        loss, grads, hidden[0] = window_gradient(params, config.model, inputs, targets, hidden[0])
+        apply_gradient(params, grads, opt_state, tc.lr, tc)
         return loss, targets.size
 
     return step, cycle_windows(lambda: data.iter_windows(batches, tc.bptt))

@@ -43,8 +43,9 @@ def main():
         if k == args.warmup:
             t0 = time.perf_counter()
         window = ids[k]
-        _, state, _ = train.train_step(params, cfg.model, cfg.train, opt_state, window[:, :-1],
-                                       window[:, 1:], state, 1.0, workspace, rng)
+        _, grads, state = train.window_gradient(params, cfg.model, window[:, :-1], window[:, 1:], state,
+                                                workspace, rng)
+        train.apply_gradient(params, grads, opt_state, 1.0, cfg.train)
     seconds = time.perf_counter() - t0
     print(f"{args.cell} H={args.hidden} N={args.batch} T={args.bptt} {args.output}"
           f"{' tied' if args.tied else ''}: {args.steps * args.batch * args.bptt / seconds:,.0f} tok/s")

@@ -16,10 +16,9 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import RnnlmError, UserError, WriteError, one_line
+from .errors import RnnlmError, UserError, one_line
 
 SET_HELP = "Override a config key, e.g. --set model.hidden_dim=256 (value parsed as YAML). Repeatable."
-RESUME_KEYS = {"train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every"}
 
 
 def _fmt_count(n):
@@ -131,6 +130,8 @@ class BarReporter:
     per epoch, all on stderr. `bar=False` keeps the summary lines only; `quiet` shows nothing."""
 
     def __init__(self, batch_size, bptt, bar, quiet):
+        from .evaluate import perplexity
+        self.perplexity = perplexity
         self.batch_size, self.bptt, self.bar_on, self.quiet = batch_size, bptt, bar, quiet
         self.bar = None
         self.loss = None
@@ -164,7 +165,7 @@ class BarReporter:
         if self.bar is not None:
             self.bar.update(tokens)
             if self.bar.n % (50 * tokens) < tokens:
-                self.bar.set_postfix_str(f"loss {self.loss:.3f} ppl {math.exp(min(self.loss, 50)):.1f} lr {lr:g}",
+                self.bar.set_postfix_str(f"loss {self.loss:.3f} ppl {_ppl(self.perplexity(self.loss))} lr {lr:g}",
                                          refresh=False)
 
     def epoch_end(self, r):
@@ -173,16 +174,6 @@ class BarReporter:
         self.info(f"| epoch {r['epoch']:3d} | {_fmt_seconds(time.perf_counter() - self.started)} | train loss "
                   f"{r['train_loss']:.3f} | valid ppl {r['valid_ppl']:8.2f} | lr {r['lr']:g} | {speed} | "
                   f"{'kept' if r['accepted'] else 'rejected'}")
-
-
-def _default_out(config_path):
-    stem = Path(config_path).stem if config_path else "default"
-    out = Path("runs") / stem
-    n = 2
-    while out.exists():
-        out = Path("runs") / f"{stem}-{n}"
-        n += 1
-    return out
 
 
 class _Signals:
@@ -230,75 +221,41 @@ def train_cmd(config_path, overrides, out_dir, init_dir, resume, dry_run, quiet)
       rnnlm train --out runs/ptb --resume          # after Ctrl-C or a crash
       rnnlm train my.yaml --init runs/ptb          # continue from another model
     """
-    from . import checkpoint as ckpt
+    from . import lock
     from . import train as train_mod
     from .config import dump_config
-    if resume:
-        config = _resume_config(config_path, overrides, out_dir)
-    else:
-        config = _load(config_path, overrides)
+    if out_dir and Path(out_dir).is_dir():
+        lock.refuse_if_held(out_dir)  # a live run's folder: say so first, whatever else is wrong
+    config = _resume_config(config_path, overrides, out_dir) if resume else _load(config_path, overrides)
     if dry_run:
         click.echo(dump_config(config), nl=False)
         return
-    if resume:
-        out = Path(out_dir)
-    else:
-        out = Path(out_dir) if out_dir else _default_out(config_path)
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out}: is a file, not a folder; choose another --out")
-        if out.exists() and any(p.name != ckpt.LOCK and not ckpt.is_temp_file(p.name) for p in out.iterdir()):
-            raise UserError(f"{out}: already exists and is not empty; use --resume to continue it, "
-                            f"or choose another --out")
-        if init_dir and Path(init_dir).resolve() == out.resolve():
-            raise UserError(f"--init {init_dir}: is the --out folder itself; choose another --out")
+    from .modeldir import default_out
+    out = Path(out_dir) if out_dir else default_out(config_path)
     reporter = BarReporter(config.train.batch_size, config.train.bptt, sys.stderr.isatty(), quiet)
-    created = not out.exists()
-    if resume and created:
-        raise UserError(f"--out {out}: no such folder to resume")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
-    ckpt.acquire_lock(out)
-    try:
-        ckpt.remove_stale_temp_files(out)  # left by a run that was killed while writing
         with _Signals() as signals:
-            summary = train_mod.run(config, out, init_dir=init_dir, resume=resume, reporter=reporter,
-                                    should_stop=signals)
+            s = train_mod.run_in_folder(config, out, init_dir=init_dir, resume=resume, reporter=reporter,
+                                        should_stop=signals)
     except train_mod.Interrupted as e:
         click.echo(f"interrupted: checkpoint saved; continue with: rnnlm train --out {out} --resume", err=True)
         sys.exit(128 + e.signum)
-    except WriteError as e:
-        if (out / ckpt.CHECKPOINT).exists():
-            raise WriteError(f"{e}; fix the cause and continue with: rnnlm train --out {out} --resume") from None
-        raise
-    finally:
-        ckpt.release_lock(out)
-        try:
-            if created and not any(out.iterdir()):
-                out.rmdir()  # failed before writing anything: leave no empty folder behind
-        except OSError:
-            pass
-    s = summary
     click.echo(f"| end | valid ppl {_ppl(s['valid_ppl'])} (unigram {_ppl(s['unigram_valid_ppl'])}) | test ppl "
                f"{_ppl(s['test_ppl'])} | {_fmt_count(s['tokens'])} tokens in {s['epochs']} epochs | "
                f"{_fmt_seconds(s['wall_seconds'])} | {s['stop_reason']} | model in {out}")
 
 
 def _resume_config(config_path, overrides, out_dir):
-    from . import checkpoint as ckpt
-    from .config import apply_overrides, config_from_dict, config_to_dict
+    """The saved config of the run in out_dir; a CONFIG given again must equal it but for the
+    keys --resume may change (config.RESUME_KEYS)."""
+    from .config import resume_config
+    from .modeldir import CONFIG, load_config_file
     if not out_dir:
         raise UserError("--resume needs --out DIR: the folder of the run to continue")
-    if config_path:
-        raise UserError(f"{config_path}: with --resume the config is the one saved in {out_dir}; "
-                        f"drop the CONFIG argument")
-    for text in overrides:
-        key = text.split("=", 1)[0].strip()
-        if key not in RESUME_KEYS:
-            raise UserError(f"--set {key}: cannot change on --resume (allowed: {', '.join(sorted(RESUME_KEYS))})")
-    saved = ckpt.load_config_file(Path(out_dir) / ckpt.CONFIG)
-    return config_from_dict(apply_overrides(config_to_dict(saved), overrides), source=f"{out_dir}/config.yaml")
+    saved = load_config_file(Path(out_dir) / CONFIG)
+    given = _load(config_path, overrides) if config_path else None
+    return resume_config(saved, given, overrides, given_source=str(config_path),
+                         saved_source=f"{out_dir}/config.yaml")
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,33 +276,23 @@ def eval_cmd(model_dir, files, batch_size, as_json):
       rnnlm eval runs/default
       rnnlm eval runs/ptb ptb.valid.txt ptb.test.txt --json
     """
-    import numpy as np
-    from . import checkpoint as ckpt
-    from . import data, evaluate
-    config, vocab, params = ckpt.load_model(model_dir)
+    from . import evaluate
+    from .modeldir import load_model
+    config, vocab, params = load_model(model_dir)
     if not files:
         default = config.data.test or config.data.valid
         if not default:
             raise UserError(f"{model_dir}: its config names no test or valid file; give FILE arguments")
         files = (default,)
     for path in files:
-        ids, stats = data.encode_file(path, vocab, config.data.tokenizer, allow_empty=True)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-            total, count = evaluate.evaluate_ids(params, config.model, ids, batch_size, config.train.bptt)
-        if not math.isfinite(total):
-            raise UserError(f"{Path(model_dir) / ckpt.WEIGHTS}: the model gives a cross-entropy of {total} on "
-                            f"{_shown(path)}; are its weights absurdly large?")
-        result = {**stats, "targets": count, "oov_rate": stats["oov"] / count if count else 0.0,
-                  "batch_size": batch_size, **evaluate.summarize(total, count)}
-        if batch_size == 1:
-            result["targets"] = stats["targets"]
+        result = evaluate.evaluate_file(params, config, vocab, path, batch_size, model_dir)
         if as_json:
-            click.echo(json.dumps(result))
-        elif count == 0:  # not an error: its figures are undefined, the other files still count
+            click.echo(json.dumps({k: evaluate.json_safe(v) for k, v in result.items()}))
+        elif result["targets"] == 0:  # not an error: its figures are undefined, the other files still count
             click.echo(f"{_shown(path)}: no tokens (the file is empty or only whitespace): nothing to evaluate")
         else:
-            click.echo(f"{_shown(path)}: {count} targets, {stats['oov']} OOV ({result['oov_rate']:.2%}) | cross-entropy "
-                       f"{result['cross_entropy']:.4f} nats | {result['bits_per_token']:.3f} bits/token | "
+            click.echo(f"{_shown(path)}: {result['targets']} targets, {result['oov']} OOV ({result['oov_rate']:.2%}) | "
+                       f"cross-entropy {result['cross_entropy']:.4f} nats | {result['bits_per_token']:.3f} bits/token | "
                        f"perplexity {_ppl(result['perplexity'])}")
 
 
@@ -370,33 +317,18 @@ def sample_cmd(model_dir, prompt, words, temperature, top_k, seed, stop_at_eos):
     Example:
       rnnlm sample runs/default --prompt "and god said" --words 30 --temperature 0.8 --seed 1
     """
-    from . import checkpoint as ckpt
-    from . import data
-    from .sample import generate
-    import numpy as np
+    from .modeldir import load_model
+    from .sample import sample_text
     if not math.isfinite(temperature) or 0 < temperature < 1e-6:
         raise UserError(f"--temperature {temperature}: must be 0 (greedy) or a finite number >= 1e-6")
-    config, vocab, params = ckpt.load_model(model_dir)
+    config, vocab, params = load_model(model_dir)
     if top_k is not None and top_k > len(vocab):
         raise UserError(f"--top-k {top_k}: larger than the vocabulary ({len(vocab)} words)")
-    tokens = data.tokenize(prompt, config.data.tokenizer)
-    unknown = [w for w in tokens if w not in vocab.index]
+    text, unknown = sample_text(params, config, vocab, prompt, words, temperature, top_k, seed, stop_at_eos,
+                                model_dir)
     if unknown:
         click.echo(f"warning: not in the vocabulary, read as <unk>: {' '.join(unknown[:10])}", err=True)
-    prompt_ids = [vocab.index.get(w, vocab.unk_id) for w in tokens]
-    out = list(tokens)
-    try:
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-            for i in generate(params, config.model, prompt_ids, vocab.eos_id, words, temperature, top_k, seed,
-                              stop_at_eos):
-                out.append(vocab.tokens[i])
-    except ValueError as e:
-        if "probabilit" not in str(e).lower():
-            raise
-        raise UserError(f"{model_dir}: the model gives no valid probabilities ({e}); are its weights "
-                        f"absurdly large?") from None
-    text = " ".join(out).replace(" <eos> ", "\n").replace("<eos> ", "\n").replace(" <eos>", "\n")
-    click.echo(text.replace("<eos>", "\n").rstrip("\n"))
+    click.echo(text)
 
 
 # --------------------------------------------------------------------------------------------

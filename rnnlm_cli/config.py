@@ -100,7 +100,6 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 SECTION_TYPES = {"data": DataConfig, "vocab": VocabConfig, "model": ModelConfig, "train": TrainConfig}
 PATH_KEYS = ("train", "valid", "test")
 
@@ -286,6 +285,38 @@ def load_config(path=None, overrides=()) -> Config:
     raw = apply_overrides(raw, overrides)
     config = config_from_dict(raw, source=str(path))
     return resolve_paths(config, path.resolve().parent)
+
+
+# The keys --resume may change: how long to train and how often to log or checkpoint.
+RESUME_KEYS = ("train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every")
+
+
+def _flat(config: Config) -> dict:
+    return {f"{s}.{k}": v for s, section in config_to_dict(config).items() for k, v in section.items()}
+
+
+def resume_config(saved: Config, given: Config | None, overrides=(), given_source="CONFIG",
+                  saved_source="the saved config") -> Config:
+    """The config a --resume continues with: the saved one, with the RESUME_KEYS taken from the
+    config the user gave again (`given`, its --set applied) or, without one, from `overrides`.
+    Any other difference is refused, naming each key with its saved and given values."""
+    if given is None:
+        for text in overrides:
+            key = text.split("=", 1)[0].strip()
+            if key not in RESUME_KEYS:
+                raise UserError(f"--set {key}: cannot change on --resume (allowed: {', '.join(sorted(RESUME_KEYS))})")
+        return config_from_dict(apply_overrides(config_to_dict(saved), overrides), source=saved_source)
+    old, new = _flat(saved), _flat(given)
+    differ = [f"{k} ({_show(old[k])} → {_show(new[k])})" for k in old if k not in RESUME_KEYS and old[k] != new[k]]
+    if differ:
+        raise UserError(f"{given_source}: differs from {saved_source}, which --resume continues, in "
+                        f"{'; '.join(differ)}; resume with the same config (only {', '.join(RESUME_KEYS)} may "
+                        f"change), or train it as a new run with another --out")
+    merged = config_to_dict(saved)
+    for key in RESUME_KEYS:
+        section, name = key.split(".")
+        merged[section][name] = new[key]
+    return config_from_dict(merged, source=saved_source)
 
 
 def dump_config(config: Config) -> str:

@@ -8,10 +8,13 @@ zero state (faster; slightly pessimistic; the < N tokens of remainder are not sc
 
 import dataclasses
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 
 from . import data, model
+from .errors import UserError
 
 
 def evaluate_ids(params, model_cfg, ids, batch_size=1, bptt=35):
@@ -32,12 +35,27 @@ def evaluate_ids(params, model_cfg, ids, batch_size=1, bptt=35):
     return total, count
 
 
+def perplexity(cross_entropy):
+    """exp(cross-entropy in nats); inf where it overflows a float (cross-entropy > ~709.78)."""
+    try:
+        return math.exp(cross_entropy)
+    except OverflowError:
+        return math.inf
+
+
+def json_safe(value):
+    """NaN and infinities are not JSON: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def summarize(total, count):
     """Per-target cross-entropy (nats), bits per token and perplexity from a sum and a count."""
     if count == 0:
         return {"cross_entropy": None, "bits_per_token": None, "perplexity": None}
     ce = total / count
-    return {"cross_entropy": ce, "bits_per_token": ce / math.log(2), "perplexity": math.exp(min(ce, 700.0))}
+    return {"cross_entropy": ce, "bits_per_token": ce / math.log(2), "perplexity": perplexity(ce)}
 
 
 def unigram_perplexity(train_ids, eval_ids, vocab_size):
@@ -46,3 +64,21 @@ def unigram_perplexity(train_ids, eval_ids, vocab_size):
     counts = np.bincount(train_ids[1:], minlength=vocab_size).astype(np.float64) + 1.0
     logp = np.log(counts / counts.sum())
     return math.exp(-float(logp[eval_ids[1:]].mean())) if len(eval_ids) > 1 else None
+
+
+def evaluate_file(params, config, vocab, path, batch_size=1, model_dir="model"):
+    """The figures `rnnlm eval` reports for one text file: its token counts (data.encode_file's
+    stats), targets scored, OOV rate, cross-entropy, bits per token and perplexity. A model
+    whose cross-entropy is not finite there is a UserError naming its weights."""
+    ids, stats = data.encode_file(path, vocab, config.data.tokenizer, allow_empty=True)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        total, count = evaluate_ids(params, config.model, ids, batch_size, config.train.bptt)
+    if not math.isfinite(total):
+        shown = os.fsencode(path).decode("utf-8", "replace")
+        raise UserError(f"{Path(model_dir) / 'weights.npz'}: the model gives a cross-entropy of {total} on "
+                        f"{shown}; are its weights absurdly large?")
+    result = {**stats, "targets": count, "oov_rate": stats["oov"] / count if count else 0.0,
+              "batch_size": batch_size, **summarize(total, count)}
+    if batch_size == 1:
+        result["targets"] = stats["targets"]
+    return result

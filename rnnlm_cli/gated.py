@@ -23,17 +23,8 @@ rows are computed by the same thread with the same operations every time (determ
 import numpy as np
 
 from . import parallel
+from .layers import sigmoid_
 
-
-def _sigmoid_(z):
-    """σ(z) in place on z (a view is fine) and return it: σ(z) = ½(1 + tanh(z/2)), one ufunc and
-    no overflow for large |z| (the formula of layers.activation_forward, kept here so that this
-    module depends on numpy only)."""
-    z *= 0.5
-    np.tanh(z, out=z)
-    z += 1.0
-    z *= 0.5
-    return z
 
 # --------------------------------------------------------------------------------------------
 # LSTM: a_t = x_t W_x + h_{t-1} W_h + b = [a^i a^f a^g a^o]                              (L1)
@@ -68,9 +59,9 @@ def lstm_forward(x, h0, c0, W_x, W_h, b):
             a = gates[t, s:e]
             np.matmul(prev_h, W_h, out=rec)
             a += rec  # a_t                                                              (L1)
-            _sigmoid_(a[:, :2 * H])  # i_t, f_t                                           (L2)
+            sigmoid_(a[:, :2 * H])  # i_t, f_t                                           (L2)
             np.tanh(a[:, 2 * H:3 * H], out=a[:, 2 * H:3 * H])  # g_t
-            _sigmoid_(a[:, 3 * H:])  # o_t
+            sigmoid_(a[:, 3 * H:])  # o_t
             i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
             ct, tc = c[t, s:e], tanh_c[t, s:e]
             np.multiply(f, prev_c, out=ct)
@@ -176,7 +167,7 @@ def gru_forward(x, h0, W_x, W_h, b_x, b_h):
             np.matmul(prev, W_h, out=rec)
             rec += b_h  # v_t                                                             (G1)
             a[:, :2 * H] += rec[:, :2 * H]
-            _sigmoid_(a[:, :2 * H])  # r_t, z_t                                           (G2)
+            sigmoid_(a[:, :2 * H])  # r_t, z_t                                           (G2)
             r, z, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
             v_n[t, s:e] = rec[:, 2 * H:]
             rec_n = rec[:, 2 * H:]

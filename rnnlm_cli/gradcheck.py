@@ -60,7 +60,7 @@ def random_problem(model_cfg, vocab_size, batch_size, bptt, seed):
     state, so that every term of the backward pass (including h_0 W_h) is exercised."""
     rng = np.random.default_rng(seed)
     params = model.init_params(model_cfg, vocab_size, seed, "float64")
-    for key in model.trainable(params):
+    for key in model.trainable(params, model_cfg):
         params[key][...] = rng.normal(0.0, 0.5, size=params[key].shape)
     inputs = rng.integers(0, vocab_size, size=(batch_size, bptt))
     targets = rng.integers(0, vocab_size, size=(batch_size, bptt))
@@ -87,7 +87,7 @@ def check_model(model_cfg, vocab_size=13, batch_size=3, bptt=5, seed=0, samples=
 
     rng = np.random.default_rng(seed + 1)
     results = []
-    for key in model.trainable(params):
+    for key in model.trainable(params, model_cfg):
         value, grad = params[key], grads[key]
         grad = grad.dense() if hasattr(grad, "dense") else grad
         idx = sample_indices(value.size, samples, rng)

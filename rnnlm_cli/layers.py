@@ -27,15 +27,20 @@ def activation_forward(z, name):
     if name == "tanh":
         return np.tanh(z, out=z)
     if name == "sigmoid":
-        # σ(z) = ½(1 + tanh(z/2)): one ufunc, no overflow in exp for large |z|
-        z *= 0.5
-        np.tanh(z, out=z)
-        z += 1.0
-        z *= 0.5
-        return z
+        return sigmoid_(z)
     if name == "relu":
         return np.maximum(z, 0, out=z)
     raise ValueError(f"unknown activation {name!r}")
+
+
+def sigmoid_(z):
+    """σ(z) in place on z (a view is fine) and return it: σ(z) = ½(1 + tanh(z/2)), one ufunc
+    and no overflow in exp for large |z|."""
+    z *= 0.5
+    np.tanh(z, out=z)
+    z += 1.0
+    z *= 0.5
+    return z
 
 
 def activation_grad(h, name):
@@ -146,7 +151,24 @@ def rnn_backward(dh, cache):
 
 
 # --------------------------------------------------------------------------------------------
-# Output layer: logits = h W + b over all M = T·N positions at once.
+# Scratch buffers
+
+
+def buffer(workspace, name, shape, dtype):
+    """A scratch array from the caller's `workspace` dict, reused across windows (a fresh array
+    without one). Reuse matters: a (M, V) logits array is tens of MB, and glibc hands every
+    allocation over 32 MB a fresh mmap whose pages fault in again on every window."""
+    if workspace is None:
+        return np.empty(shape, dtype)
+    size = int(np.prod(shape))
+    flat = workspace.get(name)
+    if flat is None or flat.size < size or flat.dtype != dtype:
+        flat = workspace[name] = np.empty(size, dtype)
+    return flat[:size].reshape(shape)  # a shorter last window reuses the front of the buffer
+
+
+# --------------------------------------------------------------------------------------------
+# Affine layer: logits = h W + b over all M = T·N positions at once.
 
 
 def affine_forward(h, W, b, out=None):
@@ -252,16 +274,14 @@ def softmax_squared_error(logits, targets, scale=1.0, need_grad=True, bias=None)
 LOSSES = {"cross_entropy": softmax_cross_entropy, "squared_error": softmax_squared_error}
 
 
+def log_softmax(z):
+    """z: (M, K) -> log softmax(z) of each row (a new array): (z − max) − log Σ e^{z − max}."""
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
 # --------------------------------------------------------------------------------------------
-# Class-based output layer (Mikolov et al. 2011): words are binned into C classes, each a
-# contiguous range of ids [bounds[c], bounds[c+1]), and
-#     P(w | h) = P(c(w) | h) · P(w | c(w), h)
-#     P(c | h) = softmax(h · class_W + class_b)_c
-#     P(w | c, h) = softmax over the words of c of (h · W[:, c] + b[c])_w
-# exact and normalized. The loss is the cross-entropy J_t = −log P(c | h) − log P(w | c, h), so
-# its gradient is two softmax-minus-one-hot terms (seed 003, eq. 7), one over the C classes and
-# one over the words of the target's class only. Positions are grouped by their target's class,
-# and each group's word logits are one matrix product with that class's columns of W.
+# Sparse gradients the optimizer applies without densifying
 
 
 class ColumnBlocks(NamedTuple):
@@ -276,64 +296,3 @@ class ColumnBlocks(NamedTuple):
         for (a, b), block in zip(self.ranges, self.blocks):
             out[..., a:b] = block
         return out
-
-
-def word_classes(bounds, ids):
-    """The class of each word id: bounds (C + 1,) ascending with bounds[0] = 0."""
-    return np.searchsorted(bounds, ids, side="right") - 1
-
-
-def class_bounds(counts, n_classes):
-    """Mikolov's frequency binning over the ids in order: class c ends where the cumulative
-    unigram mass passes (c + 1)/C, nudged so that there are exactly min(C, V) non-empty classes.
-    counts (V,) -> bounds (C + 1,) with bounds[0] = 0 and bounds[C] = V."""
-    V = len(counts)
-    C = max(1, min(n_classes, V))
-    mass = np.cumsum(np.asarray(counts, np.float64) + 1.0)  # +1: unseen words still weigh something
-    mass /= mass[-1]
-    bounds = np.searchsorted(mass, np.arange(1, C) / C, side="right") + 1
-    bounds = np.concatenate(([0], bounds, [V])).astype(np.int64)
-    for c in range(1, C):  # strictly increasing from the left ...
-        bounds[c] = max(bounds[c], bounds[c - 1] + 1)
-    for c in range(C - 1, 0, -1):  # ... and leaving a word for every class on the right
-        bounds[c] = min(bounds[c], bounds[c + 1] - 1)
-    return bounds
-
-
-def class_output_forward(h, W, b, class_W, class_b, bounds, targets, scale=1.0, need_grad=True):
-    """h: (M, H), W: (H, V), b: (V,), class_W: (H, C), class_b: (C,), bounds: (C + 1,),
-    targets: (M,) -> (Σ_t −log P(target_t | h_t), cache for class_output_backward or None)."""
-    M = h.shape[0]
-    cls = word_classes(bounds, targets)
-    class_logits, _ = affine_forward(h, class_W, None)
-    loss, dclass = softmax_cross_entropy(class_logits, cls, scale, need_grad, bias=class_b)  # −log P(c | h)
-    order = np.argsort(cls, kind="stable")
-    group_starts = np.flatnonzero(np.concatenate(([True], cls[order][1:] != cls[order][:-1])))
-    groups = []
-    for g0, g1 in zip(group_starts, np.append(group_starts[1:], M)):
-        pos = order[g0:g1]  # the positions whose target is in class c
-        c = cls[pos[0]]
-        a, z = bounds[c], bounds[c + 1]
-        if z - a == 1:
-            continue  # a one-word class: P(w | c, h) = 1, no loss and no gradient
-        hc = h[pos]
-        logits = hc @ W[:, a:z]
-        word_loss, dlogits = softmax_cross_entropy(logits, targets[pos] - a, scale, need_grad, bias=b[a:z])
-        loss += word_loss  # −log P(w | c, h)
-        groups.append((pos, a, z, hc, dlogits))
-    return loss, ((h, W, class_W, dclass, groups) if need_grad else None)
-
-
-def class_output_backward(cache):
-    """-> dh (M, H), dW (ColumnBlocks of (H, ·)), db (ColumnBlocks of (·,)), dclass_W (H, C),
-    dclass_b (C,). Each part is an affine layer's backward (seed 002, eqs. 1-2)."""
-    h, W, class_W, dclass, groups = cache
-    dh, dclass_W, dclass_b = affine_backward(dclass, (h, class_W))
-    ranges, dW_blocks, db_blocks = [], [], []
-    for pos, a, z, hc, dlogits in groups:
-        ranges.append((a, z))
-        dW_blocks.append(hc.T @ dlogits)  # ∇W[:, c] = Σ h_tᵀ δ_t over the positions of class c
-        db_blocks.append(dlogits.sum(axis=0))
-        dh[pos] += dlogits @ W[:, a:z].T  # δ_h gets the word part too
-    H, V = W.shape
-    return dh, ColumnBlocks(ranges, dW_blocks, (H, V)), ColumnBlocks(ranges, db_blocks, (V,)), dclass_W, dclass_b

@@ -30,18 +30,6 @@ def clip_factor(norm, max_norm):
     return max_norm / (norm + 1e-6) if max_norm is not None and norm > max_norm else 1.0
 
 
-def clip_grad_norm(grads, max_norm):
-    """Scale all gradients by max_norm/‖g‖ when ‖g‖ > max_norm (None: no clipping).
-    Returns the norm before clipping."""
-    norm = global_norm(grads)
-    scale = clip_factor(norm, max_norm)
-    if scale != 1.0:
-        for g in grads.values():
-            for v in _values(g):
-                v *= scale
-    return norm
-
-
 def sgd_update(params, grads, lr):
     """θ ← θ − lr · ∇θJ (SPEC)."""
     for key, g in grads.items():
@@ -56,10 +44,9 @@ def sgd_update(params, grads, lr):
 
 
 def adam_init(params):
+    """Zero moments for every array of `params` (the trained ones: model.trainable) and t = 0."""
     state = {"adam.t": np.zeros((), dtype=np.int64)}
     for key, p in params.items():
-        if not np.issubdtype(p.dtype, np.floating):
-            continue  # not trained (the class boundaries)
         state[f"adam.m.{key}"] = np.zeros_like(p)
         state[f"adam.v.{key}"] = np.zeros_like(p)
     return state
@@ -119,6 +106,7 @@ def _adam_step(p, m, v, step, eps):
 
 
 def init_state(name, params):
+    """The optimizer state of `name` for the trained arrays `params` (SGD keeps none)."""
     return adam_init(params) if name == "adam" else {}
 
 

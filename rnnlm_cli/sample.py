@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from . import model
+from . import data, model
+from .errors import UserError
 
 
 def pick(probs, rng, temperature, top_k):
@@ -37,3 +38,25 @@ def generate(params, model_cfg, prompt_ids, eos_id, words, temperature=1.0, top_
         yield current
         if stop_at_eos and current == eos_id:
             return
+
+
+def sample_text(params, config, vocab, prompt, words, temperature=1.0, top_k=None, seed=0, stop_at_eos=False,
+                model_dir="model"):
+    """-> (the prompt's tokens and `words` generated words as text, <eos> as a line break;
+    the prompt's words that are not in the vocabulary, read as <unk>)."""
+    tokens = data.tokenize(prompt, config.data.tokenizer)
+    unknown = [w for w in tokens if w not in vocab.index]
+    prompt_ids = [vocab.index.get(w, vocab.unk_id) for w in tokens]
+    out = list(tokens)
+    try:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            for i in generate(params, config.model, prompt_ids, vocab.eos_id, words, temperature, top_k, seed,
+                              stop_at_eos):
+                out.append(vocab.tokens[i])
+    except ValueError as e:
+        if "probabilit" not in str(e).lower():
+            raise
+        raise UserError(f"{model_dir}: the model gives no valid probabilities ({e}); are its weights "
+                        f"absurdly large?") from None
+    text = " ".join(out).replace(" <eos> ", "\n").replace("<eos> ", "\n").replace(" <eos>", "\n")
+    return text.replace("<eos>", "\n").rstrip("\n"), unknown

@@ -1,42 +1,39 @@
-"""Training: truncated BPTT over the batchified training stream, the learning-rate schedule,
-the kept model, checkpoints and resume.
+"""Training: truncated BPTT over the batchified training stream, epoch by epoch, into a model
+directory, with checkpoints, resume and rollback.
 
-Schedule `halving` (Mikolov's RNNLM toolkit): after each epoch the valid cross-entropy is
-compared with the best so far. An epoch that made it worse is rejected (the best weights come
-back). When an epoch improves it by less than the factor `min_improvement` (on the log-
-likelihood), the learning rate is halved (× lr_decay) after this and every later epoch; if that happens
-again once halving has begun, training stops. `epochs` and `max_steps` bound it in any case.
+A step is two seams: `window_gradient` (forward and one-pass backward over a window) and
+`apply_gradient` (clip and update). Between them the gradient of one window is complete: that
+is where a data-parallel run would sum it over its processes.
 
-The kept model (weights.npz) is the one with the best valid perplexity; a run that stops at
-`max_steps` keeps the weights after its last step instead (SPEC).
+After each epoch the valid cross-entropy goes to the schedule (schedule.py), which says the
+next learning rate, whether the epoch is accepted (its weights become the kept model) or
+rejected (the best weights come back), and whether training stops. `epochs` and `max_steps`
+bound it in any case. The kept model (weights.npz) is the best validated one; a run that stops
+at `max_steps` keeps the weights after its last step instead (Progress.keep says which).
 
 Divergence: a NaN or infinite loss, gradient norm, parameter or valid cross-entropy is caught
-at once. The run then rolls back to the last good state (an in-memory copy of what the last
-checkpoint holds: parameters, best parameters, optimizer state, carried hidden state, data
-position, schedule and RNG state, taken at the start of every epoch and at every checkpoint),
-halves the learning rate and goes on. A `rollback` record in metrics.jsonl says so. After
-MAX_ROLLBACKS rollbacks in one run, the next divergence stops training: weights.npz keeps the
-last good model, info.json says `diverged`, and errors.Diverged (exit code 2: the config's
+at once. The run then rolls back to the last good state (a snapshot of what the last
+checkpoint holds, taken at the start of every epoch and at every checkpoint), halves the
+learning rate and goes on. A `rollback` record in metrics.jsonl says so. After MAX_ROLLBACKS
+rollbacks in one run, the next divergence stops training: weights.npz keeps the last good
+model, info.json says `diverged`, and errors.Diverged (exit code 2: the config's
 train.lr/clip_norm must change) is raised.
 """
 
-import copy
-import dataclasses
-import json
+import contextlib
 import math
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint as ckpt
-from . import data, evaluate, model, optim
-from .config import dump_config
+from . import data, evaluate, files, lock, model, modeldir, optim, schedule
+from .checkpoint import KEEP_BEST, KEEP_LAST, STOP_EPOCHS, STOP_MAX_STEPS, STOP_SCHEDULE, TrainingState, stop_reason
 from .errors import Diverged, UserError, WriteError
-from .vocab import build_vocab
+from .vocab import build_vocab, load_vocab
 
 MAX_ROLLBACKS = 3  # per run (kept across --resume): the next divergence stops training
 
@@ -59,39 +56,27 @@ class SilentReporter:
     def epoch_end(self, record): pass
 
 
-@dataclass
-class Progress:
-    """Everything about where training is that a checkpoint must restore (JSON-able)."""
-    epoch: int = 1
-    window: int = 0  # next window of this epoch
-    step: int = 0
-    tokens: int = 0
-    lr: float = 1.0
-    halving: bool = False
-    best_ce: float | None = None
-    done: bool = False
-    stop_reason: str = ""
-    train_seconds: float = 0.0
-    epoch_loss_sum: float = 0.0
-    epoch_targets: int = 0
-    metrics_bytes: int = 0
-    history: list = field(default_factory=list)
-    rollbacks: int = 0  # divergences rolled back so far
-    train_tokens: int = 0  # length of the training stream: resume refuses a changed data.train
+# --------------------------------------------------------------------------------------------
+# One step: the gradient of a window, then the update
 
 
-def train_step(params, model_cfg, train_cfg, opt_state, inputs, targets, state, lr, workspace=None, rng=None):
-    """One window: forward, one-pass backward, clip, update. -> (loss, new state, grad norm).
+def window_gradient(params, model_cfg, inputs, targets, hidden, workspace=None, rng=None):
+    """Forward and one-pass backward over one window -> (mean loss, grads, new hidden state).
     `workspace`: a dict kept across calls, holding the big scratch arrays; `rng` draws the
     dropout masks."""
     dropout_rng = rng if model_cfg.dropout > 0 else None
-    loss, new_state, cache = model.forward(params, model_cfg, inputs, targets, state, workspace=workspace,
-                                           dropout_rng=dropout_rng)
-    grads = model.backward(cache, workspace, sparse_embedding=True)
+    loss, new_hidden, cache = model.forward(params, model_cfg, inputs, targets, hidden, workspace=workspace,
+                                            dropout_rng=dropout_rng)
+    return loss, model.backward(cache, workspace, sparse_embedding=True), new_hidden
+
+
+def apply_gradient(params, grads, opt_state, lr, train_cfg):
+    """Clip the global norm to train.clip_norm and update params in place -> the norm before
+    clipping."""
     norm = optim.global_norm(grads)
     optim.update(train_cfg.optimizer, params, grads, opt_state, lr, train_cfg,
                  grad_scale=optim.clip_factor(norm, train_cfg.clip_norm))
-    return loss, new_state, norm
+    return norm
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,92 +96,6 @@ def prepare_data(config, vocab=None):
     valid_ids, valid_stats = data.encode_file(d.valid, vocab, d.tokenizer)
     test = data.encode_file(d.test, vocab, d.tokenizer) if d.test else (None, None)
     return vocab, {"train": (train_ids, train_stats), "valid": (valid_ids, valid_stats), "test": test}
-
-
-def _json_safe(value):
-    """NaN and infinities are not JSON: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _write_metric(out_dir, progress, record):
-    """Append one JSON line to metrics.jsonl. The log is a separate file appended in one write:
-    a failure (disk full) cannot touch the model files; the partial line is cut off again and
-    a WriteError says that the model directory is intact."""
-    line = (json.dumps({k: _json_safe(v) for k, v in record.items()}) + "\n").encode("utf-8")
-    path = Path(out_dir) / ckpt.METRICS
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise ckpt.write_failure(path, e) from None
-    try:
-        size = os.fstat(fd).st_size
-        try:
-            written = os.write(fd, line)
-            if written != len(line):
-                raise OSError(28, "short write (disk full?)")
-        except OSError as e:
-            try:
-                os.ftruncate(fd, size)  # no half line left behind
-            except OSError:
-                pass
-            raise WriteError(f"{path}: could not append ({e.strerror or e}); the model files are "
-                             f"untouched") from None
-    finally:
-        os.close(fd)
-    progress.metrics_bytes += len(line)
-
-
-def _truncate_metrics(out_dir, size):
-    """Drop metrics written after the checkpoint we resume from (they will be written again)."""
-    path = Path(out_dir) / ckpt.METRICS
-    try:
-        if path.exists() and path.stat().st_size > size:
-            with open(path, "r+b") as f:
-                f.truncate(size)
-    except OSError as e:
-        raise ckpt.write_failure(path, e) from None
-
-
-def _save_checkpoint(out_dir, params, best, opt_state, hidden, progress, rng):
-    meta = {"progress": progress.__dict__, "rng": rng.bit_generator.state}
-    ckpt.save_checkpoint(out_dir, params, best, opt_state, hidden, meta)
-
-
-def _progress_from_meta(meta, source):
-    """The Progress a checkpoint holds, each field checked: a damaged checkpoint is a UserError."""
-    raw = meta["progress"]
-    fields = {f.name: f for f in dataclasses.fields(Progress)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise UserError(f"{source}: corrupted checkpoint (unknown progress fields {', '.join(unknown)})")
-    progress = Progress(**raw)
-    counts = ("epoch", "window", "step", "tokens", "epoch_targets", "metrics_bytes", "rollbacks", "train_tokens")
-    for name in counts:
-        value = getattr(progress, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "epoch" else 0):
-            raise UserError(f"{source}: corrupted checkpoint (progress.{name} = {str(value)[:40]})")
-    for name in ("lr", "train_seconds", "epoch_loss_sum", "best_ce"):
-        value = getattr(progress, name)
-        if value is None and name == "best_ce":
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
-                name == "lr" and value <= 0):
-            raise UserError(f"{source}: corrupted checkpoint (progress.{name} = {str(value)[:40]})")
-    if not isinstance(progress.history, list) or not isinstance(progress.stop_reason, str) or not all(
-            isinstance(getattr(progress, n), bool) for n in ("halving", "done")):
-        raise UserError(f"{source}: corrupted checkpoint (progress)")
-    return progress
-
-
-def _restore_rng(state, source):
-    rng = np.random.default_rng()
-    try:
-        rng.bit_generator.state = state
-    except (TypeError, ValueError, KeyError, OverflowError) as e:
-        raise UserError(f"{source}: corrupted checkpoint (RNG state: {e})") from None
-    return rng
 
 
 def _check_memory(config, vocab_size):
@@ -220,94 +119,36 @@ def _check_memory(config, vocab_size):
                         f"use smaller sizes, vocab.max_size or train.batch_size")
 
 
-def _same_file(a, b):
-    try:
-        return os.path.samefile(a, b)
-    except (OSError, ValueError, TypeError):
-        return False
-
-
-class _Diverging(Exception):
-    """A NaN/inf appeared; the message says where (caught in run, which rolls back)."""
-
-
-def _check_finite(params, where):
-    for key, value in params.items():
-        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-            raise _Diverging(f"{where}: parameter {key} is not finite")
-
-
-@dataclass
-class _Snapshot:
-    """The last good state, in memory: what the last checkpoint holds, to roll back to."""
-    params: dict
-    best: dict | None
-    opt_state: dict
-    hidden: np.ndarray
-    progress: Progress
-    rng_state: dict
-
-    @classmethod
-    def take(cls, params, best, opt_state, hidden, progress, rng):
-        return cls({k: v.copy() for k, v in params.items()}, best,  # best is never changed in place
-                   {k: v.copy() for k, v in opt_state.items()}, hidden.copy(), copy.deepcopy(progress),
-                   copy.deepcopy(rng.bit_generator.state))
-
-    def restore(self):
-        rng = np.random.default_rng()
-        rng.bit_generator.state = copy.deepcopy(self.rng_state)
-        return ({k: v.copy() for k, v in self.params.items()}, self.best,
-                {k: v.copy() for k, v in self.opt_state.items()}, self.hidden.copy(), copy.deepcopy(self.progress),
-                rng)
-
-
-def _warn(reporter, text):
-    getattr(reporter, "warn", reporter.info)(text)
-
-
-def _roll_back(out_dir, snapshot, progress, reason, reporter):
-    """-> (params, best, opt_state, hidden, progress, rng) of the last good state with the
-    learning rate halved; or, past MAX_ROLLBACKS, save the last good model and raise Diverged."""
-    failed_step = progress.step
-    rollbacks = progress.rollbacks + 1
-    good = snapshot.progress
-    if rollbacks > MAX_ROLLBACKS:
-        kept = snapshot.best if snapshot.best is not None else snapshot.params
-        ckpt.write_npz(out_dir / ckpt.WEIGHTS, kept)
-        _write_metric(out_dir, progress, {"event": "diverged", "epoch": progress.epoch, "step": failed_step,
-                                          "reason": reason, "rollbacks": progress.rollbacks, "lr": progress.lr})
-        ckpt.write_info(out_dir, status="diverged", step=good.step, epoch=good.epoch, reason=reason)
-        which = "best validated" if snapshot.best is not None else f"last good (step {good.step})"
-        raise Diverged(f"training diverged at step {failed_step} ({reason}) after {MAX_ROLLBACKS} rollbacks, each "
-                       f"halving the learning rate (now {progress.lr:g}); {out_dir / ckpt.WEIGHTS} holds the {which} "
-                       f"model. Use a smaller train.lr or set train.clip_norm and train again (--init {out_dir} "
-                       f"starts from that model)")
-    params, best, opt_state, hidden, restored, rng = snapshot.restore()
-    restored.lr = progress.lr / 2.0  # halved once more at every rollback
-    restored.rollbacks = rollbacks
-    restored.metrics_bytes = progress.metrics_bytes  # the log keeps what happened, rollback included
-    restored.train_seconds = progress.train_seconds
-    _write_metric(out_dir, restored, {"event": "rollback", "epoch": progress.epoch, "step": failed_step,
-                                      "reason": reason, "to_epoch": good.epoch, "to_step": good.step,
-                                      "lr": restored.lr, "rollbacks": rollbacks})
-    _warn(reporter, f"warning: training diverged at step {failed_step} ({reason}); rolled back to step "
-                    f"{good.step} with the learning rate halved to {restored.lr:g} "
-                    f"(rollback {rollbacks} of {MAX_ROLLBACKS})")
-    return params, best, opt_state, hidden, restored, rng
-
-
-# --------------------------------------------------------------------------------------------
-# The loop
+def _start(config, out_dir, init_dir):
+    """A new run: initial (or --init) weights, a model directory and a first checkpoint, written
+    only once the data and the config have passed their checks. -> (vocab, streams, state)"""
+    dtype = config.train.dtype
+    init_vocab = init_params = None
+    if init_dir is not None:
+        _, init_vocab, init_params = modeldir.load_model(init_dir, dtype)
+        modeldir.check_params(init_params, config, len(init_vocab), f"--init {init_dir}")
+    vocab, streams = prepare_data(config, init_vocab)
+    data.batchify(streams["train"][0], config.train.batch_size, source=config.data.train)  # fail before writing
+    _check_memory(config, len(vocab))
+    counts = np.bincount(streams["train"][0], minlength=len(vocab))  # for output layers built from frequencies
+    params = init_params or model.init_params(config.model, len(vocab), config.train.seed, dtype, counts)
+    state = TrainingState.new(config, params)
+    state.progress.train_tokens = len(streams["train"][0])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    modeldir.save_model(out_dir, config, vocab, params)
+    modeldir.start_metrics(out_dir)
+    modeldir.write_info(out_dir, status="training", vocab_size=len(vocab))
+    state.save(out_dir)  # --resume works from here on
+    return vocab, streams, state
 
 
 def _resume(config, out_dir, reporter):
     """The state of an interrupted run, from its checkpoint; everything is read and checked
-    before anything in out_dir changes."""
-    vocab = ckpt.load_vocab(out_dir / ckpt.VOCAB)
-    source = out_dir / ckpt.CHECKPOINT
-    params, best, opt_state, hidden, meta = ckpt.load_checkpoint(out_dir, config, len(vocab))
-    progress = _progress_from_meta(meta, source)
-    rng = _restore_rng(meta["rng"], source)
+    before anything in out_dir changes. -> (vocab, streams, state)"""
+    vocab = load_vocab(out_dir / modeldir.VOCAB)
+    source = out_dir / modeldir.CHECKPOINT
+    state = TrainingState.load(out_dir, config, len(vocab))
+    progress = state.progress
     vocab, streams = prepare_data(config, vocab)
     if progress.train_tokens and progress.train_tokens != len(streams["train"][0]):
         raise UserError(f"{config.data.train}: changed since the checkpoint in {out_dir} ("
@@ -317,35 +158,63 @@ def _resume(config, out_dir, reporter):
     if progress.window > data.num_windows(batches, config.train.bptt):
         raise UserError(f"{source}: its data position (window {progress.window}) is past the end of "
                         f"{config.data.train}: the training data changed since the checkpoint")
-    _truncate_metrics(out_dir, progress.metrics_bytes)
+    modeldir.rewind_metrics(out_dir, progress.metrics_bytes)
     reporter.info(f"resuming {out_dir} at epoch {progress.epoch}, step {progress.step}")
-    return vocab, streams, params, best, opt_state, hidden, progress, rng
+    if progress.stop in (STOP_EPOCHS, STOP_MAX_STEPS):
+        progress.stop = None  # resumed with a larger epochs or max_steps: carry on
+    return vocab, streams, state
 
 
-def _start(config, out_dir, init_dir):
-    """A new run: initial (or --init) weights, a model directory and a first checkpoint, written
-    only once the data and the config have passed their checks."""
-    dtype = config.train.dtype
-    init_vocab = init_params = None
-    if init_dir is not None:
-        _, init_vocab, init_params = ckpt.load_model(init_dir, dtype)
-        ckpt.check_params(init_params, config, len(init_vocab), f"--init {init_dir}")
-    vocab, streams = prepare_data(config, init_vocab)
-    data.batchify(streams["train"][0], config.train.batch_size, source=config.data.train)  # fail before writing
-    _check_memory(config, len(vocab))
-    counts = np.bincount(streams["train"][0], minlength=len(vocab))  # bins a class output layer
-    params = init_params or model.init_params(config.model, len(vocab), config.train.seed, dtype, counts)
-    opt_state = optim.init_state(config.train.optimizer, params)
-    hidden = model.init_state(config.model, config.train.batch_size, dtype)
-    rng = np.random.default_rng(config.train.seed)
-    best = None
-    progress = Progress(lr=config.train.lr, train_tokens=len(streams["train"][0]))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.save_model(out_dir, config, vocab, params)
-    ckpt.write_text(out_dir / ckpt.METRICS, "")
-    ckpt.write_info(out_dir, status="training", vocab_size=len(vocab))
-    _save_checkpoint(out_dir, params, best, opt_state, hidden, progress, rng)  # --resume works from here on
-    return vocab, streams, params, best, opt_state, hidden, progress, rng
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _announce(config, vocab, streams, reporter):
+    """Warn of a train file reused for valid or test; say the sizes -> the unigram valid ppl."""
+    for key in ("valid", "test"):
+        other = getattr(config.data, key)
+        if other and _same_file(config.data.train, other):
+            reporter.warn(f"warning: data.train and data.{key} are the same file ({other}): {key} perplexity "
+                          f"will be optimistic")
+    (train_ids, train_stats), (valid_ids, valid_stats) = streams["train"], streams["valid"]
+    unigram = evaluate.unigram_perplexity(train_ids, valid_ids, len(vocab))
+    reporter.info(f"vocabulary {len(vocab)} | train {train_stats['targets']} targets | valid "
+                  f"{valid_stats['targets']} targets ({valid_stats['oov_rate']:.2%} OOV) | unigram valid ppl {unigram:.1f}")
+    return unigram
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class _Run:
+    """What stays fixed through a run, and the snapshot it rolls back to."""
+    config: object
+    out_dir: Path
+    reporter: object
+    should_stop: object
+    streams: dict
+    batches: np.ndarray
+    snapshot: TrainingState
+    workspace: dict  # scratch arrays reused by every window
+
+
+class _Diverging(Exception):
+    """A NaN/inf appeared; the message says where (caught in run, which rolls back)."""
+
+
+@contextlib.contextmanager
+def _quiet_numerics():
+    """NaN/inf are checked explicitly: no numpy warnings on stderr (errstate is per thread, hence
+    the filter too, for the worker threads of parallel.py)."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
 
 
 def run(config, out_dir, *, init_dir=None, resume=False, reporter=None, should_stop=lambda: None):
@@ -354,163 +223,239 @@ def run(config, out_dir, *, init_dir=None, resume=False, reporter=None, should_s
     reporter = reporter or SilentReporter()
     out_dir = Path(out_dir)
     t_start = time.perf_counter()
-    if resume:
-        vocab, streams, params, best, opt_state, hidden, progress, rng = _resume(config, out_dir, reporter)
-    else:
-        vocab, streams, params, best, opt_state, hidden, progress, rng = _start(config, out_dir, init_dir)
-    train_ids, train_stats = streams["train"]
-    valid_ids, valid_stats = streams["valid"]
-    for key in ("valid", "test"):
-        other = getattr(config.data, key)
-        if other and _same_file(config.data.train, other):
-            _warn(reporter, f"warning: data.train and data.{key} are the same file ({other}): {key} perplexity "
-                            f"will be optimistic")
-    unigram = evaluate.unigram_perplexity(train_ids, valid_ids, len(vocab))
-    reporter.info(f"vocabulary {len(vocab)} | train {train_stats['targets']} targets | valid "
-                  f"{valid_stats['targets']} targets ({valid_stats['oov_rate']:.2%} OOV) | unigram valid ppl {unigram:.1f}")
-    batches = data.batchify(train_ids, config.train.batch_size, source=config.data.train)
-    n_windows = data.num_windows(batches, config.train.bptt)
-    tc = config.train
-    workspace = {}  # scratch arrays reused by every window
-    snapshot = _Snapshot.take(params, best, opt_state, hidden, progress, rng)  # = the checkpoint on disk
-
-    if progress.done and progress.stop_reason.startswith("reached"):
-        progress.done = False  # resumed with a larger epochs or max_steps: carry on
-    # NaN/inf are checked explicitly: no numpy warnings on stderr (errstate is per thread, hence
-    # the filter too, for the worker threads of parallel.py)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"), \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        while not progress.done:
-            if progress.epoch > tc.epochs:
-                progress.done, progress.stop_reason = True, f"reached {tc.epochs} epochs"
+    vocab, streams, state = _resume(config, out_dir, reporter) if resume else _start(config, out_dir, init_dir)
+    unigram = _announce(config, vocab, streams, reporter)
+    batches = data.batchify(streams["train"][0], config.train.batch_size, source=config.data.train)
+    r = _Run(config, out_dir, reporter, should_stop, streams, batches, state.snapshot(), {})
+    with _quiet_numerics():
+        while state.progress.stop is None:
+            if _reached_a_limit(r, state):
                 break
-            if tc.max_steps is not None and progress.step >= tc.max_steps:
-                progress.done, progress.stop_reason = True, f"reached max_steps {tc.max_steps}"
-                best = None
-                break
-            reporter.epoch_start(progress.epoch, n_windows, progress.window)
-            t0 = time.perf_counter()
             try:
-                for inputs, targets in data.iter_windows(batches, tc.bptt, start=progress.window):
-                    loss, hidden, norm = train_step(params, config.model, tc, opt_state, inputs, targets, hidden,
-                                                    progress.lr, workspace, rng)
-                    if not math.isfinite(loss) or not math.isfinite(norm):
-                        progress.step += 1
-                        raise _Diverging(f"loss {loss}, gradient norm {norm}")
-                    progress.window += 1
-                    progress.step += 1
-                    progress.tokens += targets.size
-                    progress.epoch_loss_sum += loss * targets.size
-                    progress.epoch_targets += targets.size
-                    reporter.step(targets.size, loss, progress.lr)
-                    if progress.step % tc.log_every == 0:
-                        elapsed = progress.train_seconds + time.perf_counter() - t0
-                        _write_metric(out_dir, progress, {
-                            "event": "train", "epoch": progress.epoch, "step": progress.step,
-                            "tokens": progress.tokens, "loss": loss, "ppl": math.exp(min(loss, 700)),
-                            "lr": progress.lr, "grad_norm": norm,
-                            "tokens_per_sec": progress.tokens / elapsed if elapsed > 0 else None})
-                    if tc.max_steps is not None and progress.step >= tc.max_steps:
-                        progress.done, progress.stop_reason = True, f"reached max_steps {tc.max_steps}"
-                        break
-                    signum = should_stop()
-                    if signum or (tc.checkpoint_every and progress.step % tc.checkpoint_every == 0):
-                        _check_finite(params, "before a checkpoint")
-                        progress.train_seconds += time.perf_counter() - t0
-                        t0 = time.perf_counter()
-                        _save_checkpoint(out_dir, params, best, opt_state, hidden, progress, rng)
-                        snapshot = _Snapshot.take(params, best, opt_state, hidden, progress, rng)
-                        if signum:
-                            _interrupt(out_dir, params, best, progress, signum)
-                progress.train_seconds += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                if progress.done:  # max_steps: keep the weights after the last step (SPEC)
-                    _check_finite(params, "at the last step")
-                    best = None
-                    break
-                params, best, hidden = _end_of_epoch(config, out_dir, params, best, progress, valid_ids, reporter)
+                _train_epoch(r, state)
+                if state.progress.stop is None:
+                    _end_of_epoch(r, state)
             except _Diverging as e:
-                progress.train_seconds += time.perf_counter() - t0
-                params, best, opt_state, hidden, progress, rng = _roll_back(out_dir, snapshot, progress, str(e),
-                                                                            reporter)
+                state = _roll_back(r, state, str(e))
                 continue
-            _save_checkpoint(out_dir, params, best, opt_state, hidden, progress, rng)
-            snapshot = _Snapshot.take(params, best, opt_state, hidden, progress, rng)
+            state.save(out_dir)
+            r.snapshot = state.snapshot()
             signum = should_stop()
             if signum:
-                _interrupt(out_dir, params, best, progress, signum)
-
-    return _finish(config, out_dir, vocab, params, best, progress, streams, opt_state, hidden, rng,
-                   unigram, time.perf_counter() - t_start, reporter)
+                _interrupt(r, state, signum)
+    return _finish(r, state, vocab, unigram, time.perf_counter() - t_start)
 
 
-def _end_of_epoch(config, out_dir, params, best, progress, valid_ids, reporter):
-    """Valid perplexity, the schedule, the kept model; returns (params, best, fresh hidden state)."""
-    tc = config.train
-    _check_finite(params, "at the end of the epoch")
-    total, count = evaluate.evaluate_ids(params, config.model, valid_ids, tc.eval_batch_size, tc.bptt)
+def _reached_a_limit(r, state):
+    """Whether train.epochs or train.max_steps is reached before an epoch (or its rest) starts."""
+    p, tc = state.progress, r.config.train
+    if p.epoch > tc.epochs:
+        p.stop = STOP_EPOCHS
+    elif tc.max_steps is not None and p.step >= tc.max_steps:
+        p.stop, p.keep = STOP_MAX_STEPS, KEEP_LAST
+    return p.stop is not None
+
+
+def _train_epoch(r, state):
+    """The windows of the current epoch from progress.window on, to its end or to max_steps
+    (then progress.stop says so). Checkpoints every checkpoint_every steps and on a signal."""
+    p, tc, m = state.progress, r.config.train, r.config.model
+    r.reporter.epoch_start(p.epoch, data.num_windows(r.batches, tc.bptt), p.window)
+    t0 = time.perf_counter()
+    try:
+        for inputs, targets in data.iter_windows(r.batches, tc.bptt, start=p.window):
+            loss, grads, state.hidden = window_gradient(state.params, m, inputs, targets, state.hidden,
+                                                        r.workspace, state.rng)
+            # here the window's gradient is complete: where a data-parallel run would sum it
+            norm = apply_gradient(state.params, grads, state.opt_state, p.lr, tc)
+            if not math.isfinite(loss) or not math.isfinite(norm):
+                p.step += 1
+                raise _Diverging(f"loss {loss}, gradient norm {norm}")
+            _count_step(r, state, targets.size, loss, norm, p.train_seconds + time.perf_counter() - t0)
+            if tc.max_steps is not None and p.step >= tc.max_steps:
+                p.stop, p.keep = STOP_MAX_STEPS, KEEP_LAST
+                _check_finite(r, state, "at the last step")
+                if p.step % tc.log_every:  # a short run logs its last step too
+                    _log_step(r, state, loss, norm, p.train_seconds + time.perf_counter() - t0)
+                return
+            signum = r.should_stop()
+            if signum or (tc.checkpoint_every and p.step % tc.checkpoint_every == 0):
+                _check_finite(r, state, "before a checkpoint")
+                p.train_seconds += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                state.save(r.out_dir)
+                r.snapshot = state.snapshot()
+                if signum:
+                    _interrupt(r, state, signum)
+    finally:
+        p.train_seconds += time.perf_counter() - t0
+
+
+def _count_step(r, state, n_targets, loss, norm, elapsed):
+    p = state.progress
+    p.window += 1
+    p.step += 1
+    p.tokens += n_targets
+    p.epoch_loss_sum += loss * n_targets
+    p.epoch_targets += n_targets
+    p.last_loss = loss
+    r.reporter.step(n_targets, loss, p.lr)
+    if p.step % r.config.train.log_every == 0:
+        _log_step(r, state, loss, norm, elapsed)
+
+
+def _log_step(r, state, loss, norm, elapsed):
+    p = state.progress
+    _append_metric(r, state, {
+        "event": "train", "epoch": p.epoch, "step": p.step, "tokens": p.tokens, "loss": loss,
+        "ppl": evaluate.perplexity(loss), "lr": p.lr, "grad_norm": norm,
+        "tokens_per_sec": p.tokens / elapsed if elapsed > 0 else None})
+
+
+def _append_metric(r, state, record):
+    state.progress.metrics_bytes += modeldir.append_metric(r.out_dir, record)
+
+
+def _check_finite(r, state, where):
+    for key in model.trainable(state.params, r.config.model):
+        if not np.isfinite(state.params[key]).all():
+            raise _Diverging(f"{where}: parameter {key} is not finite")
+
+
+def _end_of_epoch(r, state):
+    """Valid perplexity, the schedule's decision, the kept model, a fresh hidden state."""
+    p, tc = state.progress, r.config.train
+    _check_finite(r, state, "at the end of the epoch")
+    total, count = evaluate.evaluate_ids(state.params, r.config.model, r.streams["valid"][0], tc.eval_batch_size,
+                                         tc.bptt)
     ce = total / count
     if not math.isfinite(ce):  # checked before anything is written or changed
         raise _Diverging(f"valid cross-entropy {ce}")
-    improved = progress.best_ce is None or ce < progress.best_ce
-    record = {"event": "epoch", "epoch": progress.epoch, "step": progress.step, "tokens": progress.tokens,
-              "train_loss": progress.epoch_loss_sum / max(1, progress.epoch_targets),
-              "valid_ce": ce, "valid_ppl": _exp(ce), "lr": progress.lr,
-              "tokens_per_sec": progress.tokens / progress.train_seconds if progress.train_seconds else None,
-              "accepted": improved}
-    if tc.schedule == "halving" and progress.best_ce is not None:
-        if ce * tc.min_improvement > progress.best_ce:  # log-likelihood improved by less than the factor
-            if progress.halving:
-                progress.done, progress.stop_reason = True, "valid perplexity stopped improving"
-            progress.halving = True
-    if improved:
-        progress.best_ce = ce
-        best = {k: v.copy() for k, v in params.items()}
-        ckpt.write_npz(out_dir / ckpt.WEIGHTS, best)
-    elif tc.schedule == "halving":
-        params = {k: v.copy() for k, v in best.items()}  # reject the epoch (Mikolov)
-    if ((tc.schedule == "halving" and progress.halving) or (tc.schedule == "step" and progress.epoch >= tc.decay_start)
-            or (tc.schedule == "plateau" and not improved)):
-        progress.lr *= tc.lr_decay
-    _write_metric(out_dir, progress, record)
-    reporter.epoch_end(record)
-    progress.history.append({"epoch": progress.epoch, "valid_ppl": _json_safe(_exp(ce))})
-    progress.epoch += 1
-    progress.window = 0
-    progress.epoch_loss_sum, progress.epoch_targets = 0.0, 0
-    return params, best, model.init_state(config.model, tc.batch_size, tc.dtype)
+    decision = schedule.after_epoch(tc, p.lr, p.halving, p.best_ce, p.epoch, ce)
+    train_loss = p.epoch_loss_sum / max(1, p.epoch_targets)
+    record = {"event": "epoch", "epoch": p.epoch, "step": p.step, "tokens": p.tokens, "train_loss": train_loss,
+              "valid_ce": ce, "valid_ppl": evaluate.perplexity(ce), "lr": p.lr,
+              "tokens_per_sec": p.tokens / p.train_seconds if p.train_seconds else None,
+              "accepted": decision.accept}
+    p.halving = decision.halving
+    if decision.stop:
+        p.stop = STOP_SCHEDULE
+    if decision.accept:
+        p.best_ce, p.keep = ce, KEEP_BEST
+        state.best = {k: v.copy() for k, v in state.params.items()}
+        modeldir.save_weights(r.out_dir, state.best)
+    elif decision.reject:
+        state.params = {k: v.copy() for k, v in state.best.items()}  # reject the epoch (Mikolov)
+    p.lr = decision.lr
+    _append_metric(r, state, record)
+    r.reporter.epoch_end(record)
+    p.history.append({"epoch": p.epoch, "valid_ppl": evaluate.json_safe(evaluate.perplexity(ce)),
+                      "train_loss": train_loss})
+    p.epoch += 1
+    p.window = 0
+    p.epoch_loss_sum, p.epoch_targets = 0.0, 0
+    state.hidden = model.init_state(r.config.model, tc.batch_size, tc.dtype)
 
 
-def _exp(x):
-    return math.exp(x) if x < 709.0 else math.inf
+def _roll_back(r, state, reason):
+    """-> the last good state with the learning rate halved; or, past MAX_ROLLBACKS, save the
+    last good model and raise Diverged."""
+    p = state.progress
+    rollbacks = p.rollbacks + 1
+    good = r.snapshot
+    if rollbacks > MAX_ROLLBACKS:
+        _give_up(r, state, reason)
+    restored = good.snapshot()
+    restored.progress.lr = p.lr / 2.0  # halved once more at every rollback
+    restored.progress.rollbacks = rollbacks
+    restored.progress.metrics_bytes = p.metrics_bytes  # the log keeps what happened, rollback included
+    restored.progress.train_seconds = p.train_seconds
+    _append_metric(r, restored, {"event": "rollback", "epoch": p.epoch, "step": p.step, "reason": reason,
+                                 "to_epoch": good.progress.epoch, "to_step": good.progress.step,
+                                 "lr": restored.progress.lr, "rollbacks": rollbacks})
+    r.reporter.warn(f"warning: training diverged at step {p.step} ({reason}); rolled back to step "
+                    f"{good.progress.step} with the learning rate halved to {restored.progress.lr:g} "
+                    f"(rollback {rollbacks} of {MAX_ROLLBACKS})")
+    return restored
 
 
-def _interrupt(out_dir, params, best, progress, signum):
-    if best is None:  # nothing validated yet: let eval/sample use the current weights
-        ckpt.write_npz(out_dir / ckpt.WEIGHTS, params)
-    _write_metric(out_dir, progress, {"event": "interrupted", "epoch": progress.epoch, "step": progress.step,
-                                      "signal": signum})
-    ckpt.write_info(out_dir, status="interrupted", step=progress.step, epoch=progress.epoch)
+def _give_up(r, state, reason):
+    p, good = state.progress, r.snapshot
+    modeldir.save_weights(r.out_dir, good.kept())
+    _append_metric(r, state, {"event": "diverged", "epoch": p.epoch, "step": p.step, "reason": reason,
+                              "rollbacks": p.rollbacks, "lr": p.lr})
+    modeldir.write_info(r.out_dir, status="diverged", step=good.progress.step, epoch=good.progress.epoch,
+                        reason=reason)
+    which = ("best validated" if good.progress.keep == KEEP_BEST and good.best is not None
+             else f"last good (step {good.progress.step})")
+    weights = r.out_dir / modeldir.WEIGHTS
+    raise Diverged(f"training diverged at step {p.step} ({reason}) after {MAX_ROLLBACKS} rollbacks, each "
+                   f"halving the learning rate (now {p.lr:g}); {weights} holds the {which} model. Use a "
+                   f"smaller train.lr or set train.clip_norm and train again (--init {r.out_dir} starts from "
+                   f"that model)")
+
+
+def _interrupt(r, state, signum):
+    p = state.progress
+    if p.keep == KEEP_LAST:  # nothing validated yet: let eval/sample use the current weights
+        modeldir.save_weights(r.out_dir, state.params)
+    _append_metric(r, state, {"event": "interrupted", "epoch": p.epoch, "step": p.step, "signal": signum})
+    modeldir.write_info(r.out_dir, status="interrupted", step=p.step, epoch=p.epoch)
     raise Interrupted(signum)
 
 
-def _finish(config, out_dir, vocab, params, best, progress, streams, opt_state, hidden, rng, unigram,
-            seconds, reporter):
-    kept = best if best is not None else params
-    ckpt.write_npz(out_dir / ckpt.WEIGHTS, kept)
-    _save_checkpoint(out_dir, params, best, opt_state, hidden, progress, rng)
-    bptt = config.train.bptt
-    valid_ppl = evaluate.summarize(*evaluate.evaluate_ids(kept, config.model, streams["valid"][0], 1, bptt))["perplexity"]
-    test_ids = streams["test"][0]
-    test_ppl = (evaluate.summarize(*evaluate.evaluate_ids(kept, config.model, test_ids, 1, bptt))["perplexity"]
-                if test_ids is not None and len(test_ids) > 1 else None)
-    summary = {"event": "end", "stop_reason": progress.stop_reason, "epochs": len(progress.history),
-               "steps": progress.step, "tokens": progress.tokens, "valid_ppl": valid_ppl, "test_ppl": test_ppl,
-               "unigram_valid_ppl": unigram, "train_seconds": progress.train_seconds, "wall_seconds": seconds,
-               "tokens_per_sec": progress.tokens / progress.train_seconds if progress.train_seconds else None}
-    _write_metric(out_dir, progress, summary)
-    ckpt.write_info(out_dir, status="complete", vocab_size=len(vocab), steps=progress.step,
-                    tokens=progress.tokens, valid_ppl=valid_ppl, test_ppl=test_ppl, unigram_valid_ppl=unigram,
-                    stop_reason=progress.stop_reason)
+def _finish(r, state, vocab, unigram, seconds):
+    """Save the kept model and the final checkpoint; exact valid and test perplexity; the end
+    record -> the summary."""
+    p, config = state.progress, r.config
+    kept = state.kept()
+    modeldir.save_weights(r.out_dir, kept)
+    state.save(r.out_dir)
+    valid_ppl = _exact_perplexity(kept, config, r.streams["valid"][0])
+    test_ids = r.streams["test"][0]
+    test_ppl = _exact_perplexity(kept, config, test_ids) if test_ids is not None and len(test_ids) > 1 else None
+    train_loss = (p.epoch_loss_sum / p.epoch_targets if p.epoch_targets
+                  else p.history[-1].get("train_loss") if p.history else None)
+    summary = {"event": "end", "stop_reason": stop_reason(p.stop, config.train), "epochs": len(p.history),
+               "steps": p.step, "tokens": p.tokens, "train_loss": train_loss, "lr": p.lr, "valid_ppl": valid_ppl,
+               "test_ppl": test_ppl, "unigram_valid_ppl": unigram, "train_seconds": p.train_seconds,
+               "wall_seconds": seconds, "tokens_per_sec": p.tokens / p.train_seconds if p.train_seconds else None}
+    _append_metric(r, state, summary)
+    modeldir.write_info(r.out_dir, status="complete", vocab_size=len(vocab), steps=p.step, tokens=p.tokens,
+                        valid_ppl=valid_ppl, test_ppl=test_ppl, unigram_valid_ppl=unigram,
+                        stop_reason=summary["stop_reason"])
     return summary
+
+
+def _exact_perplexity(params, config, ids):
+    total, count = evaluate.evaluate_ids(params, config.model, ids, 1, config.train.bptt)
+    return evaluate.summarize(total, count)["perplexity"]
+
+
+# --------------------------------------------------------------------------------------------
+# A run in its folder
+
+
+def run_in_folder(config, out, *, init_dir=None, resume=False, reporter=None, should_stop=lambda: None):
+    """`run` into the model directory `out`, which a new run creates (refusing a folder that
+    holds a model) and --resume finds: the lock is held throughout, a killed run's temporary
+    files are cleared, and a folder created for a run that failed before writing is removed."""
+    out = Path(out)
+    lock.refuse_if_held(out)
+    if resume and not out.exists():
+        raise UserError(f"--out {out}: no such folder to resume")
+    if not resume:
+        modeldir.check_new_out(out, init_dir)
+    created = modeldir.create(out)
+    lock.acquire_lock(out)
+    try:
+        files.remove_stale_temp_files(out)  # left by a run that was killed while writing
+        return run(config, out, init_dir=init_dir, resume=resume, reporter=reporter, should_stop=should_stop)
+    except WriteError as e:
+        if (out / modeldir.CHECKPOINT).exists():
+            raise WriteError(f"{e}; fix the cause and continue with: rnnlm train --out {out} --resume") from None
+        raise
+    finally:
+        lock.release_lock(out)
+        if created:
+            modeldir.remove_if_empty(out)

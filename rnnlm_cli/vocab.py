@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from . import files
 from .data import iter_lines
 from .errors import UserError
 
@@ -114,9 +115,7 @@ def save_vocab(vocab: Vocab, path: str | os.PathLike) -> None:
     A crash or a full disk leaves either the old file or the new one, never a half-written
     one; a failure is a UserError (bad place) or WriteError (the machine) naming the file.
     """
-    from .checkpoint import write_text  # checkpoint imports this module: import at call time
-
-    write_text(path, format_vocab(vocab))
+    files.write_text(path, format_vocab(vocab))
 
 
 def load_vocab(path: str | os.PathLike) -> Vocab:

@@ -61,9 +61,9 @@ def test_eval_counts_and_json(trained, corpus, run_cli):
 
 def test_eval_batch_one_is_the_exact_stream(trained, corpus, run_cli):
     """batch 1 equals feeding the whole file through the model in one window, carried state."""
-    from rnnlm_cli import checkpoint, data, model
+    from rnnlm_cli import data, model, modeldir
     out, _, _ = trained
-    config, vocab, params = checkpoint.load_model(out)
+    config, vocab, params = modeldir.load_model(out)
     ids, _ = data.encode_file(corpus["valid"], vocab, "whitespace")
     state = model.init_state(config.model, 1)
     loss, _, _ = model.forward(params, config.model, ids[None, :-1], ids[None, 1:], state, need_grad=False)

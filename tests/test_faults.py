@@ -102,13 +102,13 @@ def test_vocab_save_failure_keeps_the_old_file(corpus, tmp_path, run_cli, monkey
 def test_a_nan_rolls_back_and_training_goes_on(tiny_config, tmp_path, run_cli, monkeypatch, where):
     out = tmp_path / "run"
     if where == "loss":  # step 30 returns NaN once: back to the checkpoint at step 20
-        real_step, calls = train_mod.train_step, {"n": 0}
+        real_step, calls = train_mod.window_gradient, {"n": 0}
 
-        def train_step(*args, **kwargs):
-            loss, state, norm = real_step(*args, **kwargs)
+        def window_gradient(*args, **kwargs):
+            loss, grads, state = real_step(*args, **kwargs)
             calls["n"] += 1
-            return (math.nan if calls["n"] == 30 else loss), state, norm
-        monkeypatch.setattr(train_mod, "train_step", train_step)
+            return (math.nan if calls["n"] == 30 else loss), grads, state
+        monkeypatch.setattr(train_mod, "window_gradient", window_gradient)
         expected = {"step": 30, "to_step": 20, "lr": 0.5}
     else:  # the first validation gives inf: back to the last checkpoint (step 100 of 105)
         real_eval, calls = evaluate.evaluate_ids, {"n": 0}

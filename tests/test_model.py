@@ -134,7 +134,7 @@ def test_float32_stays_float32():
     assert all(p.dtype == np.float32 for p in params.values())
     assert all(g.dtype == np.float32 for g in grads.values())
     assert new_state.dtype == np.float32
-    (_, rnn_caches, _), out_cache, dlogits, _ = cache
+    (_, rnn_caches, _), (_, dlogits), _ = cache  # the softmax output layer's cache: (affine cache, dlogits)
     assert dlogits.dtype == np.float32 and all(c[2].dtype == np.float32 for c in rnn_caches)
 
 
@@ -207,7 +207,7 @@ def test_class_output_is_an_exact_normalized_distribution():
     assert bounds[0] == 0 and bounds[-1] == 13 and len(bounds) == 5 and np.all(np.diff(bounds) > 0)
     assert bounds[1] <= 3  # the frequent words make small classes (frequency binning)
     rng = np.random.default_rng(1)
-    for key in model.trainable(params):
+    for key in model.trainable(params, m):
         params[key][...] = rng.normal(0, 0.5, size=params[key].shape)
     state = rng.normal(size=(1, 1, 6))
     inputs, targets = np.array([[3]]), np.array([[7]])

@@ -12,7 +12,7 @@ from conftest import assert_clean_error, files, weights
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rnnlm_cli import checkpoint
+from rnnlm_cli import modeldir
 from rnnlm_cli.errors import UserError
 
 
@@ -183,7 +183,7 @@ def test_fuzzed_weights_load_or_are_refused(tiny_model, cut, flips):
             raw[pos % len(raw)] ^= x
         (model_dir / "weights.npz").write_bytes(bytes(raw[: max(cut, len(raw) // 2) if cut else len(raw)]))
         try:
-            _, _, params = checkpoint.load_model(model_dir)
+            _, _, params = modeldir.load_model(model_dir)
         except UserError as e:
             assert "weights.npz" in str(e)
         else:
@@ -197,11 +197,11 @@ def test_fuzzed_weights_load_or_are_refused(tiny_model, cut, flips):
 ])
 def test_the_three_file_readers_report_open_failures_alike(tmp_path, make_path, fragment):
     """A corpus, a config and a weights file that cannot be opened: one UserError naming it."""
-    from rnnlm_cli import checkpoint, config, data
+    from rnnlm_cli import config, data, files
 
     path = make_path(tmp_path)
     readers = [lambda: data._open_binary(path), lambda: config.read_yaml(Path(path)),
-               lambda: checkpoint.read_npz(path)]
+               lambda: files.read_npz(path)]
     for read in readers:
         with pytest.raises(UserError) as e:
             read()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import assert_same_arrays, weights
 
-from rnnlm_cli import checkpoint, model, optim
+from rnnlm_cli import model, modeldir, optim
 from rnnlm_cli import train as train_mod
 from rnnlm_cli.config import load_config
 
@@ -38,7 +38,7 @@ def test_resume_after_a_signal_equals_an_uninterrupted_run(tiny_config, tmp_path
 
     with pytest.raises(train_mod.Interrupted):
         train_mod.run(load_config(tiny_config, overrides), tmp_path / "cut", should_stop=stop_at_step_40)
-    assert checkpoint.check_format(tmp_path / "cut")["status"] == "interrupted"
+    assert modeldir.check_format(tmp_path / "cut")["status"] == "interrupted"
     train_mod.run(load_config(tiny_config, overrides), tmp_path / "cut", resume=True)
     assert_same_arrays(weights(tmp_path / "whole"), weights(tmp_path / "cut"))
     assert (tmp_path / "whole" / "metrics.jsonl").read_text().count('"epoch"') == \
@@ -76,7 +76,7 @@ def test_init_and_one_plain_sgd_step(tiny_config, tmp_path):
     summary = train_mod.run(config, tmp_path / "one", init_dir=base)
     assert summary["steps"] == 1
     start = weights(base)
-    cfg, vocab, _ = checkpoint.load_model(base)
+    cfg, vocab, _ = modeldir.load_model(base)
     from rnnlm_cli import data
     ids, _ = data.encode_file(config.data.train, vocab, "whitespace")
     streams = data.batchify(ids, 1)
