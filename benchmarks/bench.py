@@ -251,7 +251,7 @@ def _our_windows(config, streams, params, opt_state):
     hidden = [None]
 
     def step(new_epoch, inputs, targets):
-        if new_epoch:  # the state starts at zero at each epoch (SPEC)
+        if new_epoch:  # the state starts at zero at each epoch, as in rnnlm's training
             hidden[0] = model.init_state(config.model, tc.batch_size, tc.dtype)
         loss, grads, hidden[0] = window_gradient(params, config.model, inputs, targets, hidden[0])
         apply_gradient(params, grads, opt_state, tc.lr, tc)

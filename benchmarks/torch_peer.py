@@ -28,7 +28,7 @@ from bench import (cpu_snapshot, cpu_usage, cycle_windows, emit, peak_rss_mb,  #
 
 
 def read_ids(path, w2i, grow):
-    """The SPEC token stream of a file (<eos>, then each non-empty line's words and <eos>) as an
+    """The token stream of a file (docs/model-directory.md) (<eos>, then each non-empty line's words and <eos>) as an
     int64 tensor; new words get new ids when `grow`, else become <unk>."""
     ids = [w2i.setdefault("<eos>", len(w2i))]
     with open(path, encoding="utf-8") as f:

@@ -101,10 +101,8 @@ def vocab_cmd(train_file, other_files, min_count, max_size, tokenizer, save_path
     Example:
       rnnlm vocab data/train.txt data/valid.txt --min-count 2 --save vocab.txt
     """
-    from . import data, vocab as vocab_mod
-    counts, _, _ = data.count_words(train_file, tokenizer)
-    vocab = vocab_mod.build_vocab(counts, min_count, max_size)
-    rows = [data.encode_file(path, vocab, tokenizer, allow_empty=True)[1] for path in (train_file, *other_files)]
+    from . import vocab as vocab_mod
+    vocab, counts, rows = vocab_mod.coverage(train_file, other_files, min_count, max_size, tokenizer)
     if save_path:
         vocab_mod.save_vocab(vocab, save_path)
     if as_json:
@@ -392,7 +390,7 @@ def _one_blas_thread():
 
 
 def main(argv=None):
-    """Entry point: map errors to exit codes and one line on stderr (SPEC: 2 bad usage or bad
+    """Entry point: map errors to exit codes and one line on stderr (README, exit codes: 2 bad usage or bad
     input, 1 anything else; the traceback of an unexpected error only under --debug)."""
     _one_blas_thread()
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])

@@ -1,6 +1,6 @@
 """Corpus files -> token streams -> batched streams -> BPTT windows.
 
-The contract (docs/SPEC.md, "Text, tokens, vocabulary" and "Batching and truncated BPTT"):
+The conventions (docs/model-directory.md, "The token stream and vocabulary ids"; README, "Training"):
 
 - a file is UTF-8 text, one sentence per line;
 - its token stream is ``<eos>``, then for each non-empty line its words followed by ``<eos>``,
@@ -8,7 +8,7 @@ The contract (docs/SPEC.md, "Text, tokens, vocabulary" and "Batching and truncat
 - training cuts the stream into N contiguous streams of equal length and walks them in
   windows of ``bptt`` steps.
 
-Reading text (decisions beyond SPEC):
+Reading text (details beyond that convention):
 
 - lines end at LF, CRLF or a lone CR (mixed endings are fine); a leading UTF-8 BOM is skipped;
 - words are separated by any Unicode whitespace, as Python's ``str.split()`` defines it: space,
@@ -29,14 +29,9 @@ import collections
 import os
 import re
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from .errors import UserError, open_failed
-
-if TYPE_CHECKING:  # only for annotations: vocab.py imports this module, not the reverse
-    from .vocab import Vocab
 
 PathLike = str | os.PathLike
 
@@ -134,6 +129,8 @@ def iter_pieces(path: PathLike, block: int | None = None) -> Iterator[tuple[int,
     the pieces one by one therefore gives the tokens of the line, in bounded memory (a single
     word longer than `block` is kept whole). See iter_lines for endings, BOM and errors.
     """
+    # Long on purpose (~75 lines): one generator whose position state (lineno, pos, pending,
+    # open_line) every branch updates; split into helpers, that state would travel through all.
     block = max(1, block or _BLOCK)
     lineno = 1
     pos = 0  # file byte offset of the first byte not yet yielded
@@ -254,9 +251,11 @@ def count_words(path: PathLike, tokenizer: str) -> tuple[collections.Counter, in
 
 
 def encode_file(
-    path: PathLike, vocab: Vocab, tokenizer: str, allow_empty: bool = False
+    path: PathLike, vocab, tokenizer: str, allow_empty: bool = False
 ) -> tuple[np.ndarray, dict]:
-    """The SPEC token stream of a file as int32 ids, shape (words + lines + 1,), and its stats.
+    """The token stream of a file (docs/model-directory.md) as int32 ids, shape
+    (words + lines + 1,), and its stats. `vocab` is a vocab.Vocab (vocab.py imports this
+    module, so the type is not imported here).
 
     Stream: <eos>, then for each non-empty line its word ids and <eos>. Words outside the
     vocabulary become <unk>. Stats: file, words, lines (non-empty), targets (= len(ids) - 1),

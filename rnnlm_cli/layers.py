@@ -4,7 +4,8 @@ Shapes use fixed letters: N streams (batch), T time steps, D a layer's input siz
 embedding, H above it), H hidden size, V vocabulary, M = T·N positions. Arrays are time-major,
 (T, N, ·), so that the step at time t, `h[t]`, is one contiguous (N, H) block.
 
-Notation follows the seeds in row-vector form (seeds 000/001 write h = f(h_prev·H + e·I + b)):
+Notation follows the derivations cited as "seed 000" ... "seed 004" (docs/derivation.md, "The
+derivations cited") in row-vector form (seeds 000/001 write h = f(h_prev·H + e·I + b)):
 our `W_h` is the seeds' H, `W_x` their I (or W^(l)), `output.W` their U. A seed's column-vector
 formula δ = f'(z) ∘ (Uᵀ δ_o) reads in our rows as δ = f'(z) ∘ (δ_o Uᵀ).
 

@@ -31,7 +31,7 @@ def clip_factor(norm, max_norm):
 
 
 def sgd_update(params, grads, lr):
-    """θ ← θ − lr · ∇θJ (SPEC)."""
+    """θ ← θ − lr · ∇θJ."""
     for key, g in grads.items():
         if isinstance(g, SparseRows):
             params[key][g.ids] -= lr * g.rows  # ids are distinct: a plain fancy-index update

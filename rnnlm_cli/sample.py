@@ -22,7 +22,7 @@ def generate(params, model_cfg, prompt_ids, eos_id, words, temperature=1.0, top_
              stop_at_eos=False):
     """Yield `words` generated word ids after conditioning on `<eos>` + prompt_ids.
 
-    The state starts at zero and reads `<eos>` first, as every token stream does (SPEC), so an
+    The state starts at zero and reads `<eos>` first, as every token stream does (docs/model-directory.md), so an
     empty prompt samples from the start of a sentence."""
     rng = np.random.default_rng(seed)
     dtype = params["embedding"].dtype

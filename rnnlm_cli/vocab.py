@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from . import files
-from .data import iter_lines
+from .data import count_words, encode_file, iter_lines
 from .errors import UserError
 
 UNK = "<unk>"
@@ -129,3 +129,12 @@ def load_vocab(path: str | os.PathLike) -> Vocab:
     tokens = tuple(text for _, text in iter_lines(path))
     _check_tokens(tokens, name, lambda i: f"line {i + 1}")
     return Vocab(tokens, {tok: i for i, tok in enumerate(tokens)})
+
+
+def coverage(train_file, other_files=(), min_count=1, max_size=None, tokenizer="whitespace"):
+    """The vocabulary built from `train_file` and how it covers each file ->
+    (vocab, word counts of train, [encode_file's stats of train and of each other file])."""
+    counts, _, _ = count_words(train_file, tokenizer)
+    vocab = build_vocab(counts, min_count, max_size)
+    rows = [encode_file(path, vocab, tokenizer, allow_empty=True)[1] for path in (train_file, *other_files)]
+    return vocab, counts, rows

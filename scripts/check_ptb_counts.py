@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Local check (not a test): the token counts of Penn Treebank match the published ones.
 
-Needs shared/data/ptb beside the repository (or its folder as the argument). Asserts the
-SPEC's target counts (words + lines) of train/valid/test and a 10,000-word vocabulary from
+Needs a copy of Mikolov's Penn Treebank files: their folder as the argument (default: the
+developers' ../shared/data/ptb beside the repository). Asserts the target counts (words + lines,
+docs/model-directory.md) of train/valid/test and a 10,000-word vocabulary from
 train (9,999 types incl. <unk>, + <eos>), and prints the encode time and peak RSS.
 
     python scripts/check_ptb_counts.py [PTB_DIR]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Make the shipped default corpus, data/{train,valid,test}.txt, from the King James Bible.
 
-Input: kjv.txt as in shared/data/public-domain (one verse per line, `Ge1:1 In the beginning
+Input: kjv.txt as described in data/README.md (one verse per line, `Ge1:1 In the beginning
 God created the heaven and the earth.`). Output: the first BOOKS books (default 6: Genesis to
 Joshua, about 1 MB), one verse per line, the reference dropped, tokenized with rnnlm's own
 `simple` tokenizer (lowercase; punctuation split off words; apostrophes and hyphens inside a

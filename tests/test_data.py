@@ -1,4 +1,4 @@
-"""Token streams, batching and BPTT windows (SPEC: "Text, tokens, vocabulary", "Batching")."""
+"""Token streams, batching and BPTT windows (docs/model-directory.md, "The token stream and vocabulary ids"; README, "Training")."""
 
 import os
 import tempfile

@@ -60,7 +60,7 @@ TEXT = st.lists(st.characters(blacklist_categories=("Cs",)) | st.sampled_from(
 @settings(max_examples=150, deadline=None)
 @given(text=TEXT, tokenizer=st.sampled_from(["whitespace", "simple"]), block=st.sampled_from([3, 7, 1 << 16]))
 def test_fuzzed_unicode_text_gives_the_reference_tokens(text, tokenizer, block):
-    """Any Unicode text: the SPEC token stream (lines end at LF/CRLF/CR, a leading BOM is
+    """Any Unicode text: the token stream of docs/model-directory.md (lines end at LF/CRLF/CR, a leading BOM is
     skipped), read in blocks of any size; a NUL character is the one clean refusal."""
     import re
     with tempfile.TemporaryDirectory() as tmp, mock.patch.object(data, "_BLOCK", block):
