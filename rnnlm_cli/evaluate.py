@@ -63,7 +63,7 @@ def unigram_perplexity(train_ids, eval_ids, vocab_size):
     to every target of eval_ids."""
     counts = np.bincount(train_ids[1:], minlength=vocab_size).astype(np.float64) + 1.0
     logp = np.log(counts / counts.sum())
-    return math.exp(-float(logp[eval_ids[1:]].mean())) if len(eval_ids) > 1 else None
+    return perplexity(-float(logp[eval_ids[1:]].mean())) if len(eval_ids) > 1 else None
 
 
 def evaluate_file(params, config, vocab, path, batch_size=1, model_dir="model"):
