@@ -20,20 +20,26 @@ import yaml
 from .errors import UserError, open_failed
 
 
-def _key(default, *, choices=None, low=None, high=None, low_open=False, nullable=False, doc=""):
-    """A config key: its default, the allowed choices or numeric range, and a one-line doc."""
-    meta = dict(choices=choices, low=low, high=high, low_open=low_open, nullable=nullable, doc=doc)
+def _key(default, *, choices=None, low=None, high=None, low_open=False, nullable=False, many=False, doc=""):
+    """A config key: its default, the allowed choices or numeric range, and a one-line doc.
+    `many`: a string key that also takes a non-empty list of strings."""
+    meta = dict(choices=choices, low=low, high=high, low_open=low_open, nullable=nullable, many=many, doc=doc)
     return field(default=default, metadata=meta)
 
 
 @dataclass
 class DataConfig:
-    train: str | None = _key(None, nullable=True, doc="training text (UTF-8, one sentence per line); required")
+    train: str | list | None = _key(None, nullable=True, many=True,
+                                    doc="training text (UTF-8, one sentence per line): a file, a glob pattern or a "
+                                        "list of them, read in order as one text; required")
     valid: str | None = _key(None, nullable=True,
                              doc="validation text: picks the kept model and drives the lr schedule; required")
     test: str | None = _key(None, nullable=True, doc="test text, evaluated at the end (optional)")
     tokenizer: str = _key("whitespace", choices=("whitespace", "simple"),
                           doc="whitespace: pre-tokenized text; simple: lowercase, split punctuation")
+    cache_dir: str | None = _key(None, nullable=True,
+                                 doc="folder of the token cache (null: $RNNLM_CACHE_DIR, else "
+                                     "$XDG_CACHE_HOME/rnnlm, else ~/.cache/rnnlm)")
 
 
 @dataclass
@@ -101,7 +107,7 @@ class Config:
 
 
 SECTION_TYPES = {"data": DataConfig, "vocab": VocabConfig, "model": ModelConfig, "train": TrainConfig}
-PATH_KEYS = ("train", "valid", "test")
+PATH_KEYS = ("train", "valid", "test", "cache_dir")
 
 
 def builtin_dir() -> Path:
@@ -149,6 +155,13 @@ def _show(value) -> str:
 def _check_value(where: str, f, value):
     """Type- and range-check one value; return it converted (an int is accepted as a float)."""
     meta = f.metadata
+    if meta["many"] and isinstance(value, list):
+        if not value:
+            raise UserError(f"{where}: an empty list (expected a path or a list of paths)")
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item or "\x00" in item:
+                raise UserError(f"{where}[{i}]: expected a path (a non-empty string), got {_show(item)}")
+        return list(value)
     if value is None:
         if meta["nullable"]:
             return None
@@ -267,13 +280,19 @@ def resolve_paths(config: Config, base: Path) -> Config:
     """Make data paths absolute, relative ones against `base` (the config file's folder)."""
     for key in PATH_KEYS:
         value = getattr(config.data, key)
-        if value is not None:
-            path = Path(os.path.expanduser(value))
-            try:
-                setattr(config.data, key, str(path if path.is_absolute() else (base / path).resolve()))
-            except (OSError, RuntimeError, ValueError) as e:  # e.g. a symlink loop
-                raise UserError(f"data.{key}: {value}: not a usable path ({e})") from None
+        if isinstance(value, list):
+            setattr(config.data, key, [_resolved(key, v, base) for v in value])
+        elif value is not None:
+            setattr(config.data, key, _resolved(key, value, base))
     return config
+
+
+def _resolved(key, value, base):
+    path = Path(os.path.expanduser(value))
+    try:
+        return str(path if path.is_absolute() else (base / path).resolve())
+    except (OSError, RuntimeError, ValueError) as e:  # e.g. a symlink loop
+        raise UserError(f"data.{key}: {value}: not a usable path ({e})") from None
 
 
 def load_config(path=None, overrides=()) -> Config:
@@ -288,7 +307,7 @@ def load_config(path=None, overrides=()) -> Config:
 
 
 # The keys --resume may change: how long to train and how often to log or checkpoint.
-RESUME_KEYS = ("train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every")
+RESUME_KEYS = ("train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every", "data.cache_dir")
 
 
 def _flat(config: Config) -> dict:

@@ -375,3 +375,112 @@ def one_hot(ids: np.ndarray, V: int, dtype=np.float64) -> np.ndarray:
     out = np.zeros(ids.shape + (V,), dtype=dtype)
     np.put_along_axis(out, ids[..., None].astype(np.intp), 1, axis=-1)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding in blocks: the fast path of the token cache (corpus.py). The token stream is the one
+# described at the top; these functions give it a block of about a million tokens at a time.
+
+# Marks the end of a line inside a block of tokens. It can never be a token: NUL bytes are
+# refused in the text, and the tokenizers never produce one.
+SENTINEL = "\x00"
+_READ = 1 << 22  # bytes read at a time by the whitespace fast path
+
+
+def _raise_exact_error(path: PathLike):
+    """Re-read a file with the line reader, which raises the UserError naming the line and byte."""
+    for _ in iter_pieces(path):
+        pass
+    raise UserError(f"{os.fspath(path)}: the file must be UTF-8 text without NUL bytes")
+
+
+def _whitespace_blocks(path: PathLike) -> Iterator[list[str]]:
+    """The whitespace tokenizer on blocks of ~4 MB cut after a line end (or, inside a very long
+    line, after an ASCII space): the same tokens as tokenizing line by line, with SENTINEL where
+    each line ends (empty lines too), but several times faster. LF, CRLF and a lone CR end a
+    line; any other Unicode whitespace separates words (str.split), as in iter_lines."""
+    with _open_binary(path) as f:
+        rest, first = b"", True
+        try:
+            while True:
+                chunk = f.read(_READ)
+                if first and chunk.startswith(_BOM):
+                    chunk = chunk[len(_BOM):]
+                first = False
+                data = rest + chunk if rest else chunk
+                if not chunk:
+                    if data:
+                        yield _split_block(data, path)
+                    return
+                cut = max(data.rfind(b"\n"), data.rfind(b"\r"))
+                if cut < 0:  # a very long line: cut after its last ASCII whitespace
+                    cut = max(data.rfind(b) for b in _CUT_BYTES)
+                if cut < 0:
+                    rest = data  # inside one enormous word: read on
+                    continue
+                yield _split_block(data[:cut + 1], path)
+                rest = data[cut + 1:]
+        except OSError as e:
+            raise UserError(f"{os.fspath(path)}: read error ({e.strerror or e})") from None
+
+
+def _split_block(data: bytes, path: PathLike) -> list[str]:
+    if b"\x00" in data:
+        _raise_exact_error(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        _raise_exact_error(path)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.replace("\n", " \x00 ").split()
+
+
+def iter_token_blocks(path: PathLike, tokenizer: str, size: int = 1 << 20) -> Iterator[list[str]]:
+    """Lists of the tokens of a file, in order, with SENTINEL after every line: the whitespace
+    tokenizer reads whole blocks at once; the others go line by line (in pieces, bounded
+    memory) and are batched into lists of about `size` tokens."""
+    get_tokenizer(tokenizer)
+    if tokenizer == "whitespace":
+        yield from _whitespace_blocks(path)
+        return
+    block: list[str] = []
+    for toks, ends_line in _iter_token_pieces(path, tokenizer):
+        block.extend(toks)
+        if ends_line:
+            block.append(SENTINEL)
+        if len(block) >= size:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def encode_blocks(paths, tokenizer: str, lookup: Callable[[list[str]], list[int]], sentinel: int, eos: int,
+                  stats: dict) -> Iterator[np.ndarray]:
+    """The token stream of the files `paths` taken as one text (``<eos>``, then every non-empty
+    line of the first file, then of the next, ...), as int64 arrays of ids, one per block.
+    `lookup` maps a block of tokens to ids, SENTINEL to `sentinel` (an id no word has); a line
+    end becomes `eos` where the line has a word, and nothing where it is empty. Adds the words
+    and non-empty lines seen to stats["words"], stats["lines"]."""
+    yield np.array([eos], dtype=np.int64)
+    for path in paths:
+        line_empty = True  # no word yet on the current line
+        for block in iter_token_blocks(path, tokenizer):
+            ids = np.array(lookup(block), dtype=np.int64)
+            if not ids.size:
+                continue
+            ends = ids == sentinel
+            after_end = np.empty_like(ends)
+            after_end[0], after_end[1:] = line_empty, ends[:-1]
+            line_empty = bool(ends[-1])
+            keep = ~(ends & after_end)  # the end of an empty line adds no <eos>
+            ids, ends = ids[keep], ends[keep]
+            n_ends = int(np.count_nonzero(ends))
+            stats["lines"] += n_ends
+            stats["words"] += len(ids) - n_ends
+            ids[ends] = eos
+            yield ids
+        if not line_empty:  # the last line has no line ending
+            stats["lines"] += 1
+            yield np.array([eos], dtype=np.int64)

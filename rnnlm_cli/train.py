@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, evaluate, files, lock, model, modeldir, optim, schedule
+from . import corpus, data, evaluate, files, lock, model, modeldir, optim, schedule
 from .checkpoint import KEEP_BEST, KEEP_LAST, STOP_EPOCHS, STOP_MAX_STEPS, STOP_SCHEDULE, TrainingState, stop_reason
 from .errors import Diverged, UserError, WriteError
 from .vocab import build_vocab, load_vocab
@@ -84,18 +84,24 @@ def apply_gradient(params, grads, opt_state, lr, train_cfg):
 
 
 def prepare_data(config, vocab=None):
-    """Vocabulary (built from train unless given) and the encoded train/valid/test streams."""
+    """Vocabulary (built from train unless given) and the train/valid/test streams, each mapped
+    from the token cache (corpus.py: encoded on the first run, in bounded memory) ->
+    (vocab, {"train": (ids, stats), "valid": ..., "test": ... or (None, None),
+    "train_counts": the count of every id in train (V,)})."""
     d = config.data
     for key in ("train", "valid"):
         if getattr(d, key) is None:
             raise UserError(f"config: data.{key} is required (a path to a text file)")
+    folder = corpus.cache_folder(d.cache_dir)
+    train_files = corpus.files_of(d.train)
     if vocab is None:
-        counts, _, _ = data.count_words(d.train, d.tokenizer)
-        vocab = build_vocab(counts, config.vocab.min_count, config.vocab.max_size)
-    train_ids, train_stats = data.encode_file(d.train, vocab, d.tokenizer)
-    valid_ids, valid_stats = data.encode_file(d.valid, vocab, d.tokenizer)
-    test = data.encode_file(d.test, vocab, d.tokenizer) if d.test else (None, None)
-    return vocab, {"train": (train_ids, train_stats), "valid": (valid_ids, valid_stats), "test": test}
+        vocab, train = corpus.train_corpus(train_files, d.tokenizer, folder, config.vocab.min_count,
+                                           config.vocab.max_size)
+    else:
+        train = corpus.encoded(train_files, vocab, d.tokenizer, folder)
+    valid = corpus.encoded([d.valid], vocab, d.tokenizer, folder)
+    test = corpus.encoded([d.test], vocab, d.tokenizer, folder) if d.test else (None, None)
+    return vocab, {"train": train[:2], "valid": valid[:2], "test": test[:2], "train_counts": train.id_counts}
 
 
 def _check_memory(config, vocab_size):
@@ -128,9 +134,9 @@ def _start(config, out_dir, init_dir):
         _, init_vocab, init_params = modeldir.load_model(init_dir, dtype)
         modeldir.check_params(init_params, config, len(init_vocab), f"--init {init_dir}")
     vocab, streams = prepare_data(config, init_vocab)
-    data.batchify(streams["train"][0], config.train.batch_size, source=config.data.train)  # fail before writing
+    data.batchify(streams["train"][0], config.train.batch_size, source=_train_name(config))  # fail before writing
     _check_memory(config, len(vocab))
-    counts = np.bincount(streams["train"][0], minlength=len(vocab))  # for output layers built from frequencies
+    counts = streams["train_counts"]  # for output layers built from frequencies
     params = init_params or model.init_params(config.model, len(vocab), config.train.seed, dtype, counts)
     state = TrainingState.new(config, params)
     state.progress.train_tokens = len(streams["train"][0])
@@ -151,18 +157,23 @@ def _resume(config, out_dir, reporter):
     progress = state.progress
     vocab, streams = prepare_data(config, vocab)
     if progress.train_tokens and progress.train_tokens != len(streams["train"][0]):
-        raise UserError(f"{config.data.train}: changed since the checkpoint in {out_dir} ("
+        raise UserError(f"{_train_name(config)}: changed since the checkpoint in {out_dir} ("
                         f"{progress.train_tokens - 1} targets then, {len(streams['train'][0]) - 1} now); "
                         f"--resume needs the same training data")
-    batches = data.batchify(streams["train"][0], config.train.batch_size, source=config.data.train)
+    batches = data.batchify(streams["train"][0], config.train.batch_size, source=_train_name(config))
     if progress.window > data.num_windows(batches, config.train.bptt):
         raise UserError(f"{source}: its data position (window {progress.window}) is past the end of "
-                        f"{config.data.train}: the training data changed since the checkpoint")
+                        f"{_train_name(config)}: the training data changed since the checkpoint")
     modeldir.rewind_metrics(out_dir, progress.metrics_bytes)
     reporter.info(f"resuming {out_dir} at epoch {progress.epoch}, step {progress.step}")
     if progress.stop in (STOP_EPOCHS, STOP_MAX_STEPS):
         progress.stop = None  # resumed with a larger epochs or max_steps: carry on
     return vocab, streams, state
+
+
+def _train_name(config):
+    """data.train as messages name it (a list by its first file)."""
+    return corpus.describe(corpus.files_of(config.data.train))
 
 
 def _same_file(a, b):
@@ -176,11 +187,11 @@ def _announce(config, vocab, streams, reporter):
     """Warn of a train file reused for valid or test; say the sizes -> the unigram valid ppl."""
     for key in ("valid", "test"):
         other = getattr(config.data, key)
-        if other and _same_file(config.data.train, other):
+        if other and any(_same_file(f, other) for f in corpus.files_of(config.data.train)):
             reporter.warn(f"warning: data.train and data.{key} are the same file ({other}): {key} perplexity "
                           f"will be optimistic")
     (train_ids, train_stats), (valid_ids, valid_stats) = streams["train"], streams["valid"]
-    unigram = evaluate.unigram_perplexity(train_ids, valid_ids, len(vocab))
+    unigram = evaluate.unigram_from_counts(streams["train_counts"], train_ids[0], valid_ids)
     reporter.info(f"vocabulary {len(vocab)} | train {train_stats['targets']} targets | valid "
                   f"{valid_stats['targets']} targets ({valid_stats['oov_rate']:.2%} OOV) | unigram valid ppl {unigram:.1f}")
     return unigram
@@ -225,7 +236,7 @@ def run(config, out_dir, *, init_dir=None, resume=False, reporter=None, should_s
     t_start = time.perf_counter()
     vocab, streams, state = _resume(config, out_dir, reporter) if resume else _start(config, out_dir, init_dir)
     unigram = _announce(config, vocab, streams, reporter)
-    batches = data.batchify(streams["train"][0], config.train.batch_size, source=config.data.train)
+    batches = data.batchify(streams["train"][0], config.train.batch_size, source=_train_name(config))
     r = _Run(config, out_dir, reporter, should_stop, streams, batches, state.snapshot(), {})
     with _quiet_numerics():
         while state.progress.stop is None:

@@ -12,6 +12,15 @@ from rnnlm_cli import cli
 from rnnlm_cli.gradcheck import numerical_gradient
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _token_cache(tmp_path_factory):
+    """The token cache of every run in the tests (subprocesses inherit it) in a temporary folder,
+    never in the user's ~/.cache."""
+    import os
+    os.environ["RNNLM_CACHE_DIR"] = str(tmp_path_factory.mktemp("token-cache"))
+    yield
+
+
 def _sentences(seed, n):
     """Sentences from a small grammar: enough structure for a model to beat unigram quickly."""
     rng = random.Random(seed)
