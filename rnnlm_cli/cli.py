@@ -177,8 +177,9 @@ class BarReporter:
 class _Signals:
     """SIGINT/SIGTERM ask training to checkpoint and stop; a second SIGINT stops at once."""
 
-    def __init__(self):
+    def __init__(self, announce=True):
         self.received = None
+        self.announce = announce
 
     def __enter__(self):
         self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -188,7 +189,8 @@ class _Signals:
         if self.received == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = signum
-        click.echo("\nstopping: saving a checkpoint (Ctrl-C again to abort at once)", err=True)
+        if self.announce:
+            click.echo("\nstopping: saving a checkpoint (Ctrl-C again to abort at once)", err=True)
 
     def __exit__(self, *exc):
         for s, handler in self.old.items():
@@ -218,29 +220,75 @@ def train_cmd(config_path, overrides, out_dir, init_dir, resume, dry_run, quiet)
       rnnlm train configs/ptb-elman.yaml --set train.epochs=5 --out runs/ptb
       rnnlm train --out runs/ptb --resume          # after Ctrl-C or a crash
       rnnlm train my.yaml --init runs/ptb          # continue from another model
+      mpiexec -n 2 rnnlm train my.yaml             # data-parallel on 2 processes (README)
     """
-    from . import lock
+    from . import distributed
+    w = distributed.world()
+    try:
+        _train(w, config_path, overrides, out_dir, init_dir, resume, dry_run, quiet)
+    except BaseException as e:
+        if w.size == 1:
+            raise
+        _end_rank(w, e)
+
+
+def _train(w, config_path, overrides, out_dir, init_dir, resume, dry_run, quiet):
+    """The train command in one process of `w` (rank 0 alone prints)."""
+    from . import distributed, lock
     from . import train as train_mod
     from .config import dump_config
-    if out_dir and Path(out_dir).is_dir():
-        lock.refuse_if_held(out_dir)  # a live run's folder: say so first, whatever else is wrong
-    config = _resume_config(config_path, overrides, out_dir) if resume else _load(config_path, overrides)
+
+    def setup():
+        if out_dir and Path(out_dir).is_dir():
+            lock.refuse_if_held(out_dir)  # a live run's folder: say so first, whatever else is wrong
+        return _resume_config(config_path, overrides, out_dir) if resume else _load(config_path, overrides)
+    config = distributed.agree(w, setup)
     if dry_run:
-        click.echo(dump_config(config), nl=False)
+        if w.rank == 0:
+            click.echo(dump_config(config), nl=False)
         return
     from .modeldir import default_out
     out = Path(out_dir) if out_dir else default_out(config_path)
-    reporter = BarReporter(config.train.batch_size, config.train.bptt, sys.stderr.isatty(), quiet)
+    reporter = (BarReporter(config.train.batch_size, config.train.bptt, sys.stderr.isatty(), quiet) if w.rank == 0
+                else train_mod.SilentReporter())
     try:
-        with _Signals() as signals:
+        with _Signals(announce=w.rank == 0) as signals:
             s = train_mod.run_in_folder(config, out, init_dir=init_dir, resume=resume, reporter=reporter,
-                                        should_stop=signals)
+                                        should_stop=signals, world=w if w.size > 1 else None)
     except train_mod.Interrupted as e:
-        click.echo(f"interrupted: checkpoint saved; continue with: rnnlm train --out {out} --resume", err=True)
+        if w.rank == 0:
+            click.echo(f"interrupted: checkpoint saved; continue with: rnnlm train --out {out} --resume", err=True)
         sys.exit(128 + e.signum)
+    if w.rank != 0:
+        return
     click.echo(f"| end | valid ppl {_ppl(s['valid_ppl'])} (unigram {_ppl(s['unigram_valid_ppl'])}) | test ppl "
                f"{_ppl(s['test_ppl'])} | {_fmt_count(s['tokens'])} tokens in {s['epochs']} epochs | "
                f"{_fmt_seconds(s['wall_seconds'])} | {s['stop_reason']} | model in {out}")
+
+
+def _end_rank(w, e):
+    """How one process of a data-parallel run ends on `e`: errors that every process raises
+    together (a QuietError, Diverged, an exit) end each quietly but for rank 0's message; any
+    other error, which the other processes would wait for forever, prints its message and ends
+    the whole job (MPI Abort, with its exit code)."""
+    from .distributed import QuietError
+    from .errors import Diverged
+    if isinstance(e, SystemExit):
+        raise e
+    if isinstance(e, (QuietError, Diverged)):
+        if w.rank == 0:
+            raise e
+        sys.exit(e.exit_code)
+    if isinstance(e, RnnlmError):
+        text, code = one_line(e), e.exit_code
+    elif isinstance(e, KeyboardInterrupt):
+        text, code = "aborted", 130
+    else:
+        text, code = f"unexpected {type(e).__name__}: {one_line(e)}", 1
+    click.echo(f"error: {'' if w.rank == 0 else f'rank {w.rank}: '}{text}; stopping all {w.size} processes",
+               err=True)
+    sys.stderr.flush()
+    w.comm.Abort(code)
 
 
 def _resume_config(config_path, overrides, out_dir):

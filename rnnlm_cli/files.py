@@ -21,6 +21,13 @@ import numpy as np
 from .errors import UserError, WriteError, open_failed
 
 TMP_SUFFIX = ".tmp"
+_writing = True  # False in the ranks but rank 0 of a data-parallel run (distributed.py): they write nothing
+
+
+def stop_writing():
+    """From now on this process writes no file (atomic_write, append_line and truncate do nothing)."""
+    global _writing
+    _writing = False
 
 
 def atomic_write(path, write):
@@ -28,6 +35,8 @@ def atomic_write(path, write):
     it over `path`. On any failure the temporary file is removed and `path` is untouched:
     an OSError becomes a UserError (the folder is missing or not writable: the user's to fix)
     or a WriteError (disk full, I/O error) that says the previous file is left as it was."""
+    if not _writing:
+        return
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
     try:
@@ -184,6 +193,8 @@ def append_line(path, line):
     """Append one line (bytes) to `path` in one write, creating it if needed. A failure (disk
     full) cuts the file back to its old size, so no half line is left behind, and raises a
     WriteError saying that the other files are untouched. -> the number of bytes appended."""
+    if not _writing:
+        return len(line)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError as e:
@@ -208,6 +219,8 @@ def append_line(path, line):
 
 def truncate(path, size):
     """Cut `path` back to `size` bytes if it is longer (a log rewound to a checkpoint)."""
+    if not _writing:
+        return
     path = Path(path)
     try:
         if path.exists() and path.stat().st_size > size:

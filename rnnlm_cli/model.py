@@ -128,19 +128,22 @@ def hidden_forward(params, model_cfg, ids, state, dropout_rng=None):
     return x, new_state, (emb_cache, layer_caches, drop_caches)
 
 
-def forward(params, model_cfg, inputs, targets, state, need_grad=True, workspace=None, dropout_rng=None):
+def forward(params, model_cfg, inputs, targets, state, need_grad=True, workspace=None, dropout_rng=None,
+            scale=None):
     """inputs, targets: (N, T) ints; state: carried from the previous window -> (loss, new_state,
     cache).
 
     loss is the mean per-target loss over the N·T targets (J = 1/T Σ_t J(t), averaged over the
     streams too). cache is None when need_grad is False (evaluation). With a `workspace` dict
     the big arrays live in it and are overwritten by the next call. `dropout_rng` (a numpy
-    Generator) turns dropout on."""
+    Generator) turns dropout on. `scale` replaces the gradient's 1/(N·T) (a data-parallel run
+    holds part of the streams and divides by the whole window's target count)."""
     N, T = inputs.shape
     top, new_state, caches = hidden_forward(params, model_cfg, inputs.T, state, dropout_rng)
     M = T * N
     loss_sum, out_cache = output.loss_forward(params, model_cfg, top.reshape(M, top.shape[2]),
-                                              targets.T.reshape(-1), 1.0 / M, need_grad, workspace)
+                                              targets.T.reshape(-1), 1.0 / M if scale is None else scale,
+                                              need_grad, workspace)
     cache = (caches, out_cache, model_cfg) if need_grad else None
     return loss_sum / M, new_state, cache
 

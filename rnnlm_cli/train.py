@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import corpus, data, evaluate, files, lock, model, modeldir, optim, schedule
+from . import corpus, data, distributed, evaluate, files, lock, model, modeldir, optim, schedule
 from .checkpoint import KEEP_BEST, KEEP_LAST, STOP_EPOCHS, STOP_MAX_STEPS, STOP_SCHEDULE, TrainingState, stop_reason
 from .errors import Diverged, UserError, WriteError
-from .vocab import build_vocab, load_vocab
+from .vocab import load_vocab, vocab_from_tokens
 
 MAX_ROLLBACKS = 3  # per run (kept across --resume): the next divergence stops training
 
@@ -60,13 +60,13 @@ class SilentReporter:
 # One step: the gradient of a window, then the update
 
 
-def window_gradient(params, model_cfg, inputs, targets, hidden, workspace=None, rng=None):
+def window_gradient(params, model_cfg, inputs, targets, hidden, workspace=None, rng=None, scale=None):
     """Forward and one-pass backward over one window -> (mean loss, grads, new hidden state).
     `workspace`: a dict kept across calls, holding the big scratch arrays; `rng` draws the
-    dropout masks."""
+    dropout masks; `scale` replaces the gradient's 1/(N·T) (see model.forward)."""
     dropout_rng = rng if model_cfg.dropout > 0 else None
     loss, new_hidden, cache = model.forward(params, model_cfg, inputs, targets, hidden, workspace=workspace,
-                                            dropout_rng=dropout_rng)
+                                            dropout_rng=dropout_rng, scale=scale)
     return loss, model.backward(cache, workspace, sparse_embedding=True), new_hidden
 
 
@@ -176,6 +176,21 @@ def _train_name(config):
     return corpus.describe(corpus.files_of(config.data.train))
 
 
+def _setup(config, out_dir, init_dir, resume, reporter, w):
+    """-> (vocab, streams, state). Rank 0 starts or resumes the run in out_dir; the other
+    processes take its vocabulary and state, and map the data themselves (from the token cache
+    when they share its folder). Any process's failure stops them all (distributed.agree)."""
+    def begin():
+        return _resume(config, out_dir, reporter) if resume else _start(config, out_dir, init_dir)
+    if w.size == 1:
+        return begin()
+    first = distributed.agree(w, begin if w.rank == 0 else lambda: None)
+    tokens, state = distributed.bcast(w, (first[0].tokens, first[2]) if w.rank == 0 else None)
+    vocab = first[0] if w.rank == 0 else vocab_from_tokens(tokens)
+    streams = distributed.agree(w, lambda: first[1] if w.rank == 0 else prepare_data(config, vocab)[1])
+    return vocab, streams, state
+
+
 def _same_file(a, b):
     try:
         return os.path.samefile(a, b)
@@ -212,6 +227,8 @@ class _Run:
     batches: np.ndarray
     snapshot: TrainingState
     workspace: dict  # scratch arrays reused by every window
+    world: distributed.World = None  # the processes of a data-parallel run (one by default)
+    block: tuple = None  # (start, stop): the streams this process computes
 
 
 class _Diverging(Exception):
@@ -228,16 +245,22 @@ def _quiet_numerics():
         yield
 
 
-def run(config, out_dir, *, init_dir=None, resume=False, reporter=None, should_stop=lambda: None):
+def run(config, out_dir, *, init_dir=None, resume=False, reporter=None, should_stop=lambda: None, world=None):
     """Train into out_dir; returns a summary dict. `should_stop()` returns a signal number when
-    the user asked to stop (the run then checkpoints and raises Interrupted)."""
+    the user asked to stop (the run then checkpoints and raises Interrupted). `world`: the
+    processes of a data-parallel run (distributed.py); one process by default."""
     reporter = reporter or SilentReporter()
     out_dir = Path(out_dir)
+    w = world or distributed.World()
     t_start = time.perf_counter()
-    vocab, streams, state = _resume(config, out_dir, reporter) if resume else _start(config, out_dir, init_dir)
+    block = distributed.streams_of(w, config.train.batch_size)
+    vocab, streams, state = _setup(config, out_dir, init_dir, resume, reporter, w)
     unigram = _announce(config, vocab, streams, reporter)
     batches = data.batchify(streams["train"][0], config.train.batch_size, source=_train_name(config))
-    r = _Run(config, out_dir, reporter, should_stop, streams, batches, state.snapshot(), {})
+    if w.size > 1:
+        should_stop = (lambda asked: lambda: distributed.agreed_signal(w, asked))(should_stop)
+    r = _Run(config, out_dir, reporter, should_stop, streams, batches[block[0]:block[1]], state.snapshot(), {},
+             w, block)
     with _quiet_numerics():
         while state.progress.stop is None:
             if _reached_a_limit(r, state):
@@ -249,9 +272,9 @@ def run(config, out_dir, *, init_dir=None, resume=False, reporter=None, should_s
             except _Diverging as e:
                 state = _roll_back(r, state, str(e))
                 continue
-            state.save(out_dir)
+            _save(r, state)
             r.snapshot = state.snapshot()
-            signum = should_stop()
+            signum = r.should_stop()
             if signum:
                 _interrupt(r, state, signum)
     return _finish(r, state, vocab, unigram, time.perf_counter() - t_start)
@@ -275,14 +298,17 @@ def _train_epoch(r, state):
     t0 = time.perf_counter()
     try:
         for inputs, targets in data.iter_windows(r.batches, tc.bptt, start=p.window):
-            loss, grads, state.hidden = window_gradient(state.params, m, inputs, targets, state.hidden,
-                                                        r.workspace, state.rng)
-            # here the window's gradient is complete: where a data-parallel run would sum it
+            if r.world.size == 1:
+                loss, grads, state.hidden = window_gradient(state.params, m, inputs, targets, state.hidden,
+                                                            r.workspace, state.rng)
+            else:  # this process's streams, then the gradient summed over the processes
+                loss, grads = _distributed_gradient(r, state, inputs, targets)
             norm = apply_gradient(state.params, grads, state.opt_state, p.lr, tc)
             if not math.isfinite(loss) or not math.isfinite(norm):
                 p.step += 1
                 raise _Diverging(f"loss {loss}, gradient norm {norm}")
-            _count_step(r, state, targets.size, loss, norm, p.train_seconds + time.perf_counter() - t0)
+            _count_step(r, state, targets.shape[1] * tc.batch_size, loss, norm,
+                        p.train_seconds + time.perf_counter() - t0)
             if tc.max_steps is not None and p.step >= tc.max_steps:
                 p.stop, p.keep = STOP_MAX_STEPS, KEEP_LAST
                 _check_finite(r, state, "at the last step")
@@ -294,12 +320,33 @@ def _train_epoch(r, state):
                 _check_finite(r, state, "before a checkpoint")
                 p.train_seconds += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                state.save(r.out_dir)
+                _save(r, state)
                 r.snapshot = state.snapshot()
                 if signum:
                     _interrupt(r, state, signum)
     finally:
         p.train_seconds += time.perf_counter() - t0
+
+
+def _distributed_gradient(r, state, inputs, targets):
+    """This process's block of streams through window_gradient, its gradient scaled by the whole
+    window's target count, then the sum over the processes -> (the window's mean loss, grads);
+    the block's new carried state goes into its part of state.hidden."""
+    (a, b), N = r.block, r.config.train.batch_size
+    n_total = targets.shape[1] * N
+    rng = distributed.StreamBlockGenerator(state.rng.bit_generator, N, a, b) if r.config.model.dropout else None
+    loss, grads, new_hidden = window_gradient(state.params, r.config.model, inputs, targets,
+                                              np.ascontiguousarray(state.hidden[..., a:b, :]), r.workspace, rng,
+                                              scale=1.0 / n_total)
+    state.hidden[..., a:b, :] = new_hidden
+    loss_sum, grads = distributed.allreduce_gradient(r.world, loss * targets.size, grads, r.workspace)
+    return loss_sum / n_total, grads
+
+
+def _save(r, state):
+    """The checkpoint (written by rank 0), the processes' parts of the carried state gathered first."""
+    distributed.gather_hidden(r.world, state.hidden, *r.block)
+    state.save(r.out_dir)
 
 
 def _count_step(r, state, n_targets, loss, norm, elapsed):
@@ -339,7 +386,7 @@ def _end_of_epoch(r, state):
     _check_finite(r, state, "at the end of the epoch")
     total, count = evaluate.evaluate_ids(state.params, r.config.model, r.streams["valid"][0], tc.eval_batch_size,
                                          tc.bptt)
-    ce = total / count
+    ce = distributed.bcast(r.world, total / count)  # rank 0's figure: every process decides alike
     if not math.isfinite(ce):  # checked before anything is written or changed
         raise _Diverging(f"valid cross-entropy {ce}")
     decision = schedule.after_epoch(tc, p.lr, p.halving, p.best_ce, p.epoch, ce)
@@ -421,7 +468,7 @@ def _finish(r, state, vocab, unigram, seconds):
     p, config = state.progress, r.config
     kept = state.kept()
     modeldir.save_weights(r.out_dir, kept)
-    state.save(r.out_dir)
+    _save(r, state)
     valid_ppl = _exact_perplexity(kept, config, r.streams["valid"][0])
     test_ids = r.streams["test"][0]
     test_ppl = _exact_perplexity(kept, config, test_ids) if test_ids is not None and len(test_ids) > 1 else None
@@ -447,11 +494,32 @@ def _exact_perplexity(params, config, ids):
 # A run in its folder
 
 
-def run_in_folder(config, out, *, init_dir=None, resume=False, reporter=None, should_stop=lambda: None):
+def run_in_folder(config, out, *, init_dir=None, resume=False, reporter=None, should_stop=lambda: None,
+                  world=None):
     """`run` into the model directory `out`, which a new run creates (refusing a folder that
     holds a model) and --resume finds: the lock is held throughout, a killed run's temporary
-    files are cleared, and a folder created for a run that failed before writing is removed."""
+    files are cleared, and a folder created for a run that failed before writing is removed.
+    In a data-parallel run (`world`) rank 0 alone does all of that."""
     out = Path(out)
+    w = world or distributed.World()
+    distributed.streams_of(w, config.train.batch_size)  # every process refuses a batch it cannot divide
+    created = distributed.agree(w, lambda: _open_folder(out, init_dir, resume) if w.rank == 0 else False)
+    try:
+        return run(config, out, init_dir=init_dir, resume=resume, reporter=reporter, should_stop=should_stop,
+                   world=world)
+    except WriteError as e:
+        if (out / modeldir.CHECKPOINT).exists():
+            raise WriteError(f"{e}; fix the cause and continue with: rnnlm train --out {out} --resume") from None
+        raise
+    finally:
+        if w.rank == 0:
+            lock.release_lock(out)
+            if created:
+                modeldir.remove_if_empty(out)
+
+
+def _open_folder(out, init_dir, resume):
+    """Check, create and lock the model directory -> whether it was created."""
     lock.refuse_if_held(out)
     if resume and not out.exists():
         raise UserError(f"--out {out}: no such folder to resume")
@@ -459,14 +527,5 @@ def run_in_folder(config, out, *, init_dir=None, resume=False, reporter=None, sh
         modeldir.check_new_out(out, init_dir)
     created = modeldir.create(out)
     lock.acquire_lock(out)
-    try:
-        files.remove_stale_temp_files(out)  # left by a run that was killed while writing
-        return run(config, out, init_dir=init_dir, resume=resume, reporter=reporter, should_stop=should_stop)
-    except WriteError as e:
-        if (out / modeldir.CHECKPOINT).exists():
-            raise WriteError(f"{e}; fix the cause and continue with: rnnlm train --out {out} --resume") from None
-        raise
-    finally:
-        lock.release_lock(out)
-        if created:
-            modeldir.remove_if_empty(out)
+    files.remove_stale_temp_files(out)  # left by a run that was killed while writing
+    return created
