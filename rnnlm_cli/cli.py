@@ -445,6 +445,8 @@ def main(argv=None):
     try:
         cli.main(args=argv, prog_name="rnnlm", standalone_mode=False)
     except RnnlmError as e:  # UserError (2), WriteError (1), Diverged (2): the message says it all
+        if getattr(e, "rank", 0):  # an error all MPI processes share (distributed.QuietError): rank 0 says it
+            sys.exit(e.exit_code)
         click.echo(f"error: {one_line(e)}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Abort:

@@ -1,0 +1,247 @@
+"""Data-parallel training on MPI (distributed.py): `mpiexec -n 2 rnnlm train` equals one process
+(every array, float64, to 1e-12 relative), resume after killing the whole job, one clear message
+on errors. Needs mpi4py and mpiexec (`pip install -e '.[test,mpi]'`); skipped, saying why, without.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import assert_same_arrays, weights, write_corpus, write_tiny_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _mpiexec():
+    """The mpiexec beside this Python (a virtualenv's, from the `mpich` package) or on PATH."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
+
+
+def _why_not():
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return "mpi4py is not installed (pip install -e '.[mpi]')"
+    if _mpiexec() is None:
+        return "no mpiexec on PATH or beside the Python interpreter"
+    return None
+
+
+needs_mpi = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
+FLOAT64 = ["train.dtype=float64"]
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def _command(config, out, sets, ranks, *extra):
+    train = [sys.executable, "-m", "rnnlm_cli.cli", "train", str(config), "--out", str(out), "-q",
+             *[a for s in sets for a in ("--set", s)], *extra]
+    return ([_mpiexec(), "-n", str(ranks)] if ranks else []) + train
+
+
+def _train(config, out, sets, ranks=2, *extra):
+    """(exit code, stderr) of `mpiexec -n ranks rnnlm train ...` (ranks 0: no mpiexec)."""
+    proc = subprocess.run(_command(config, out, sets, ranks, *extra), capture_output=True, text=True,
+                          env=_env(), timeout=300)
+    return proc.returncode, proc.stderr
+
+
+def _checkpoint(out):
+    with np.load(Path(out) / "checkpoint.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    return arrays, json.loads(str(arrays.pop("meta")))
+
+
+def _assert_close(a, b, rtol=1e-12):
+    """Every array of a equals b's to rtol relative to its largest entry (integers exactly)."""
+    assert set(a) == set(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        if not np.issubdtype(a[k].dtype, np.floating):
+            assert np.array_equal(a[k], b[k]), k
+            continue
+        scale = max(float(np.abs(b[k]).max()), 1e-300)
+        assert float(np.abs(a[k] - b[k]).max()) <= rtol * scale, (k, float(np.abs(a[k] - b[k]).max()) / scale)
+
+
+def _assert_same_run(one, two):
+    """Two model directories trained alike: weights, checkpoint arrays, optimizer state, RNG and
+    the progress (step, epoch, lr, schedule) agree."""
+    _assert_close(weights(two), weights(one))
+    (a, meta_a), (b, meta_b) = _checkpoint(two), _checkpoint(one)
+    _assert_close(a, b)
+    assert meta_a["rng"] == meta_b["rng"]
+    exact = ("epoch", "window", "step", "tokens", "lr", "halving", "stop", "keep", "rollbacks", "train_tokens")
+    for key in exact:
+        assert meta_a["progress"][key] == meta_b["progress"][key], key
+    for key in ("best_ce", "epoch_loss_sum", "last_loss"):
+        x, y = meta_a["progress"][key], meta_b["progress"][key]
+        assert (x is None and y is None) or abs(x - y) <= 1e-12 * abs(y), key
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mpi")
+    return folder, write_tiny_config(folder, write_corpus(folder))
+
+
+CASES = {
+    "elman-sgd": [],
+    "lstm-adam-dropout": ["model.cell=lstm", "model.dropout=0.3", "train.optimizer=adam", "train.lr=0.01",
+                          "model.layers=2"],
+    "class-tied-gru-adam": ["model.cell=gru", "model.output=class", "model.tie_weights=true",
+                            "model.embedding_dim=12", "train.optimizer=adam", "train.lr=0.01", "model.dropout=0.2"],
+    "elman-sgd-clipped-class": ["model.output=class", "train.clip_norm=0.05", "train.batch_size=6"],
+}
+
+
+@needs_mpi
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_ranks_equal_one_process(setup, tmp_path, case):
+    folder, config = setup
+    sets = FLOAT64 + ["train.epochs=2"] + CASES[case]
+    code, err = _train(config, tmp_path / "one", sets, ranks=0)
+    assert code == 0, err
+    code, err = _train(config, tmp_path / "two", sets, ranks=2)
+    assert code == 0, err
+    assert err == ""  # rank 0 alone prints, and -q prints nothing but the end line (stdout)
+    _assert_same_run(tmp_path / "one", tmp_path / "two")
+    lines = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["event"] for x in lines] == [x["event"] for x in
+                                           map(json.loads, (tmp_path / "one" / "metrics.jsonl").read_text().splitlines())]
+    assert not [p for p in (tmp_path / "two").iterdir() if p.name.startswith(".")]  # no lock, no temp file
+
+
+LONG = FLOAT64 + ["train.epochs=8", "train.schedule=constant", "train.log_every=1", "train.checkpoint_every=10",
+                  "model.cell=lstm", "model.dropout=0.2"]
+
+
+def _wait_for_lines(proc, out, n, timeout=120):
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metrics.exists() and metrics.read_bytes().count(b"\n") >= n:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended early: {proc.returncode} {proc.stderr.read().decode()}")
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail("the run wrote no metrics in time")
+
+
+@needs_mpi
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_two_ranks_resume_after_the_job_is_killed(setup, tmp_path, how):
+    folder, config = setup
+    reference = tmp_path / "reference"
+    code, err = _train(config, reference, LONG, ranks=2)
+    assert code == 0, err
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_command(config, out, LONG, 2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=_env(), start_new_session=True)
+    try:
+        _wait_for_lines(proc, out, 25)  # past the checkpoint at step 20
+        if how == "SIGKILL":
+            os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and both ranks at once
+            proc.wait(timeout=60)
+        else:
+            proc.send_signal(signal.SIGTERM)  # mpiexec forwards it to the ranks: they agree and checkpoint
+            proc.wait(timeout=60)
+            assert json.loads((out / "info.json").read_text())["status"] == "interrupted"
+            assert b"--resume" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    code, err = _train(config, out, LONG, 2, "--resume")
+    assert code == 0, err
+    assert_same_arrays(weights(out), weights(reference))  # same K: bit for bit
+    a, b = _checkpoint(out), _checkpoint(reference)
+    assert_same_arrays(a[0], b[0])
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+@needs_mpi
+def test_a_batch_the_ranks_cannot_share_is_one_clear_error(setup, tmp_path):
+    folder, config = setup
+    code, err = _train(config, tmp_path / "x", ["train.batch_size=5"], ranks=2)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "train.batch_size 5" in lines[0], err
+    assert not (tmp_path / "x").exists()
+
+
+@needs_mpi
+def test_an_error_on_rank_0_alone_ends_every_rank(setup, tmp_path):
+    """A folder that holds a model: only rank 0 looks at it; the others must not wait forever."""
+    folder, config = setup
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "weights.npz").write_bytes(b"x")
+    start = time.monotonic()
+    code, err = _train(config, out, [], ranks=2)
+    assert code == 2 and time.monotonic() - start < 60
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(out) in lines[0], err
+
+
+FAULT = """
+import os
+from rnnlm_cli import train
+if os.environ.get("PMI_RANK") == "1":
+    calls, real = [0], train.window_gradient
+    def window_gradient(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 30:
+            raise RuntimeError("injected fault")
+        return real(*args, **kwargs)
+    train.window_gradient = window_gradient
+from rnnlm_cli.cli import main
+main()
+"""
+
+
+@needs_mpi
+def test_an_error_on_one_rank_mid_training_ends_the_job(setup, tmp_path):
+    """Rank 1 fails at its 30th window while rank 0 waits in the allreduce: the job ends at once
+    with rank 1's message (MPI Abort) and the exit code of an unexpected error; the last
+    checkpoint is left for --resume."""
+    folder, config = setup
+    out = tmp_path / "run"
+    cmd = _command(config, out, LONG, 2)
+    cmd[cmd.index("-m"):cmd.index("train")] = ["-c", FAULT]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=120)
+    assert time.monotonic() - start < 100
+    assert proc.returncode == 1, proc.stderr
+    ours = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    assert ours == ["error: rank 1: unexpected RuntimeError: injected fault; stopping all 2 processes"], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert _checkpoint(out)[1]["progress"]["step"] == 20
+    code, err = _train(config, out, LONG, 2, "--resume")
+    assert code == 0, err
+
+
+def test_mpiexec_without_mpi4py_says_how_to_install_it(tmp_path, tiny_config):
+    """Started by an MPI launcher (its variables set) where mpi4py cannot be imported."""
+    env = {**_env(), "PMI_SIZE": "2", "PMI_RANK": "0"}
+    code = ("import sys; sys.modules['mpi4py'] = None\n"
+            "from rnnlm_cli.cli import main; main()")
+    proc = subprocess.run([sys.executable, "-c", code, "train", str(tiny_config), "--out", str(tmp_path / "m")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "mpi4py is not installed" in lines[0] and "rnnlm[mpi]" in lines[0], proc.stderr
+    assert not (tmp_path / "m").exists()
+    proc = subprocess.run([sys.executable, "-c", code, "train", str(tiny_config), "--out", str(tmp_path / "m")],
+                          capture_output=True, text=True, env={**env, "PMI_RANK": "1"}, timeout=120)
+    assert proc.returncode == 2 and proc.stderr == ""  # the other ranks end quietly
