@@ -378,3 +378,33 @@ def _write_counts(path, srcs, tokenizer, counted):
     header = {"format_version": FORMAT_VERSION, "tokenizer": tokenizer, "sources": srcs,
               "distinct": len(counted)}
     files.write_text(path, json.dumps(header) + "\n" + "".join(f"{w} {c}\n" for w, c in counted.items()))
+
+
+def release(streams, upto):
+    """Drop from this process's resident memory the pages holding the first `upto` positions of
+    each stream of `streams` (N, L), a view of a mapped cache: clean file pages, read again from
+    the file (or the page cache) if touched again. Training calls it as it walks an epoch, so
+    its memory does not grow with the part of the corpus already read. A no-op for arrays that
+    are not mapped."""
+    found = _mapping_of(streams)
+    if found is None or upto <= 0:
+        return
+    mm, base = found
+    page = mmap.PAGESIZE
+    for row in range(streams.shape[0]):
+        start = streams[row].ctypes.data - base
+        first, last = -(-start // page) * page, (start + upto * streams.itemsize) // page * page
+        if last > first:
+            mm.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+def _mapping_of(array):
+    """(the mmap under `array`, its start address), or None."""
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    if not isinstance(base, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    return base, np.frombuffer(base, dtype=np.uint8, count=1).ctypes.data

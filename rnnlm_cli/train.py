@@ -36,6 +36,7 @@ from .errors import Diverged, UserError, WriteError
 from .vocab import load_vocab, vocab_from_tokens
 
 MAX_ROLLBACKS = 3  # per run (kept across --resume): the next divergence stops training
+RELEASE_EVERY = 200  # windows between releases of the train ids already read (corpus.release)
 
 
 class Interrupted(Exception):
@@ -309,6 +310,8 @@ def _train_epoch(r, state):
                 raise _Diverging(f"loss {loss}, gradient norm {norm}")
             _count_step(r, state, targets.shape[1] * tc.batch_size, loss, norm,
                         p.train_seconds + time.perf_counter() - t0)
+            if p.window % RELEASE_EVERY == 0:  # memory does not grow with the part of the corpus read
+                corpus.release(r.batches, p.window * tc.bptt)
             if tc.max_steps is not None and p.step >= tc.max_steps:
                 p.stop, p.keep = STOP_MAX_STEPS, KEEP_LAST
                 _check_finite(r, state, "at the last step")

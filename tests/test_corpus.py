@@ -236,3 +236,23 @@ def test_a_vocabulary_of_100k_words_end_to_end(tmp_path, run_cli):
     assert all(w in vocab.index for w in outp.split())
     _, enc = corpus_mod_train([tmp_path / "train.txt"], tmp_path / "cache")
     assert enc.ids.dtype == np.uint32 and int(enc.ids.max()) == V + 1
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux's /proc/self/statm")
+def test_release_gives_back_the_pages_already_read(tmp_path):
+    """Walking an epoch touches every page of the mapped ids; corpus.release drops those behind
+    the windows, so resident memory does not grow with the corpus (training calls it)."""
+    def resident():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    words = [f"w{i}" for i in range(300)]
+    src = _write(tmp_path / "t.txt", "\n".join(" ".join(words) for _ in range(7000)) + "\n")  # 2.1M tokens
+    _, enc = corpus_mod_train([src], tmp_path / "cache")
+    streams = data.batchify(enc.ids, 8)
+    before = resident()
+    assert int(streams.sum()) > 0  # every page read
+    grown = resident() - before
+    assert grown > 3e6  # 4.2 MB of uint16 ids
+    corpus.release(streams, streams.shape[1])
+    assert resident() - before < 0.2 * grown
+    corpus.release(np.arange(10).reshape(2, 5), 5)  # not mapped: nothing to do
