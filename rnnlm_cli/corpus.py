@@ -377,7 +377,8 @@ def _read_counts(path, srcs, tokenizer):
 def _write_counts(path, srcs, tokenizer, counted):
     header = {"format_version": FORMAT_VERSION, "tokenizer": tokenizer, "sources": srcs,
               "distinct": len(counted)}
-    files.write_text(path, json.dumps(header) + "\n" + "".join(f"{w} {c}\n" for w, c in counted.items()))
+    order = sorted(counted.items(), key=lambda wc: (-wc[1], wc[0]))  # the vocabulary's order: its sort is quick
+    files.write_text(path, json.dumps(header) + "\n" + "".join(f"{w} {c}\n" for w, c in order))
 
 
 def release(streams, upto):

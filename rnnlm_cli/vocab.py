@@ -55,6 +55,8 @@ def _token_problem(token: str) -> str | None:
 
 def _check_tokens(tokens: tuple[str, ...], source: str, where: Callable[[int], str]) -> None:
     """UserError "source: where(i): problem" for the first bad, duplicate or misplaced token."""
+    if _plainly_valid(tokens):
+        return
     seen: dict[str, int] = {}
     for i, tok in enumerate(tokens):
         problem = _token_problem(tok)
@@ -70,6 +72,15 @@ def _check_tokens(tokens: tuple[str, ...], source: str, where: Callable[[int], s
             f"{source}: {len(tokens)} token(s); a vocabulary starts with {UNK} at"
             f" {where(0)} and {EOS} at {where(1)}"
         )
+
+
+def _plainly_valid(tokens: tuple[str, ...]) -> bool:
+    """The common case, checked in a few C-level passes: strings without whitespace, none empty,
+    no duplicate, the specials first (anything else goes through the token-by-token check,
+    which names the first problem)."""
+    return (len(tokens) >= len(SPECIALS) and tokens[: len(SPECIALS)] == SPECIALS
+            and all(isinstance(t, str) for t in tokens) and " ".join(tokens).split() == list(tokens)
+            and len(set(tokens)) == len(tokens))
 
 
 def vocab_from_tokens(tokens: Iterable[str]) -> Vocab:
