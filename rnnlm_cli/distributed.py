@@ -25,6 +25,7 @@ Without an MPI launcher (or with K = 1) nothing here is used: `world()` is a sin
 Numerics (layers, gated, model, output/) never import this module or MPI.
 """
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -153,32 +154,57 @@ def _op(name):
 def allreduce_gradient(w, loss_sum, grads, workspace):
     """Sum a window's gradients (dict of arrays, SparseRows and ColumnBlocks, each rank's scaled
     by 1 / the window's global target count) and its loss sum over the ranks -> (loss sum,
-    grads), the same on every rank, keys in their order."""
-    dense = [k for k, g in grads.items() if isinstance(g, np.ndarray)]
-    total = sum(grads[k].size for k in dense)
-    dtype = grads[dense[0]].dtype if dense else np.float64
+    grads), the same on every rank, keys in their order. Big dense arrays are reduced in place;
+    the small ones packed into one buffer (one message instead of many)."""
+    small = [k for k, g in grads.items() if isinstance(g, np.ndarray) and (g.size < BIG or not g.flags.c_contiguous)]
+    dtype = next((g.dtype for g in grads.values() if isinstance(g, np.ndarray)), np.float64)
+    total = sum(grads[k].size for k in small)
     buf = workspace.get("allreduce")
     if buf is None or buf.size != total or buf.dtype != dtype:
         buf = workspace["allreduce"] = np.empty(total, dtype=dtype)
     offset = 0
-    for k in dense:
-        g = grads[k]
-        buf[offset:offset + g.size] = g.reshape(-1)
-        offset += g.size
+    for k in small:
+        buf[offset:offset + grads[k].size] = grads[k].reshape(-1)
+        offset += grads[k].size
     w.comm.Allreduce(_in_place(), buf, op=_op("SUM"))
-    out, offset = {}, 0
     loss = np.array([loss_sum], dtype=np.float64)
     w.comm.Allreduce(_in_place(), loss, op=_op("SUM"))
+    out, offset = {}, 0
     for k, g in grads.items():
-        if isinstance(g, np.ndarray):
-            g.reshape(-1)[...] = buf[offset:offset + g.size]
+        if k in small:
+            g[...] = buf[offset:offset + g.size].reshape(g.shape)
             offset += g.size
+            out[k] = g
+        elif isinstance(g, np.ndarray):
+            w.comm.Allreduce(_in_place(), g, op=_op("SUM"))
             out[k] = g
         elif isinstance(g, layers.SparseRows):
             out[k] = _sum_sparse_rows(w, g)
         else:
             out[k] = _sum_column_blocks(w, g, dtype)
     return float(loss[0]), out
+
+
+BIG = 1 << 16  # elements: a dense gradient this big is reduced on its own, in place
+
+
+def align(w, arrays):
+    """Make sure every rank holds rank 0's `arrays` (dict, changed in place): compared by a
+    digest, sent again where they differ. The ranks apply the same updates to the same sums, so
+    they agree bit for bit; this guards against an MPI library or a machine (several machines)
+    whose arithmetic differs in the last bit. -> whether anything had to be sent."""
+    if w.size == 1:
+        return False
+    digest = hashlib.sha256()
+    for k in sorted(arrays):
+        digest.update(np.ascontiguousarray(arrays[k]).view(np.uint8).reshape(-1))
+    digests = w.comm.allgather(digest.hexdigest())
+    if len(set(digests)) == 1:
+        return False
+    theirs = w.comm.bcast(arrays if w.rank == 0 else None, root=0)
+    for k, v in theirs.items():
+        arrays[k][...] = v
+    return True
 
 
 def _allgatherv(w, array):

@@ -349,6 +349,8 @@ def _distributed_gradient(r, state, inputs, targets):
 def _save(r, state):
     """The checkpoint (written by rank 0), the processes' parts of the carried state gathered first."""
     distributed.gather_hidden(r.world, state.hidden, *r.block)
+    for arrays in (state.params, state.opt_state):
+        distributed.align(r.world, arrays)
     state.save(r.out_dir)
 
 
