@@ -386,7 +386,11 @@ def release(streams, upto):
     each stream of `streams` (N, L), a view of a mapped cache: clean file pages, read again from
     the file (or the page cache) if touched again. Training calls it as it walks an epoch, so
     its memory does not grow with the part of the corpus already read. A no-op for arrays that
-    are not mapped."""
+    are not mapped.
+
+    What stays resident is the block around each stream's position: the kernel maps a file's
+    pages in blocks (up to 2 MB where the page cache holds large folios), so training holds at
+    most about N × 2 MB of the ids, whatever the corpus size."""
     found = _mapping_of(streams)
     if found is None or upto <= 0:
         return
