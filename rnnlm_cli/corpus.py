@@ -172,37 +172,119 @@ class _FirstSeen(dict):
 
 
 def _count_and_encode(paths, srcs, tokenizer, folder, base, min_count, max_size):
-    """One pass over the text: provisional ids to a temporary file while counting; then the
-    vocabulary, the counts cache and the ids cache (the provisional ids mapped in chunks)."""
-    seen = _FirstSeen({data.SENTINEL: 0})
-    stats = {"words": 0, "lines": 0}
+    """One pass over the text, cut into parts encoded side by side (one per core, see _parts):
+    provisional ids to temporary files while counting; then the vocabulary, the counts cache and
+    the ids cache (the provisional ids mapped in chunks)."""
     prov_path = folder / f"{base}.provisional"
-    tmp = _temp_name(prov_path)
-    counts = np.zeros(0, dtype=np.int64)
+    parts = _parts(paths, srcs, tokenizer)
+    tmps = [prov_path.with_name(f".{prov_path.name}-{k}.{os.getpid()}{files.TMP_SUFFIX}") for k in range(len(parts))]
     try:
-        with open(tmp, "wb") as f:
-            for ids in data.encode_blocks(paths, tokenizer, lambda block: list(map(seen.__getitem__, block)), 0,
-                                          0, stats):
-                counts = _add_counts(counts, ids, len(seen))
-                ids.astype(np.uint32).tofile(f)
+        seen, tables, counts, stats = _merge(_run_parts(parts, tokenizer, tmps))
         words = list(seen)
         counted = Counter(dict(zip(words[1:], counts[1:].tolist())))
         _write_counts(folder / f"{base}.counts", srcs, tokenizer, counted)
         vocab = build_vocab(counted, min_count, max_size)
         table = np.array([vocab.eos_id] + [vocab.index.get(w, vocab.unk_id) for w in words[1:]], dtype=np.int64)
-        unk_literal = counted.get(vocab.tokens[vocab.unk_id], 0)
-        stats["literal_unk"] = unk_literal
+        stats["literal_unk"] = counted.get(vocab.tokens[vocab.unk_id], 0)
         path = folder / f"{base}.{vocab_hash(vocab)[:16]}.ids"
         expect = _expected_header(srcs, tokenizer, vocab)
-        _write_ids(path, expect, _remapped(tmp, table), len(vocab), stats, vocab.unk_id)
+        chunks = (c for tmp, t in zip(tmps, tables) for c in _remapped(tmp, table[t]))
+        _write_ids(path, expect, chunks, len(vocab), stats, vocab.unk_id)
     except OSError as e:
         raise _cache_write_error(prov_path, e) from None
     finally:
-        _unlink(tmp)
+        for tmp in tmps:
+            _unlink(tmp)
     ids, header, id_counts = open_ids(path, expect)
     if header["words"] == 0:
         raise UserError(f"{describe(paths)}: no tokens (the file is empty or only whitespace)")
     return vocab, Encoded(ids, _stats(paths, header), id_counts)
+
+
+PART_BYTES = 1 << 25  # text below 32 MB is encoded in one part (a process costs more than it saves)
+
+
+def _parts(paths, srcs, tokenizer, part_bytes=None):
+    """The corpus cut into one part per core (whitespace tokenizer, 32 MB of text or more, not
+    under MPI, whose processes should not start others), each a list of (path, start, stop)
+    byte ranges cut just after a line end; else one part: the whole files."""
+    total = sum(s["size"] for s in srcs)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    from .distributed import launched
+    n = min(cores, max(1, total // (part_bytes or PART_BYTES)))
+    if tokenizer != "whitespace" or launched()[0] > 1 or n == 1:
+        return [list(paths)]
+    cuts = [0] + [_line_start_after(paths, srcs, total * k // n) for k in range(1, n)] + [total]
+    bounds = np.cumsum([0] + [s["size"] for s in srcs]).tolist()
+    parts = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        parts.append([(p, max(a, lo) - lo, min(b, hi) - lo) for p, lo, hi in zip(paths, bounds[:-1], bounds[1:])
+                      if max(a, lo) < min(b, hi)])
+    return [p for p in parts if p]
+
+
+def _line_start_after(paths, srcs, offset):
+    """The corpus offset just after the first LF at or after `offset` (or the end of its file)."""
+    lo = 0
+    for path, src in zip(paths, srcs):
+        if offset < lo + src["size"]:
+            with open(path, "rb") as f:
+                pos = offset - lo
+                f.seek(pos)
+                while True:
+                    chunk = f.read(1 << 16)
+                    if not chunk:
+                        return lo + src["size"]
+                    at = chunk.find(b"\n")
+                    if at >= 0:
+                        return lo + pos + at + 1
+                    pos += len(chunk)
+        lo += src["size"]
+    return lo
+
+
+def _run_parts(parts, tokenizer, tmps):
+    """_encode_part of each part, in worker processes when there are several."""
+    if len(parts) == 1:
+        return [_encode_part(parts[0], tokenizer, str(tmps[0]), True)]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(len(parts), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_encode_part, part, tokenizer, str(tmp), k == 0)
+                   for k, (part, tmp) in enumerate(zip(parts, tmps))]
+        return [f.result() for f in futures]
+
+
+def _encode_part(part, tokenizer, tmp, lead):
+    """One part's provisional ids (in order of first appearance in the part; 0 is a line end)
+    into the file `tmp` -> (its words in that order, their counts, {"words", "lines"})."""
+    seen = _FirstSeen({data.SENTINEL: 0})
+    stats = {"words": 0, "lines": 0}
+    counts = np.zeros(0, dtype=np.int64)
+    with open(tmp, "wb") as f:
+        for ids in data.encode_blocks(part, tokenizer, lambda block: list(map(seen.__getitem__, block)), 0, 0,
+                                      stats, lead=lead):
+            counts = _add_counts(counts, ids, len(seen))
+            ids.astype(np.uint32).tofile(f)
+    return list(seen), counts, stats
+
+
+def _merge(results):
+    """The parts' words in one order of first appearance -> (word -> id, each part's table from
+    its ids to those, the counts, the summed stats)."""
+    seen = _FirstSeen({data.SENTINEL: 0})
+    tables, stats = [], {"words": 0, "lines": 0}
+    for words, _, part_stats in results:
+        tables.append(np.fromiter(map(seen.__getitem__, words), dtype=np.int64, count=len(words)))
+        stats["words"] += part_stats["words"]
+        stats["lines"] += part_stats["lines"]
+    counts = np.zeros(len(seen), dtype=np.int64)
+    for table, (_, part_counts, _) in zip(tables, results):
+        counts[table[: len(part_counts)]] += part_counts  # a part's words are distinct: no repeated index
+    return seen, tables, counts, stats
 
 
 def _add_counts(counts, ids, size):

@@ -394,16 +394,21 @@ def _raise_exact_error(path: PathLike):
     raise UserError(f"{os.fspath(path)}: the file must be UTF-8 text without NUL bytes")
 
 
-def _whitespace_blocks(path: PathLike) -> Iterator[list[str]]:
+def _whitespace_blocks(path: PathLike, start: int = 0, stop: int | None = None) -> Iterator[list[str]]:
     """The whitespace tokenizer on blocks of ~4 MB cut after a line end (or, inside a very long
     line, after an ASCII space): the same tokens as tokenizing line by line, with SENTINEL where
     each line ends (empty lines too), but several times faster. LF, CRLF and a lone CR end a
-    line; any other Unicode whitespace separates words (str.split), as in iter_lines."""
+    line; any other Unicode whitespace separates words (str.split), as in iter_lines. Bytes
+    `start` to `stop` only, when given (a part of the file that starts a line)."""
     with _open_binary(path) as f:
-        rest, first = b"", True
+        rest, first = b"", start == 0
+        left = None if stop is None else stop - start
         try:
+            f.seek(start)
             while True:
-                chunk = f.read(_READ)
+                chunk = f.read(_READ if left is None else min(_READ, left))
+                if left is not None:
+                    left -= len(chunk)
                 if first and chunk.startswith(_BOM):
                     chunk = chunk[len(_BOM):]
                 first = False
@@ -436,13 +441,14 @@ def _split_block(data: bytes, path: PathLike) -> list[str]:
     return text.replace("\n", " \x00 ").split()
 
 
-def iter_token_blocks(path: PathLike, tokenizer: str, size: int = 1 << 20) -> Iterator[list[str]]:
+def iter_token_blocks(path, tokenizer: str, size: int = 1 << 20) -> Iterator[list[str]]:
     """Lists of the tokens of a file, in order, with SENTINEL after every line: the whitespace
     tokenizer reads whole blocks at once; the others go line by line (in pieces, bounded
-    memory) and are batched into lists of about `size` tokens."""
+    memory) and are batched into lists of about `size` tokens. `path` may be (path, start,
+    stop): that byte range of the file, which must start a line (whitespace tokenizer only)."""
     get_tokenizer(tokenizer)
     if tokenizer == "whitespace":
-        yield from _whitespace_blocks(path)
+        yield from _whitespace_blocks(*(path if isinstance(path, tuple) else (path,)))
         return
     block: list[str] = []
     for toks, ends_line in _iter_token_pieces(path, tokenizer):
@@ -457,13 +463,16 @@ def iter_token_blocks(path: PathLike, tokenizer: str, size: int = 1 << 20) -> It
 
 
 def encode_blocks(paths, tokenizer: str, lookup: Callable[[list[str]], list[int]], sentinel: int, eos: int,
-                  stats: dict) -> Iterator[np.ndarray]:
+                  stats: dict, lead: bool = True) -> Iterator[np.ndarray]:
     """The token stream of the files `paths` taken as one text (``<eos>``, then every non-empty
     line of the first file, then of the next, ...), as int64 arrays of ids, one per block.
     `lookup` maps a block of tokens to ids, SENTINEL to `sentinel` (an id no word has); a line
     end becomes `eos` where the line has a word, and nothing where it is empty. Adds the words
-    and non-empty lines seen to stats["words"], stats["lines"]."""
-    yield np.array([eos], dtype=np.int64)
+    and non-empty lines seen to stats["words"], stats["lines"]. An entry of `paths` may be a byte
+    range (path, start, stop) of a file, from a line start to a line start or the end of the file
+    (a part of a corpus, encoded on its own: `lead` False leaves out the first <eos>)."""
+    if lead:
+        yield np.array([eos], dtype=np.int64)
     for path in paths:
         line_empty = True  # no word yet on the current line
         for block in iter_token_blocks(path, tokenizer):

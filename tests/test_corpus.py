@@ -256,3 +256,26 @@ def test_release_gives_back_the_pages_already_read(tmp_path):
     corpus.release(streams, streams.shape[1])
     assert resident() - before < 0.2 * grown
     corpus.release(np.arange(10).reshape(2, 5), 5)  # not mapped: nothing to do
+
+
+def test_a_corpus_cut_into_parts_encodes_as_one(tmp_path, monkeypatch):
+    """The first encoding cuts big corpora into parts encoded by one process per core; the
+    parts (cut after a line end, across files) give the stream of the line reader."""
+    texts = ["a b\nc d e\n\n  f\n" * 50, "g a\r\nb\n" * 30, "last line without end"]
+    paths = [_write(tmp_path / f"p{i}.txt", t) for i, t in enumerate(texts)]
+    srcs = corpus.sources(paths)
+    for part_bytes in (97, 300, 1000):
+        monkeypatch.setattr(corpus, "PART_BYTES", part_bytes)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+        parts = corpus._parts([str(p) for p in paths], srcs, "whitespace")
+        assert len(parts) == max(1, min(4, sum(s["size"] for s in srcs) // part_bytes))
+        cache = tmp_path / f"cache-{part_bytes}"
+        vocab, enc = corpus_mod_train(paths, cache)
+        ref_vocab, ref_ids = _reference(paths)
+        assert vocab == ref_vocab and np.array_equal(enc.ids, ref_ids)
+        assert enc.stats["lines"] == _reference_stats(paths)["lines"]
+
+
+def _reference_stats(paths):
+    lines = sum(data.count_words(p, "whitespace")[2] for p in paths)
+    return {"lines": lines}
