@@ -363,10 +363,12 @@ def gradcheck_cmd(config_path, overrides, vocab_size, embedding_dim, hidden_dim,
     tolerance = gradcheck.TOLERANCE if tolerance is None else tolerance
     if not tolerance >= 0:  # also NaN
         raise UserError(f"--tolerance {tolerance}: must be a number >= 0")
-    results = gradcheck.check_model(model_cfg, vocab_size, batch_size, bptt, seed, samples)
+    results = gradcheck.check_model(model_cfg, vocab_size, batch_size, bptt, seed, samples,
+                                    resets=config.data.independent)
     click.echo(f"cell {model_cfg.cell}, activation {model_cfg.activation}, loss {model_cfg.loss}, "
                f"layers {model_cfg.layers}, V={vocab_size} E={embedding_dim} H={hidden_dim} N={batch_size} "
-               f"T={bptt}, float64, ε={gradcheck.EPS:g}, non-zero carried state")
+               f"T={bptt}, float64, ε={gradcheck.EPS:g}, non-zero carried state"
+               f"{', sentence resets at <eos>' if config.data.independent else ''}")
     width = max(len(k) for k, _, _ in results)
     failed = False
     for key, err, checked in results:

@@ -34,6 +34,8 @@ class DataConfig:
     test: str | None = _key(None, nullable=True, doc="test text, evaluated at the end (optional)")
     tokenizer: str = _key("whitespace", choices=("whitespace", "simple"),
                           doc="whitespace: pre-tokenized text; simple: lowercase, split punctuation")
+    independent: bool = _key(False, doc="every sentence starts from the zero state (the state is reset at each "
+                                        "<eos>), in training and evaluation")
 
 
 @dataclass

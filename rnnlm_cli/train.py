@@ -60,13 +60,14 @@ class SilentReporter:
 # One step: the gradient of a window, then the update
 
 
-def window_gradient(params, model_cfg, inputs, targets, hidden, workspace=None, rng=None):
+def window_gradient(params, model_cfg, inputs, targets, hidden, workspace=None, rng=None, reset_at=None):
     """Forward and one-pass backward over one window -> (mean loss, grads, new hidden state).
     `workspace`: a dict kept across calls, holding the big scratch arrays; `rng` draws the
-    dropout masks."""
+    dropout masks; `reset_at` (the <eos> id, data.independent) resets the state at each
+    sentence start."""
     dropout_rng = rng if model_cfg.dropout > 0 else None
     loss, new_hidden, cache = model.forward(params, model_cfg, inputs, targets, hidden, workspace=workspace,
-                                            dropout_rng=dropout_rng)
+                                            dropout_rng=dropout_rng, reset_at=reset_at)
     return loss, model.backward(cache, workspace, sparse_embedding=True), new_hidden
 
 
@@ -201,6 +202,7 @@ class _Run:
     batches: np.ndarray
     snapshot: TrainingState
     workspace: dict  # scratch arrays reused by every window
+    reset_at: int | None  # the <eos> id when sentences are independent (data.independent)
 
 
 class _Diverging(Exception):
@@ -226,7 +228,8 @@ def run(config, out_dir, *, init_dir=None, resume=False, reporter=None, should_s
     vocab, streams, state = _resume(config, out_dir, reporter) if resume else _start(config, out_dir, init_dir)
     unigram = _announce(config, vocab, streams, reporter)
     batches = data.batchify(streams["train"][0], config.train.batch_size, source=config.data.train)
-    r = _Run(config, out_dir, reporter, should_stop, streams, batches, state.snapshot(), {})
+    reset_at = vocab.eos_id if config.data.independent else None
+    r = _Run(config, out_dir, reporter, should_stop, streams, batches, state.snapshot(), {}, reset_at)
     with _quiet_numerics():
         while state.progress.stop is None:
             if _reached_a_limit(r, state):
@@ -265,7 +268,7 @@ def _train_epoch(r, state):
     try:
         for inputs, targets in data.iter_windows(r.batches, tc.bptt, start=p.window):
             loss, grads, state.hidden = window_gradient(state.params, m, inputs, targets, state.hidden,
-                                                        r.workspace, state.rng)
+                                                        r.workspace, state.rng, r.reset_at)
             # here the window's gradient is complete: where a data-parallel run would sum it
             norm = apply_gradient(state.params, grads, state.opt_state, p.lr, tc)
             if not math.isfinite(loss) or not math.isfinite(norm):
@@ -327,7 +330,7 @@ def _end_of_epoch(r, state):
     p, tc = state.progress, r.config.train
     _check_finite(r, state, "at the end of the epoch")
     total, count = evaluate.evaluate_ids(state.params, r.config.model, r.streams["valid"][0], tc.eval_batch_size,
-                                         tc.bptt)
+                                         tc.bptt, r.reset_at)
     ce = total / count
     if not math.isfinite(ce):  # checked before anything is written or changed
         raise _Diverging(f"valid cross-entropy {ce}")
@@ -411,9 +414,10 @@ def _finish(r, state, vocab, unigram, seconds):
     kept = state.kept()
     modeldir.save_weights(r.out_dir, kept)
     state.save(r.out_dir)
-    valid_ppl = _exact_perplexity(kept, config, r.streams["valid"][0])
+    valid_ppl = _exact_perplexity(kept, config, r.streams["valid"][0], r.reset_at)
     test_ids = r.streams["test"][0]
-    test_ppl = _exact_perplexity(kept, config, test_ids) if test_ids is not None and len(test_ids) > 1 else None
+    test_ppl = (_exact_perplexity(kept, config, test_ids, r.reset_at) if test_ids is not None and len(test_ids) > 1
+                else None)
     train_loss = (p.epoch_loss_sum / p.epoch_targets if p.epoch_targets
                   else p.history[-1].get("train_loss") if p.history else None)
     summary = {"event": "end", "stop_reason": stop_reason(p.stop, config.train), "epochs": len(p.history),
@@ -427,8 +431,8 @@ def _finish(r, state, vocab, unigram, seconds):
     return summary
 
 
-def _exact_perplexity(params, config, ids):
-    total, count = evaluate.evaluate_ids(params, config.model, ids, 1, config.train.bptt)
+def _exact_perplexity(params, config, ids, reset_at):
+    total, count = evaluate.evaluate_ids(params, config.model, ids, 1, config.train.bptt, reset_at)
     return evaluate.summarize(total, count)["perplexity"]
 
 
