@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import array
 import collections
+import io
 import os
+import sys
 import re
 from collections.abc import Callable, Iterator
 import numpy as np
@@ -86,7 +88,13 @@ def tokenize(line: str, tokenizer: str) -> list[str]:
 
 
 def _open_binary(path: PathLike):
-    """Open a corpus file for reading, turning the usual OS failures into UserError."""
+    """Open a corpus file for reading, turning the usual OS failures into UserError. The path
+    "-" is standard input (read as bytes, left open)."""
+    if path == "-":
+        try:
+            return open(sys.stdin.fileno(), "rb", closefd=False)
+        except (AttributeError, OSError, ValueError):  # no real file descriptor (an embedding host)
+            return io.BufferedReader(sys.stdin.buffer)
     try:
         return open(path, "rb")
     except (OSError, ValueError) as e:  # ValueError: a NUL character in the path

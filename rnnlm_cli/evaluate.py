@@ -131,6 +131,12 @@ def evaluate_file(params, config, vocab, path, batch_size=1, model_dir="model"):
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         total, count = evaluate_ids(params, config.model, ids, batch_size, config.train.bptt,
                                     reset_id(config, vocab))
+    return file_result(stats, total, count, batch_size, path, model_dir)
+
+
+def file_result(stats, total, count, batch_size, path, model_dir):
+    """eval's figures of a file from its stats and the sum and count of its targets' cross-
+    entropies; a total that is not finite is a UserError naming the model's weights."""
     if not math.isfinite(total):
         shown = os.fsencode(path).decode("utf-8", "replace")
         raise UserError(f"{Path(model_dir) / 'weights.npz'}: the model gives a cross-entropy of {total} on "
