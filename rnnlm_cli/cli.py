@@ -408,7 +408,11 @@ def _print_records(records, fmt, words, log_base, path):
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
               help="The same seed gives the same text.")
 @click.option("--stop-at-eos", is_flag=True, help="Stop at the first end of sentence.")
-def sample_cmd(model_dir, prompt, words, temperature, top_k, seed, stop_at_eos):
+@click.option("--top-p", default=None, type=click.FloatRange(min=0, max=1, min_open=True),
+              help="Nucleus sampling: only among the most likely words whose probabilities sum to P.")
+@click.option("--count", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Independent samples, one per line, each a sentence (sample k uses seed + k).")
+def sample_cmd(model_dir, prompt, words, temperature, top_k, seed, stop_at_eos, top_p, count):
     """Generate text from a trained model. <eos> prints as a line break.
 
     \b
@@ -416,17 +420,14 @@ def sample_cmd(model_dir, prompt, words, temperature, top_k, seed, stop_at_eos):
       rnnlm sample runs/default --prompt "and god said" --words 30 --temperature 0.8 --seed 1
     """
     from .modeldir import load_model
-    from .sample import sample_text
-    if not math.isfinite(temperature) or 0 < temperature < 1e-6:
-        raise UserError(f"--temperature {temperature}: must be 0 (greedy) or a finite number >= 1e-6")
+    from .sample import sample_texts
     config, vocab, params = load_model(model_dir)
-    if top_k is not None and top_k > len(vocab):
-        raise UserError(f"--top-k {top_k}: larger than the vocabulary ({len(vocab)} words)")
-    text, unknown = sample_text(params, config, vocab, prompt, words, temperature, top_k, seed, stop_at_eos,
-                                model_dir)
+    texts, unknown = sample_texts(params, config, vocab, prompt, words, temperature, top_k, seed, stop_at_eos,
+                                  model_dir, top_p, count)
     if unknown:
         click.echo(f"warning: not in the vocabulary, read as <unk>: {' '.join(unknown[:10])}", err=True)
-    click.echo(text)
+    for text in texts:
+        click.echo(text)
 
 
 # --------------------------------------------------------------------------------------------

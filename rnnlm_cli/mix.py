@@ -85,6 +85,14 @@ def mixed_log_probs(models, weights, ids, batch_size, reset_all, dynamic=None, e
     return parts[0] if len(parts) == 1 else np.logaddexp.reduce(np.stack(parts), axis=0)
 
 
+def _is_number(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 _SRILM_WORD = re.compile(r"^\s*p\(\s.*\)\s*=\s*\[[^\]]*\]\s*(\S+)\s*\[")
 
 
@@ -98,8 +106,8 @@ def read_probs(path):
         if not stripped:
             continue
         match = _SRILM_WORD.match(text)
-        if srilm is None:
-            srilm = match is not None
+        if srilm is None:  # a first line that is not a number: SRILM's (it starts with a sentence's text)
+            srilm = match is not None or not _is_number(stripped)
         if srilm and not match:
             continue  # SRILM's sentence text and summary lines
         value = match.group(1) if srilm else stripped

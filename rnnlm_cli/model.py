@@ -209,10 +209,10 @@ def output_log_probs(params, model_cfg, h):
     return output.log_probs(params, model_cfg, h)
 
 
-def step_probs(params, model_cfg, ids, state, temperature=1.0):
+def step_probs(params, model_cfg, ids, state, temperature=1.0, reset_at=None):
     """One time step for sampling. ids: (N,) -> probabilities (N, V) of the next word, sharpened
     by the temperature (p^(1/τ), renormalized), and the new state."""
-    top, new_state, _ = hidden_forward(params, model_cfg, ids[None, :], state)
+    top, new_state, _ = hidden_forward(params, model_cfg, ids[None, :], state, reset_at=reset_at)
     logp = output_log_probs(params, model_cfg, top[0]) / temperature
     logp -= logp.max(axis=1, keepdims=True)
     probs = np.exp(logp)
