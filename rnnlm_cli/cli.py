@@ -314,24 +314,43 @@ def _resume_config(config_path, overrides, out_dir):
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1),
               help="Streams evaluated at once; 1 is exact (one stream, carried state throughout).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file, one per line.")
-def eval_cmd(model_dir, files, batch_size, as_json):
+@click.option("--dynamic", "dynamic", default=None, type=float, metavar="LR",
+              help="Dynamic evaluation: after scoring each window, one SGD step at rate LR on it (the model "
+                   "directory is not changed); 0 is the static figure.")
+@click.option("--mix", "mix_dirs", multiple=True, type=click.Path(file_okay=False), metavar="MODEL_DIR",
+              help="Interpolate with this model (same vocabulary). Repeatable.")
+@click.option("--weights", default=None, metavar="W0,W1,...",
+              help="Interpolation weights: the model, each --mix model, then --mix-probs; sum 1 (default: equal).")
+@click.option("--mix-probs", "mix_probs", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Interpolate with another LM's per-target probabilities (SRILM -debug 2 output, or one per line).")
+def eval_cmd(model_dir, files, batch_size, as_json, dynamic, mix_dirs, weights, mix_probs):
     """Cross-entropy, bits per token and perplexity of each FILE (default: the test file).
 
     \b
     Example:
       rnnlm eval runs/default
       rnnlm eval runs/ptb ptb.valid.txt ptb.test.txt --json
+      rnnlm eval runs/ptb-lstm ptb.test.txt --dynamic 0.05
+      rnnlm eval runs/ptb-lstm ptb.test.txt --mix runs/ptb-elman --weights 0.7,0.3
     """
-    from . import evaluate
-    from .modeldir import load_model
-    config, vocab, params = load_model(model_dir)
+    from . import evaluate, mix
+    _check_dynamic(dynamic)
+    models, mix_weights = mix.load_mixture(model_dir, mix_dirs, weights, mix_probs)
+    config, vocab, params = models[0]
+    if dynamic and batch_size > 1 and any(c.data.independent for c, _, _ in models):
+        raise UserError("--dynamic with --batch-size > 1: a model trained with data.independent reads whole "
+                        "sentences per stream, which dynamic evaluation does not support; use --batch-size 1")
+    plain = not dynamic and not mix_dirs and mix_probs is None
     if not files:
         default = config.data.test or config.data.valid
         if not default:
             raise UserError(f"{model_dir}: its config names no test or valid file; give FILE arguments")
         files = (default,)
     for path in files:
-        result = evaluate.evaluate_file(params, config, vocab, path, batch_size, model_dir)
+        if plain:
+            result = evaluate.evaluate_file(params, config, vocab, path, batch_size, model_dir)
+        else:
+            result = mix.evaluate_file(models, mix_weights, path, batch_size, dynamic, mix_probs, model_dir)
         if as_json:
             click.echo(json.dumps({k: evaluate.json_safe(v) for k, v in result.items()}))
         elif result["targets"] == 0:  # not an error: its figures are undefined, the other files still count
@@ -340,6 +359,87 @@ def eval_cmd(model_dir, files, batch_size, as_json):
             click.echo(f"{_shown(path)}: {result['targets']} targets, {result['oov']} OOV ({result['oov_rate']:.2%}) | "
                        f"cross-entropy {result['cross_entropy']:.4f} nats | {result['bits_per_token']:.3f} bits/token | "
                        f"perplexity {_ppl(result['perplexity'])}")
+
+
+def _check_dynamic(dynamic):
+    if dynamic is not None and not (math.isfinite(dynamic) and dynamic >= 0):
+        raise UserError(f"--dynamic {dynamic}: the learning rate must be a finite number >= 0")
+
+
+# --------------------------------------------------------------------------------------------
+# score
+
+
+@cli.command("score")
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--format", "fmt", default="plain", show_default=True,
+              type=click.Choice(["plain", "json", "srilm", "kaldi"]),
+              help="plain: one log10 P per line; json: one object per line; srilm: ngram -ppl -debug 1 "
+                   "layout; kaldi: 'ID cost', cost = -ln P (implies --nbest).")
+@click.option("--words", is_flag=True, help="Per-word log-probs too (json: tokens; srilm: -debug 2 lines).")
+@click.option("--log-base", default="10", show_default=True, type=click.Choice(["10", "e"]),
+              help="Base of the plain format's numbers.")
+@click.option("--nbest", is_flag=True, help="The first field of each line is an id: not scored, printed first.")
+@click.option("--carry", is_flag=True, help="Read each file as one stream with carried state (sums to eval's total).")
+@click.option("--independent", is_flag=True, help="Each line a sentence from the zero state (the default).")
+@click.option("--dynamic", "dynamic", default=None, type=float, metavar="LR",
+              help="With --carry: dynamic evaluation (one SGD step at rate LR after each window).")
+@click.option("--mix", "mix_dirs", multiple=True, type=click.Path(file_okay=False), metavar="MODEL_DIR",
+              help="Interpolate with this model (same vocabulary). Repeatable.")
+@click.option("--weights", default=None, metavar="W0,W1,...",
+              help="Interpolation weights: the model, each --mix model, then --mix-probs; sum 1 (default: equal).")
+@click.option("--mix-probs", "mix_probs", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Interpolate with another LM's per-target probabilities (SRILM -debug 2 output, or one per line).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Independent mode: streams of sentences scored at once (the scores do not depend on it).")
+def score_cmd(model_dir, files, fmt, words, log_base, nbest, carry, independent, dynamic, mix_dirs, weights,
+              mix_probs, batch_size):
+    """Score text line by line: one record per input line, in order (empty lines too).
+
+    Each FILE (or standard input: no FILE, or -) is read line by line. By default every line is
+    a sentence scored on its own, from the zero state: <eos>, its words, a final <eos> (W + 1
+    targets). Out-of-vocabulary words are scored as <unk> and counted.
+
+    \b
+    Examples:
+      rnnlm score runs/ptb sentences.txt                    # log10 P of each line
+      rnnlm score runs/ptb nbest.txt --nbest --format kaldi # ID cost (cost = -ln P)
+      rnnlm score runs/ptb test.txt --format json --words
+      rnnlm score runs/ptb test.txt --carry --dynamic 0.05  # the file as one stream
+    """
+    from . import mix, score
+    _check_dynamic(dynamic)
+    if carry and independent:
+        raise UserError("--carry and --independent: choose one reading of the file")
+    if dynamic is not None and not carry:
+        raise UserError("--dynamic needs --carry: dynamic evaluation reads the file as one stream")
+    nbest = nbest or fmt == "kaldi"
+    models, mix_weights = mix.load_mixture(model_dir, mix_dirs, weights, mix_probs)
+    tokenizer = models[0][0].data.tokenizer
+    probs = mix.read_probs(mix_probs) if mix_probs is not None else None
+    for path in files or ("-",):
+        lines = score.read_lines(path, tokenizer, nbest)
+        records = (score.score_carried(models, mix_weights, lines, dynamic, probs) if carry
+                   else score.score_independent(models, mix_weights, lines, batch_size, probs))
+        _print_records(records, fmt, words, log_base, path)
+
+
+def _print_records(records, fmt, words, log_base, path):
+    from . import score
+    kept = []
+    for rec in records:
+        if fmt == "plain":
+            click.echo(score.format_plain(rec, log_base))
+        elif fmt == "json":
+            click.echo(score.format_json(rec, words))
+        elif fmt == "kaldi":
+            click.echo(score.format_kaldi(rec))
+        else:
+            click.echo(score.format_srilm(rec, words))
+            kept.append({k: rec[k] for k in ("words", "oov", "log10prob", "targets")})
+    if fmt == "srilm":
+        click.echo(score.srilm_summary(_shown(path), kept))
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,7 +456,11 @@ def eval_cmd(model_dir, files, batch_size, as_json):
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
               help="The same seed gives the same text.")
 @click.option("--stop-at-eos", is_flag=True, help="Stop at the first end of sentence.")
-def sample_cmd(model_dir, prompt, words, temperature, top_k, seed, stop_at_eos):
+@click.option("--top-p", default=None, type=click.FloatRange(min=0, max=1, min_open=True),
+              help="Nucleus sampling: only among the most likely words whose probabilities sum to P.")
+@click.option("--count", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Independent samples, one per line, each a sentence (sample k uses seed + k).")
+def sample_cmd(model_dir, prompt, words, temperature, top_k, seed, stop_at_eos, top_p, count):
     """Generate text from a trained model. <eos> prints as a line break.
 
     \b
@@ -364,17 +468,14 @@ def sample_cmd(model_dir, prompt, words, temperature, top_k, seed, stop_at_eos):
       rnnlm sample runs/default --prompt "and god said" --words 30 --temperature 0.8 --seed 1
     """
     from .modeldir import load_model
-    from .sample import sample_text
-    if not math.isfinite(temperature) or 0 < temperature < 1e-6:
-        raise UserError(f"--temperature {temperature}: must be 0 (greedy) or a finite number >= 1e-6")
+    from .sample import sample_texts
     config, vocab, params = load_model(model_dir)
-    if top_k is not None and top_k > len(vocab):
-        raise UserError(f"--top-k {top_k}: larger than the vocabulary ({len(vocab)} words)")
-    text, unknown = sample_text(params, config, vocab, prompt, words, temperature, top_k, seed, stop_at_eos,
-                                model_dir)
+    texts, unknown = sample_texts(params, config, vocab, prompt, words, temperature, top_k, seed, stop_at_eos,
+                                  model_dir, top_p, count)
     if unknown:
         click.echo(f"warning: not in the vocabulary, read as <unk>: {' '.join(unknown[:10])}", err=True)
-    click.echo(text)
+    for text in texts:
+        click.echo(text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,10 +512,12 @@ def gradcheck_cmd(config_path, overrides, vocab_size, embedding_dim, hidden_dim,
     tolerance = gradcheck.TOLERANCE if tolerance is None else tolerance
     if not tolerance >= 0:  # also NaN
         raise UserError(f"--tolerance {tolerance}: must be a number >= 0")
-    results = gradcheck.check_model(model_cfg, vocab_size, batch_size, bptt, seed, samples)
+    results = gradcheck.check_model(model_cfg, vocab_size, batch_size, bptt, seed, samples,
+                                    resets=config.data.independent)
     click.echo(f"cell {model_cfg.cell}, activation {model_cfg.activation}, loss {model_cfg.loss}, "
                f"layers {model_cfg.layers}, V={vocab_size} E={embedding_dim} H={hidden_dim} N={batch_size} "
-               f"T={bptt}, float64, ε={gradcheck.EPS:g}, non-zero carried state")
+               f"T={bptt}, float64, ε={gradcheck.EPS:g}, non-zero carried state"
+               f"{', sentence resets at <eos>' if config.data.independent else ''}")
     width = max(len(k) for k, _, _ in results)
     failed = False
     for key, err, checked in results:

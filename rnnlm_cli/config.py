@@ -40,6 +40,8 @@ class DataConfig:
     cache_dir: str | None = _key(None, nullable=True,
                                  doc="folder of the token cache (null: $RNNLM_CACHE_DIR, else "
                                      "$XDG_CACHE_HOME/rnnlm, else ~/.cache/rnnlm)")
+    independent: bool = _key(False, doc="every sentence starts from the zero state (the state is reset at each "
+                                        "<eos>), in training and evaluation")
 
 
 @dataclass

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import array
 import collections
+import io
 import os
+import sys
 import re
 from collections.abc import Callable, Iterator
 import numpy as np
@@ -86,7 +88,13 @@ def tokenize(line: str, tokenizer: str) -> list[str]:
 
 
 def _open_binary(path: PathLike):
-    """Open a corpus file for reading, turning the usual OS failures into UserError."""
+    """Open a corpus file for reading, turning the usual OS failures into UserError. The path
+    "-" is standard input (read as bytes, left open)."""
+    if path == "-":
+        try:
+            return open(sys.stdin.fileno(), "rb", closefd=False)
+        except (AttributeError, OSError, ValueError):  # no real file descriptor (an embedding host)
+            return io.BufferedReader(sys.stdin.buffer)
     try:
         return open(path, "rb")
     except (OSError, ValueError) as e:  # ValueError: a NUL character in the path
@@ -332,6 +340,34 @@ def batchify(ids: np.ndarray, batch_size: int, *, source: str | None = None) -> 
             f" (each of the {n} streams needs at least 2 tokens); {fix}"
         )
     return ids[: n * length].reshape(n, length)
+
+
+def pack_sentences(ids: np.ndarray, n_streams: int, eos: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut a token stream (S,) into at most `n_streams` streams at sentence starts (the <eos>
+    that each sentence is read from), of about equal length, padded at the end with <eos>
+    -> (streams (N, L + 1), index (N, L)): index[n, j] is the position in the stream's targets
+    (ids[1:]) of the target at streams[n, j + 1], or -1 for padding.
+
+        ids:      <eos> a b <eos> c <eos> d e f <eos>        (3 sentences, 9 targets)
+        stream 0: <eos> a b <eos> c <eos>                    targets 0..4
+        stream 1: <eos> d e f <eos> <eos>                    targets 5..8, then padding
+
+    With the state reset at every <eos> (and zero at the start of each stream), every target is
+    predicted from exactly its own sentence, as in one stream: exact at any number of streams."""
+    n = _positive_int(n_streams, "batch size")
+    starts = np.flatnonzero(ids[:-1] == eos)  # the sentences' first inputs
+    if len(starts) == 0 or starts[0] != 0:
+        raise ValueError("a stream to pack must start with <eos>")
+    total = len(ids) - 1
+    cuts = np.unique(starts[np.searchsorted(starts, np.arange(n) * (total / n), side="left").clip(0, len(starts) - 1)])
+    bounds = np.append(cuts, total)  # stream k: targets bounds[k] .. bounds[k+1] - 1
+    length = int(np.diff(bounds).max())
+    streams = np.full((len(cuts), length + 1), eos, dtype=ids.dtype)
+    index = np.full((len(cuts), length), -1, dtype=np.int64)
+    for k, (a, z) in enumerate(zip(bounds[:-1], bounds[1:])):
+        streams[k, :z - a + 1] = ids[a:z + 1]
+        index[k, :z - a] = np.arange(a, z)
+    return streams, index
 
 
 def num_windows(streams: np.ndarray, bptt: int) -> int:

@@ -1,9 +1,18 @@
-"""Cross-entropy and perplexity of a token stream under the model.
+"""Cross-entropy and perplexity of a token stream under the model, and the log-probability of
+each of its targets (what scoring, interpolation and dynamic evaluation are built on).
 
 With batch_size 1 the file is one stream with carried state from its first token to its last:
 every target is predicted from its whole history, so the figure is exact and comparable to
 published ones. With batch_size N > 1 the stream is cut into N pieces that each start from a
-zero state (faster; slightly pessimistic; the < N tokens of remainder are not scored).
+zero state (faster; slightly pessimistic; the < N tokens of remainder are not scored). With
+sentence resets (`reset_at`, a model trained with data.independent) the pieces are cut at
+sentence starts instead (data.pack_sentences), so every N gives the exact figure.
+
+Dynamic evaluation (`dynamic=LR`, Krause et al. 2018; Mikolov's -dynamic): each window is
+scored first, then one SGD step at rate LR on that window's mean cross-entropy (every trained
+parameter, the gradient clipped to the model's train.clip_norm) before the next window: the
+model adapts to the text it reads. The caller's parameters are not changed (a copy is
+trained); LR 0 is exactly the static evaluation.
 """
 
 import dataclasses
@@ -13,13 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, model
+from . import data, model, optim
 from .errors import UserError
 
 
-def evaluate_ids(params, model_cfg, ids, batch_size=1, bptt=35):
+def evaluate_ids(params, model_cfg, ids, batch_size=1, bptt=35, reset_at=None):
     """ids: (S,) token stream -> (sum of per-target cross-entropies in nats, number of targets).
-    Always cross-entropy, whatever loss the model was trained with: perplexity is defined by it."""
+    Always cross-entropy, whatever loss the model was trained with: perplexity is defined by it.
+    `reset_at` (the <eos> id) resets the state at every sentence start."""
+    if reset_at is not None:
+        logp = stream_log_probs(params, model_cfg, ids, bptt, batch_size, reset_at)
+        return -float(logp.sum()), len(logp)
     model_cfg = dataclasses.replace(model_cfg, loss="cross_entropy")
     if len(ids) < 2:
         return 0.0, 0
@@ -33,6 +46,45 @@ def evaluate_ids(params, model_cfg, ids, batch_size=1, bptt=35):
         total += loss * targets.size
         count += targets.size
     return total, count
+
+
+def stream_log_probs(params, model_cfg, ids, bptt=35, batch_size=1, reset_at=None, dynamic=None,
+                     clip_norm=None):
+    """ids: (S,) token stream -> log P(target | history) of each of its S − 1 targets, float64;
+    NaN for the targets a batched carried-state reading does not score (the remainder).
+    `dynamic` LR > 0: dynamic evaluation (above), with the gradient clipped to `clip_norm`."""
+    model_cfg = dataclasses.replace(model_cfg, loss="cross_entropy")
+    logp = np.full(max(len(ids) - 1, 0), np.nan)
+    if len(ids) < 2:
+        return logp
+    streams, index = _streams(ids, batch_size, reset_at)
+    if dynamic:
+        params = {k: v.copy() for k, v in params.items()}  # the caller's model stays as it is
+    state = model.init_state(model_cfg, streams.shape[0], params["embedding"].dtype)
+    workspace, start = {}, 0
+    for inputs, targets in data.iter_windows(streams, bptt):
+        rows = np.empty(targets.shape)
+        _, state, cache = model.forward(params, model_cfg, inputs, targets, state, need_grad=bool(dynamic),
+                                        workspace=workspace, reset_at=reset_at, row_loss=rows)
+        where = index[:, start:start + targets.shape[1]]
+        logp[where[where >= 0]] = -rows[where >= 0]
+        start += targets.shape[1]
+        if dynamic:
+            grads = model.backward(cache, workspace, sparse_embedding=True)
+            scale = optim.clip_factor(optim.global_norm(grads), clip_norm)
+            optim.sgd_update(params, grads, dynamic * scale)
+    return logp
+
+
+def _streams(ids, batch_size, reset_at):
+    """(streams (N, L), index (N, L − 1) of each target in ids[1:], −1 where none)."""
+    batch_size = max(1, min(batch_size, len(ids) // 2))
+    if reset_at is not None and batch_size > 1:
+        return data.pack_sentences(ids, batch_size, reset_at)
+    streams = data.batchify(ids, batch_size)
+    length = streams.shape[1]
+    index = np.arange(batch_size * length).reshape(batch_size, length)[:, :-1]  # ids[k + 1] is target k
+    return streams, index
 
 
 def perplexity(cross_entropy):
@@ -76,13 +128,25 @@ def unigram_from_counts(id_counts, first_id, eval_ids):
     return perplexity(-float(logp[eval_ids[1:]].mean())) if len(eval_ids) > 1 else None
 
 
+def reset_id(config, vocab):
+    """The token at which the state is reset: <eos> for a model trained with data.independent."""
+    return vocab.eos_id if config.data.independent else None
+
+
 def evaluate_file(params, config, vocab, path, batch_size=1, model_dir="model"):
     """The figures `rnnlm eval` reports for one text file: its token counts (data.encode_file's
     stats), targets scored, OOV rate, cross-entropy, bits per token and perplexity. A model
     whose cross-entropy is not finite there is a UserError naming its weights."""
     ids, stats = data.encode_file(path, vocab, config.data.tokenizer, allow_empty=True)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-        total, count = evaluate_ids(params, config.model, ids, batch_size, config.train.bptt)
+        total, count = evaluate_ids(params, config.model, ids, batch_size, config.train.bptt,
+                                    reset_id(config, vocab))
+    return file_result(stats, total, count, batch_size, path, model_dir)
+
+
+def file_result(stats, total, count, batch_size, path, model_dir):
+    """eval's figures of a file from its stats and the sum and count of its targets' cross-
+    entropies; a total that is not finite is a UserError naming the model's weights."""
     if not math.isfinite(total):
         shown = os.fsencode(path).decode("utf-8", "replace")
         raise UserError(f"{Path(model_dir) / 'weights.npz'}: the model gives a cross-entropy of {total} on "

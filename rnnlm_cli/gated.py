@@ -23,7 +23,7 @@ rows are computed by the same thread with the same operations every time (determ
 import numpy as np
 
 from . import parallel
-from .layers import sigmoid_
+from .layers import previous_states, sigmoid_
 
 
 # --------------------------------------------------------------------------------------------
@@ -33,9 +33,11 @@ from .layers import sigmoid_
 #       h_t = o_t ∘ tanh(c_t)                                                            (L4)
 
 
-def lstm_forward(x, h0, c0, W_x, W_h, b):
-    """x: (T, N, D), h0: (N, H), c0: (N, H) carried state, W_x: (D, 4H), W_h: (H, 4H), b: (4H,)
-    -> h: (T, N, H) hidden states, c_last: (N, H) the cell state after the last step, cache.
+def lstm_forward(x, h0, c0, W_x, W_h, b, keep=None):
+    """x: (T, N, D), h0: (N, H), c0: (N, H) carried state, W_x: (D, 4H), W_h: (H, 4H), b: (4H,),
+    keep: (T, N, 1) 0/1 or None -> h: (T, N, H) hidden states, c_last: (N, H) the cell state
+    after the last step, cache. keep[t] = 0 resets a stream before step t: h_{t-1} and c_{t-1}
+    are replaced by zero (R1).
 
     Gate blocks of the 4H axis in PyTorch's order (i, f, g, o). torch.nn.LSTM has two biases,
     b_ih + b_hh; ours is one b, their sum (load torch weights with b = b_ih + b_hh).
@@ -57,6 +59,8 @@ def lstm_forward(x, h0, c0, W_x, W_h, b):
         prev_h, prev_c = h0[s:e], c0[s:e]
         for t in range(T):
             a = gates[t, s:e]
+            if keep is not None:  # h_{t-1}, c_{t-1} → 0 where the stream resets                (R1)
+                prev_h, prev_c = prev_h * keep[t, s:e], prev_c * keep[t, s:e]
             np.matmul(prev_h, W_h, out=rec)
             a += rec  # a_t                                                              (L1)
             sigmoid_(a[:, :2 * H])  # i_t, f_t                                           (L2)
@@ -73,7 +77,7 @@ def lstm_forward(x, h0, c0, W_x, W_h, b):
 
     parallel.by_streams(loop, N)
     c_last = c[-1].copy()
-    return h, c_last, (x, h0, c0, W_x, W_h, gates, c, tanh_c, h)
+    return h, c_last, (x, h0, c0, W_x, W_h, gates, c, tanh_c, h, keep)
 
 
 def lstm_backward(dh, cache, dc_last=None):
@@ -86,7 +90,11 @@ def lstm_backward(dh, cache, dc_last=None):
     derivatives K of (L8)) is computed for all t at once before the loop, so the loop only
     multiplies: γ^o_t = η_t ∘ K^o_t and [γ^i γ^f γ^g]_t = κ_t ∘ [K^i K^f K^g]_t.
     dh0 and dc0 are returned for tests; the model drops them (truncated BPTT)."""
-    x, h0, c0, W_x, W_h, gates, c, tanh_c, h = cache
+    # Long on purpose (~65 lines): the per-core closure computes the local derivatives and runs
+    # the recurrence on the same dozen views of one stream block; split, they would travel too.
+    x, h0, c0, W_x, W_h, gates, c, tanh_c, h, keep = cache
+    h_first, h_rest = previous_states(h0, h, keep)  # h_{t-1} and c_{t-1} as step t saw them
+    c_first, c_rest = previous_states(c0, c, keep)
     T, N, D = x.shape
     H = W_h.shape[0]
     dtype = gates.dtype
@@ -104,8 +112,8 @@ def lstm_backward(dh, cache, dc_last=None):
         np.multiply(i, 1.0 - i, out=K[:, :, 0])
         K[:, :, 0] *= g  # K^i = ∂c_t/∂a^i = g_t ∘ σ'(a^i)                               (L8)
         np.multiply(f, 1.0 - f, out=K[:, :, 1])
-        K[0, :, 1] *= c0[s:e]
-        K[1:, :, 1] *= c[:-1, s:e]  # K^f = ∂c_t/∂a^f = c_{t-1} ∘ σ'(a^f)                (L8)
+        K[0, :, 1] *= c_first[s:e]
+        K[1:, :, 1] *= c_rest[:, s:e]  # K^f = ∂c_t/∂a^f = c_{t-1} ∘ σ'(a^f)             (L8)
         np.multiply(g, g, out=K[:, :, 2])
         np.subtract(1.0, K[:, :, 2], out=K[:, :, 2])
         K[:, :, 2] *= i  # K^g = ∂c_t/∂a^g = i_t ∘ (1 − g_t²)                             (L8)
@@ -125,13 +133,16 @@ def lstm_backward(dh, cache, dc_last=None):
             Kt[:, :3] *= kap[:, None, :]  # [γ^i γ^f γ^g]_t = κ_t ∘ [K^i K^f K^g]_t         (L8)
             kap *= f[t]  # ∂J/∂c_{t-1} through step t = κ_t ∘ f_t                            (L9)
             np.matmul(da[t, s:e], W_h.T, out=eps)  # ε_t = γ_t W_hᵀ                          (L10)
+            if keep is not None:  # no gradient crosses a reset                               (R2)
+                kap *= keep[t, s:e]
+                eps *= keep[t, s:e]
 
     parallel.by_streams(loop, N)
     da2 = da.reshape(T * N, 4 * H)
     dW_x = parallel.matmul(x.reshape(T * N, D).T, da2)  # ∇W_x = Σ_t x_tᵀ γ_t              (L11)
-    dW_h = h0.T @ da[0]  # ∇W_h = Σ_t h_{t-1}ᵀ γ_t                                          (L12)
+    dW_h = h_first.T @ da[0]  # ∇W_h = Σ_t h_{t-1}ᵀ γ_t                                     (L12)
     if T > 1:
-        dW_h += parallel.matmul(h[:-1].reshape((T - 1) * N, H).T, da[1:].reshape((T - 1) * N, 4 * H))
+        dW_h += parallel.matmul(h_rest.reshape((T - 1) * N, H).T, da[1:].reshape((T - 1) * N, 4 * H))
     db = da2.sum(axis=0)  # ∇b = Σ_t γ_t                                                    (L13)
     dx = parallel.matmul(da2, W_x.T).reshape(T, N, D)  # ∂J/∂x_t = γ_t W_xᵀ                (L14)
     return dx, dnext, kappa, dW_x, dW_h, db  # dh0 = ε_1, dc0 = κ_1 ∘ f_1                    (L15)
@@ -144,9 +155,10 @@ def lstm_backward(dh, cache, dc_last=None):
 #      h_t = (1 − z_t) ∘ n_t + z_t ∘ h_{t-1}                                             (G4)
 
 
-def gru_forward(x, h0, W_x, W_h, b_x, b_h):
-    """x: (T, N, D), h0: (N, H) carried state, W_x: (D, 3H), W_h: (H, 3H), b_x: (3H,), b_h: (3H,)
-    -> h: (T, N, H) hidden states, cache.
+def gru_forward(x, h0, W_x, W_h, b_x, b_h, keep=None):
+    """x: (T, N, D), h0: (N, H) carried state, W_x: (D, 3H), W_h: (H, 3H), b_x: (3H,), b_h: (3H,),
+    keep: (T, N, 1) 0/1 or None -> h: (T, N, H) hidden states, cache. keep[t] = 0 resets a
+    stream before step t: h_{t-1} is replaced by zero (R1).
 
     Gate blocks of the 3H axis in PyTorch's order (r, z, n); b_x, b_h are torch's bias_ih_l0,
     bias_hh_l0 (two biases are needed: b_h^n sits inside r ∘ (·)). The new carried state is h[-1].
@@ -164,6 +176,8 @@ def gru_forward(x, h0, W_x, W_h, b_x, b_h):
         prev = h0[s:e]
         for t in range(T):
             a = gates[t, s:e]
+            if keep is not None:
+                prev = prev * keep[t, s:e]  # h_{t-1} → 0 where the stream resets              (R1)
             np.matmul(prev, W_h, out=rec)
             rec += b_h  # v_t                                                             (G1)
             a[:, :2 * H] += rec[:, :2 * H]
@@ -181,7 +195,7 @@ def gru_forward(x, h0, W_x, W_h, b_x, b_h):
             prev = ht
 
     parallel.by_streams(loop, N)
-    return h, (x, h0, W_x, W_h, gates, v_n, h)
+    return h, (x, h0, W_x, W_h, gates, v_n, h, keep)
 
 
 def gru_backward(dh, cache):
@@ -191,7 +205,8 @@ def gru_backward(dh, cache):
     One pass backwards in time (docs/gated-derivation.md §2) carrying one accumulator, η, the
     whole ∂J/∂h_t. Every γ of a step is η_t times a local derivative K computed for all t before
     the loop (G6-G8). dh0 is returned for tests; the model drops it (truncated BPTT)."""
-    x, h0, W_x, W_h, gates, v_n, h = cache
+    x, h0, W_x, W_h, gates, v_n, h, keep = cache
+    h_first, h_rest = previous_states(h0, h, keep)  # h_{t-1} as step t saw it
     T, N, D = x.shape
     H = W_h.shape[0]
     dtype = gates.dtype
@@ -210,8 +225,8 @@ def gru_backward(dh, cache):
         K[:, :, 0] *= v_n[:, s:e]
         K[:, :, 0] *= K[:, :, 2]  # K^r = K^n ∘ v^n_t ∘ r_t(1 − r_t)                       (G8)
         np.multiply(z, 1.0 - z, out=K[:, :, 1])
-        K[0, :, 1] *= h0[s:e] - n[0]
-        K[1:, :, 1] *= h[:-1, s:e] - n[1:]  # K^z = (h_{t-1} − n_t) ∘ z_t(1 − z_t)          (G7)
+        K[0, :, 1] *= h_first[s:e] - n[0]
+        K[1:, :, 1] *= h_rest[:, s:e] - n[1:]  # K^z = (h_{t-1} − n_t) ∘ z_t(1 − z_t)       (G7)
         eta = np.empty((e - s, H), dtype=dtype)  # η_t
         eps = dnext[s:e]
         for t in reversed(range(T)):
@@ -224,15 +239,17 @@ def gru_backward(dh, cache):
             np.matmul(dvt, W_h.T, out=eps)
             eta *= z[t]
             eps += eta  # ε_t = γ^v_t W_hᵀ + η_t ∘ z_t                                      (G10)
+            if keep is not None:
+                eps *= keep[t, s:e]  # no gradient crosses a reset                            (R2)
 
     parallel.by_streams(loop, N)
     du2 = du.reshape(T * N, 3 * H)
     dv2 = dv.reshape(T * N, 3 * H)
     dW_x = parallel.matmul(x.reshape(T * N, D).T, du2)  # ∇W_x = Σ_t x_tᵀ γ^u_t            (G11)
     db_x = du2.sum(axis=0)  # ∇b_x = Σ_t γ^u_t                                              (G12)
-    dW_h = h0.T @ dv[0]  # ∇W_h = Σ_t h_{t-1}ᵀ γ^v_t                                        (G13)
+    dW_h = h_first.T @ dv[0]  # ∇W_h = Σ_t h_{t-1}ᵀ γ^v_t                                   (G13)
     if T > 1:
-        dW_h += parallel.matmul(h[:-1].reshape((T - 1) * N, H).T, dv[1:].reshape((T - 1) * N, 3 * H))
+        dW_h += parallel.matmul(h_rest.reshape((T - 1) * N, H).T, dv[1:].reshape((T - 1) * N, 3 * H))
     db_h = dv2.sum(axis=0)  # ∇b_h = Σ_t γ^v_t                                              (G14)
     dx = parallel.matmul(du2, W_x.T).reshape(T, N, D)  # ∂J/∂x_t = γ^u_t W_xᵀ              (G15)
     return dx, dnext, dW_x, dW_h, db_x, db_h  # dh0 = ε_1                                   (G16)

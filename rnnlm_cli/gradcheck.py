@@ -70,20 +70,30 @@ def random_problem(model_cfg, vocab_size, batch_size, bptt, seed):
     return params, inputs, targets, state
 
 
-def check_model(model_cfg, vocab_size=13, batch_size=3, bptt=5, seed=0, samples=40, eps=EPS):
+RESET_ID = 1  # <eos>'s id in every vocabulary
+
+
+def check_model(model_cfg, vocab_size=13, batch_size=3, bptt=5, seed=0, samples=40, eps=EPS, resets=False):
     """[(key, worst relative error, entries checked)] for every parameter of the model.
-    With dropout, every evaluation draws the same masks (a generator seeded afresh each time)."""
+    With dropout, every evaluation draws the same masks (a generator seeded afresh each time).
+    With resets (data.independent), about a third of the inputs are <eos>, where the state is
+    replaced by zero: the reset mask is exercised in every layer."""
     model_cfg = dataclasses.replace(model_cfg)
     params, inputs, targets, state = random_problem(model_cfg, vocab_size, batch_size, bptt, seed)
+    reset_at = None
+    if resets:
+        reset_at = RESET_ID
+        rng = np.random.default_rng(seed + 3)
+        inputs = np.where(rng.random(inputs.shape) < 0.35, RESET_ID, inputs)
 
     def masks():
         return np.random.default_rng(seed + 7) if model_cfg.dropout > 0 else None
 
-    _, grads, _ = model.loss_and_grads(params, model_cfg, inputs, targets, state.copy(), masks())
+    _, grads, _ = model.loss_and_grads(params, model_cfg, inputs, targets, state.copy(), masks(), reset_at)
 
     def loss():
         return model.forward(params, model_cfg, inputs, targets, state.copy(), need_grad=False,
-                             dropout_rng=masks())[0]
+                             dropout_rng=masks(), reset_at=reset_at)[0]
 
     rng = np.random.default_rng(seed + 1)
     results = []

@@ -105,9 +105,12 @@ def sum_rows_by_id(ids, rows):
 # Elman layer over a window: h_t = f(x_t W_x + h_{t-1} W_h + b).
 
 
-def rnn_forward(x, h0, W_x, W_h, b, activation):
-    """x: (T, N, D), h0: (N, H) carried state, W_x: (D, H), W_h: (H, H), b: (H,)
-    -> h: (T, N, H) hidden states, cache."""
+def rnn_forward(x, h0, W_x, W_h, b, activation, keep=None):
+    """x: (T, N, D), h0: (N, H) carried state, W_x: (D, H), W_h: (H, H), b: (H,),
+    keep: (T, N, 1) 0/1 or None -> h: (T, N, H) hidden states, cache.
+
+    keep[t] = 0 resets a stream before step t: h_{t-1} is replaced by zero (a sentence starts
+    from the zero state, docs/derivation.md "Sentence resets"); None: no resets."""
     T, N, D = x.shape
     H = W_h.shape[0]
     # the input projection of all T·N positions is one matrix product; the loop adds h_{t-1} W_h
@@ -117,9 +120,19 @@ def rnn_forward(x, h0, W_x, W_h, b, activation):
     prev = h0
     for t in range(T):
         z = h[t]
+        if keep is not None:
+            prev = prev * keep[t]  # h_{t-1} → 0 where the stream resets                   (R1)
         z += np.matmul(prev, W_h, out=rec)
         prev = activation_forward(z, activation)  # z_t becomes h_t in place
-    return h, (x, h0, h, W_x, W_h, activation)
+    return h, (x, h0, h, W_x, W_h, activation, keep)
+
+
+def previous_states(h0, h, keep):
+    """(the state before step 0, the states before steps 1..T-1) as the steps saw them: h0 and
+    h[:-1], times keep where streams reset (R1). No copy when keep is None."""
+    if keep is None:
+        return h0, h[:-1]
+    return h0 * keep[0], h[:-1] * keep[1:]
 
 
 def rnn_backward(dh, cache):
@@ -131,7 +144,7 @@ def rnn_backward(dh, cache):
         γ_t = f'(z_t) ∘ (dh_t + γ_{t+1} W_hᵀ)            (seed 003, eqs. 37/42)
     so no backward per J(t) is needed. dh0 = γ_1 W_hᵀ is returned for tests; the model drops it
     (truncation: the carried state gets no gradient)."""
-    x, h0, h, W_x, W_h, activation = cache
+    x, h0, h, W_x, W_h, activation, keep = cache
     T, N, D = x.shape
     H = W_h.shape[0]
     dz = activation_grad(h, activation)  # f'(z_t) for all t at once, then γ_t in place
@@ -141,11 +154,14 @@ def rnn_backward(dh, cache):
         g = dz[t]
         g *= np.add(dh[t], dnext, out=total)  # γ_t = f'(z_t) ∘ (dh_t + γ_{t+1} W_hᵀ)  (seed 002, eqs. 2 and 7)
         np.matmul(g, W_h.T, out=dnext)  # ∇h_{t-1} = γ_t W_hᵀ                   (seed 002, eq. 5)
+        if keep is not None:
+            dnext *= keep[t]  # no gradient crosses a reset: h_{t-1} did not reach step t   (R2)
+    prev0, prev = previous_states(h0, h, keep)
     dz2 = dz.reshape(T * N, H)
     dW_x = x.reshape(T * N, D).T @ dz2  # ∇W_x = Σ_t x_tᵀ γ_t         (seed 003, eq. 40)
-    dW_h = h0.T @ dz[0]  # ∇W_h = Σ_t h_{t-1}ᵀ γ_t                    (seed 003, eq. 39; seed 002, eq. 3)
+    dW_h = prev0.T @ dz[0]  # ∇W_h = Σ_t h_{t-1}ᵀ γ_t                 (seed 003, eq. 39; seed 002, eq. 3)
     if T > 1:
-        dW_h += h[:-1].reshape((T - 1) * N, H).T @ dz[1:].reshape((T - 1) * N, H)
+        dW_h += prev.reshape((T - 1) * N, H).T @ dz[1:].reshape((T - 1) * N, H)
     db = dz2.sum(axis=0)  # ∇b = Σ_t γ_t                               (seed 003, eq. 41)
     dx = (dz2 @ W_x.T).reshape(T, N, D)  # ∂J/∂x_t = γ_t W_xᵀ: the δ sent to the layer below (seed 003, eq. 30)
     return dx, dnext, dW_x, dW_h, db
@@ -203,9 +219,10 @@ def affine_backward(dlogits, cache, out=None):
 CHUNK_ROWS = 16
 
 
-def softmax_cross_entropy(logits, targets, scale=1.0, need_grad=True, bias=None):
+def softmax_cross_entropy(logits, targets, scale=1.0, need_grad=True, bias=None, row_loss=None):
     """logits: (M, V) (overwritten), targets: (M,) ints, bias: (V,) or None (added here if given)
-    -> (Σ_t −log ŷ_t[target], dlogits or None).
+    -> (Σ_t −log ŷ_t[target], dlogits or None). `row_loss` (M,) float64, if given, receives each
+    row's −log ŷ_t[target] (what scoring reports per target).
 
     J_t = −log softmax(z)_k = log Σ_j e^{z_j} − z_k; ∂J_t/∂z = ŷ − y (seed 003, eq. 7), then
     scaled by `scale` (1/M for a mean loss).
@@ -217,6 +234,8 @@ def softmax_cross_entropy(logits, targets, scale=1.0, need_grad=True, bias=None)
     M, V = logits.shape
     if V == 1:  # one outcome: probability 1 exactly, no loss, no gradient (no rounding residue)
         logits[...] = 0.0
+        if row_loss is not None:
+            row_loss[...] = 0.0
         return 0.0, (logits if need_grad else None)
 
     def rows(a, b):
@@ -237,7 +256,12 @@ def softmax_cross_entropy(logits, targets, scale=1.0, need_grad=True, bias=None)
                     np.exp(z - shift, out=e)
                     sums = e.sum(axis=1)
                     picked = picked - shift[:, 0]
-                loss += float(np.log(sums, dtype=np.float64).sum() - picked.sum(dtype=np.float64))
+                if row_loss is None:
+                    loss += float(np.log(sums, dtype=np.float64).sum() - picked.sum(dtype=np.float64))
+                else:
+                    rows_out = row_loss[c:d]
+                    np.subtract(np.log(sums, dtype=np.float64), picked, out=rows_out)
+                    loss += float(rows_out.sum())
                 if need_grad:
                     np.multiply(e, (scale / sums)[:, None], out=z)  # ŷ · scale
                     z[idx, t] -= scale  # (ŷ − y) · scale

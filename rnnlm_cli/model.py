@@ -77,17 +77,19 @@ def init_state(model_cfg, batch_size, dtype="float32"):
     return np.zeros((model_cfg.layers, *per_layer, batch_size, model_cfg.hidden_dim), dtype=dtype)
 
 
-def _layer_forward(cell, x, state, params, l, activation):
+def _layer_forward(cell, x, state, params, l, activation, keep=None):
     """One recurrent layer over the window -> (h (T, N, H), its new state, cache)."""
     p = f"rnn.{l}."
     if cell == "elman":
-        h, cache = layers.rnn_forward(x, state, params[p + "W_x"], params[p + "W_h"], params[p + "b"], activation)
+        h, cache = layers.rnn_forward(x, state, params[p + "W_x"], params[p + "W_h"], params[p + "b"], activation,
+                                      keep)
         return h, h[-1], cache
     if cell == "lstm":
         h, c_last, cache = gated.lstm_forward(x, state[0], state[1], params[p + "W_x"], params[p + "W_h"],
-                                              params[p + "b"])
+                                              params[p + "b"], keep)
         return h, np.stack((h[-1], c_last)), cache
-    h, cache = gated.gru_forward(x, state, params[p + "W_x"], params[p + "W_h"], params[p + "b_x"], params[p + "b_h"])
+    h, cache = gated.gru_forward(x, state, params[p + "W_x"], params[p + "W_h"], params[p + "b_x"], params[p + "b_h"],
+                                 keep)
     return h, h[-1], cache
 
 
@@ -114,36 +116,53 @@ def _dropout(x, p, rng, caches):
     return out
 
 
-def hidden_forward(params, model_cfg, ids, state, dropout_rng=None):
+def reset_mask(ids, reset_at, dtype):
+    """keep (T, N, 1): 0 where ids (T, N) is the token `reset_at` (the state is replaced by zero
+    before reading it: every sentence starts from <eos> and the zero state), else 1; None when
+    reset_at is None (no resets)."""
+    if reset_at is None:
+        return None
+    return (ids != reset_at).astype(dtype)[:, :, None]
+
+
+def hidden_forward(params, model_cfg, ids, state, dropout_rng=None, reset_at=None):
     """ids: (T, N) ints, state: carried state -> top hidden states (T, N, H) (after dropout),
-    new state, caches."""
+    new state, caches. `reset_at` (a token id, <eos>) resets each layer's state (an LSTM's cell
+    too) before every step that reads it."""
     x, emb_cache = layers.embedding_forward(ids, params["embedding"])
+    keep = reset_mask(ids, reset_at, x.dtype)
     drop_caches, layer_caches = [], []
     x = _dropout(x, model_cfg.dropout, dropout_rng, drop_caches)
     new_state = np.empty_like(state)
     for l in range(model_cfg.layers):
-        x, new_state[l], cache = _layer_forward(model_cfg.cell, x, state[l], params, l, model_cfg.activation)
+        x, new_state[l], cache = _layer_forward(model_cfg.cell, x, state[l], params, l, model_cfg.activation, keep)
         layer_caches.append(cache)
         x = _dropout(x, model_cfg.dropout, dropout_rng, drop_caches)
     return x, new_state, (emb_cache, layer_caches, drop_caches)
 
 
 def forward(params, model_cfg, inputs, targets, state, need_grad=True, workspace=None, dropout_rng=None,
-            scale=None):
+            reset_at=None, row_loss=None, scale=None):
     """inputs, targets: (N, T) ints; state: carried from the previous window -> (loss, new_state,
     cache).
 
     loss is the mean per-target loss over the N·T targets (J = 1/T Σ_t J(t), averaged over the
     streams too). cache is None when need_grad is False (evaluation). With a `workspace` dict
     the big arrays live in it and are overwritten by the next call. `dropout_rng` (a numpy
-    Generator) turns dropout on. `scale` replaces the gradient's 1/(N·T) (a data-parallel run
-    holds part of the streams and divides by the whole window's target count)."""
+    Generator) turns dropout on; `reset_at` (the <eos> id) resets the state at every sentence
+    start (hidden_forward). `row_loss` (N, T) float64, if given, receives each target's loss
+    (cross-entropy: −log P(target | history)). `scale` replaces the gradient's
+    1/(N·T) (a data-parallel run holds part of the streams and divides by the whole window's
+    target count)."""
     N, T = inputs.shape
-    top, new_state, caches = hidden_forward(params, model_cfg, inputs.T, state, dropout_rng)
+    top, new_state, caches = hidden_forward(params, model_cfg, inputs.T, state, dropout_rng, reset_at)
     M = T * N
+    rows = None if row_loss is None else np.empty(M)  # time-major, as the positions are
     loss_sum, out_cache = output.loss_forward(params, model_cfg, top.reshape(M, top.shape[2]),
                                               targets.T.reshape(-1), 1.0 / M if scale is None else scale,
-                                              need_grad, workspace)
+                                              need_grad, workspace, rows)
+    if row_loss is not None:
+        row_loss[...] = rows.reshape(T, N).T
     cache = (caches, out_cache, model_cfg) if need_grad else None
     return loss_sum / M, new_state, cache
 
@@ -181,9 +200,10 @@ def _undrop(dx, cache):
     return dx if cache is None else gated.dropout_backward(dx, cache)
 
 
-def loss_and_grads(params, model_cfg, inputs, targets, state, dropout_rng=None):
+def loss_and_grads(params, model_cfg, inputs, targets, state, dropout_rng=None, reset_at=None):
     """One window: (mean loss, grads, new state)."""
-    loss, new_state, cache = forward(params, model_cfg, inputs, targets, state, dropout_rng=dropout_rng)
+    loss, new_state, cache = forward(params, model_cfg, inputs, targets, state, dropout_rng=dropout_rng,
+                                     reset_at=reset_at)
     return loss, backward(cache), new_state
 
 
@@ -192,10 +212,10 @@ def output_log_probs(params, model_cfg, h):
     return output.log_probs(params, model_cfg, h)
 
 
-def step_probs(params, model_cfg, ids, state, temperature=1.0):
+def step_probs(params, model_cfg, ids, state, temperature=1.0, reset_at=None):
     """One time step for sampling. ids: (N,) -> probabilities (N, V) of the next word, sharpened
     by the temperature (p^(1/τ), renormalized), and the new state."""
-    top, new_state, _ = hidden_forward(params, model_cfg, ids[None, :], state)
+    top, new_state, _ = hidden_forward(params, model_cfg, ids[None, :], state, reset_at=reset_at)
     logp = output_log_probs(params, model_cfg, top[0]) / temperature
     logp -= logp.max(axis=1, keepdims=True)
     probs = np.exp(logp)

@@ -61,13 +61,15 @@ class SilentReporter:
 # One step: the gradient of a window, then the update
 
 
-def window_gradient(params, model_cfg, inputs, targets, hidden, workspace=None, rng=None, scale=None):
+def window_gradient(params, model_cfg, inputs, targets, hidden, workspace=None, rng=None, reset_at=None,
+                    scale=None):
     """Forward and one-pass backward over one window -> (mean loss, grads, new hidden state).
     `workspace`: a dict kept across calls, holding the big scratch arrays; `rng` draws the
-    dropout masks; `scale` replaces the gradient's 1/(N·T) (see model.forward)."""
+    dropout masks; `reset_at` (the <eos> id, data.independent) resets the state at each
+    sentence start; `scale` replaces the gradient's 1/(N·T) (see model.forward)."""
     dropout_rng = rng if model_cfg.dropout > 0 else None
     loss, new_hidden, cache = model.forward(params, model_cfg, inputs, targets, hidden, workspace=workspace,
-                                            dropout_rng=dropout_rng, scale=scale)
+                                            dropout_rng=dropout_rng, reset_at=reset_at, scale=scale)
     return loss, model.backward(cache, workspace, sparse_embedding=True), new_hidden
 
 
@@ -228,6 +230,7 @@ class _Run:
     batches: np.ndarray
     snapshot: TrainingState
     workspace: dict  # scratch arrays reused by every window
+    reset_at: int | None  # the <eos> id when sentences are independent (data.independent)
     world: distributed.World = None  # the processes of a data-parallel run (one by default)
     block: tuple = None  # (start, stop): the streams this process computes
 
@@ -258,10 +261,11 @@ def run(config, out_dir, *, init_dir=None, resume=False, reporter=None, should_s
     vocab, streams, state = _setup(config, out_dir, init_dir, resume, reporter, w)
     unigram = _announce(config, vocab, streams, reporter)
     batches = data.batchify(streams["train"][0], config.train.batch_size, source=_train_name(config))
+    reset_at = vocab.eos_id if config.data.independent else None
     if w.size > 1:
         should_stop = (lambda asked: lambda: distributed.agreed_signal(w, asked))(should_stop)
     r = _Run(config, out_dir, reporter, should_stop, streams, batches[block[0]:block[1]], state.snapshot(), {},
-             w, block)
+             reset_at, w, block)
     with _quiet_numerics():
         while state.progress.stop is None:
             if _reached_a_limit(r, state):
@@ -301,7 +305,7 @@ def _train_epoch(r, state):
         for inputs, targets in data.iter_windows(r.batches, tc.bptt, start=p.window):
             if r.world.size == 1:
                 loss, grads, state.hidden = window_gradient(state.params, m, inputs, targets, state.hidden,
-                                                            r.workspace, state.rng)
+                                                            r.workspace, state.rng, r.reset_at)
             else:  # this process's streams, then the gradient summed over the processes
                 loss, grads = _distributed_gradient(r, state, inputs, targets)
             norm = apply_gradient(state.params, grads, state.opt_state, p.lr, tc)
@@ -340,7 +344,7 @@ def _distributed_gradient(r, state, inputs, targets):
     rng = distributed.StreamBlockGenerator(state.rng.bit_generator, N, a, b) if r.config.model.dropout else None
     loss, grads, new_hidden = window_gradient(state.params, r.config.model, inputs, targets,
                                               np.ascontiguousarray(state.hidden[..., a:b, :]), r.workspace, rng,
-                                              scale=1.0 / n_total)
+                                              r.reset_at, scale=1.0 / n_total)
     state.hidden[..., a:b, :] = new_hidden
     loss_sum, grads = distributed.allreduce_gradient(r.world, loss * targets.size, grads, r.workspace)
     return loss_sum / n_total, grads
@@ -390,7 +394,7 @@ def _end_of_epoch(r, state):
     p, tc = state.progress, r.config.train
     _check_finite(r, state, "at the end of the epoch")
     total, count = evaluate.evaluate_ids(state.params, r.config.model, r.streams["valid"][0], tc.eval_batch_size,
-                                         tc.bptt)
+                                         tc.bptt, r.reset_at)
     ce = distributed.bcast(r.world, total / count)  # rank 0's figure: every process decides alike
     if not math.isfinite(ce):  # checked before anything is written or changed
         raise _Diverging(f"valid cross-entropy {ce}")
@@ -474,9 +478,10 @@ def _finish(r, state, vocab, unigram, seconds):
     kept = state.kept()
     modeldir.save_weights(r.out_dir, kept)
     _save(r, state)
-    valid_ppl = _exact_perplexity(kept, config, r.streams["valid"][0])
+    valid_ppl = _exact_perplexity(kept, config, r.streams["valid"][0], r.reset_at)
     test_ids = r.streams["test"][0]
-    test_ppl = _exact_perplexity(kept, config, test_ids) if test_ids is not None and len(test_ids) > 1 else None
+    test_ppl = (_exact_perplexity(kept, config, test_ids, r.reset_at) if test_ids is not None and len(test_ids) > 1
+                else None)
     train_loss = (p.epoch_loss_sum / p.epoch_targets if p.epoch_targets
                   else p.history[-1].get("train_loss") if p.history else None)
     summary = {"event": "end", "stop_reason": stop_reason(p.stop, config.train), "epochs": len(p.history),
@@ -490,8 +495,8 @@ def _finish(r, state, vocab, unigram, seconds):
     return summary
 
 
-def _exact_perplexity(params, config, ids):
-    total, count = evaluate.evaluate_ids(params, config.model, ids, 1, config.train.bptt)
+def _exact_perplexity(params, config, ids, reset_at):
+    total, count = evaluate.evaluate_ids(params, config.model, ids, 1, config.train.bptt, reset_at)
     return evaluate.summarize(total, count)["perplexity"]
 
 

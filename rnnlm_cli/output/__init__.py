@@ -12,11 +12,13 @@ A kind module provides, as plain functions (shapes: M positions, H hidden size, 
     init_array(key, shape, model_cfg, rng, dtype, counts)  -> the initial array of one key;
                                  random ones drawn from `rng` (called in key order); `counts`
                                  (V,) are the train frequencies (for frequency-built kinds)
-    loss_forward(params, model_cfg, h, targets, scale, need_grad, workspace)
+    loss_forward(params, model_cfg, h, targets, scale, need_grad, workspace, row_loss)
                                  -> (Σ of per-target losses, cache or None); the loss's gradient
-                                 is scaled by `scale` (1/M for a mean)
+                                 is scaled by `scale` (1/M for a mean); `row_loss` (M,) float64,
+                                 if given, receives each target's loss (cross-entropy)
     loss_backward(cache, workspace)  -> (dh (M, H), {key: gradient}) for its trained keys
-    target_log_probs(params, h, targets) -> (M,) float64 log P(target | h): eval, score, mixing
+    target_log_probs(params, h, targets, workspace)
+                                 -> (M,) float64 log P(target | h): eval, score, mixing
     log_probs(params, h)         -> (M, V) float64 log P(w | h) of every word: sampling
 
 `params` here is the kind's own view: its arrays, with the tied matrix already resolved (see
@@ -79,17 +81,17 @@ def layer_params(params, model_cfg):
     return view
 
 
-def loss_forward(params, model_cfg, h, targets, scale, need_grad=True, workspace=None):
+def loss_forward(params, model_cfg, h, targets, scale, need_grad=True, workspace=None, row_loss=None):
     return kind(model_cfg).loss_forward(layer_params(params, model_cfg), model_cfg, h, targets, scale,
-                                        need_grad, workspace)
+                                        need_grad, workspace, row_loss)
 
 
 def loss_backward(model_cfg, cache, workspace=None):
     return kind(model_cfg).loss_backward(cache, workspace)
 
 
-def target_log_probs(params, model_cfg, h, targets):
-    return kind(model_cfg).target_log_probs(layer_params(params, model_cfg), h, targets)
+def target_log_probs(params, model_cfg, h, targets, workspace=None):
+    return kind(model_cfg).target_log_probs(layer_params(params, model_cfg), h, targets, workspace)
 
 
 def log_probs(params, model_cfg, h):

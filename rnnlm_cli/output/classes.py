@@ -83,13 +83,15 @@ def class_bounds(counts, n_classes):
     return bounds
 
 
-def class_output_forward(h, W, b, class_W, class_b, bounds, targets, scale=1.0, need_grad=True):
+def class_output_forward(h, W, b, class_W, class_b, bounds, targets, scale=1.0, need_grad=True, row_loss=None):
     """h: (M, H), W: (H, V), b: (V,), class_W: (H, C), class_b: (C,), bounds: (C + 1,),
-    targets: (M,) -> (Σ_t −log P(target_t | h_t), cache for class_output_backward or None)."""
+    targets: (M,) -> (Σ_t −log P(target_t | h_t), cache for class_output_backward or None).
+    `row_loss` (M,) float64 receives each −log P(target_t | h_t)."""
     M = h.shape[0]
     cls = word_classes(bounds, targets)
     class_logits, _ = layers.affine_forward(h, class_W, None)
-    loss, dclass = layers.softmax_cross_entropy(class_logits, cls, scale, need_grad, bias=class_b)  # −log P(c | h)
+    loss, dclass = layers.softmax_cross_entropy(class_logits, cls, scale, need_grad, bias=class_b,
+                                                row_loss=row_loss)  # −log P(c | h)
     order = np.argsort(cls, kind="stable")
     group_starts = np.flatnonzero(np.concatenate(([True], cls[order][1:] != cls[order][:-1])))
     groups = []
@@ -101,8 +103,12 @@ def class_output_forward(h, W, b, class_W, class_b, bounds, targets, scale=1.0, 
             continue  # a one-word class: P(w | c, h) = 1, no loss and no gradient
         hc = h[pos]
         logits = hc @ W[:, a:z]
-        word_loss, dlogits = layers.softmax_cross_entropy(logits, targets[pos] - a, scale, need_grad, bias=b[a:z])
+        word_rows = None if row_loss is None else np.empty(len(pos))
+        word_loss, dlogits = layers.softmax_cross_entropy(logits, targets[pos] - a, scale, need_grad, bias=b[a:z],
+                                                          row_loss=word_rows)
         loss += word_loss  # −log P(w | c, h)
+        if row_loss is not None:
+            row_loss[pos] += word_rows
         groups.append((pos, a, z, hc, dlogits))
     return loss, ((h, W, class_W, dclass, groups) if need_grad else None)
 
@@ -127,10 +133,10 @@ def class_output_backward(cache):
 # The output-layer interface (see output/__init__.py)
 
 
-def loss_forward(params, model_cfg, h, targets, scale, need_grad=True, workspace=None):
+def loss_forward(params, model_cfg, h, targets, scale, need_grad=True, workspace=None, row_loss=None):
     """h: (M, H), targets: (M,) -> (Σ_t −log P(target_t | h_t), cache or None)."""
     return class_output_forward(h, params["output.W"], params["output.b"], params["output.class_W"],
-                                params["output.class_b"], params[BOUNDS], targets, scale, need_grad)
+                                params["output.class_b"], params[BOUNDS], targets, scale, need_grad, row_loss)
 
 
 def loss_backward(cache, workspace=None):
@@ -144,18 +150,12 @@ def _class_log_probs(params, h):
     return layers.log_softmax((h @ params["output.class_W"] + params["output.class_b"]).astype(np.float64))
 
 
-def target_log_probs(params, h, targets):
-    """h: (M, H), targets: (M,) -> log P(c(w) | h) + log P(w | c(w), h), (M,) float64, with the
-    positions grouped by their target's class (one product with that class's columns each)."""
-    bounds = params[BOUNDS]
-    cls = word_classes(bounds, targets)
-    out = _class_log_probs(params, h)[np.arange(h.shape[0]), cls]
-    for c in np.unique(cls):
-        pos = np.flatnonzero(cls == c)
-        a, z = bounds[c], bounds[c + 1]
-        logits = (h[pos] @ params["output.W"][:, a:z] + params["output.b"][a:z]).astype(np.float64)
-        out[pos] += layers.log_softmax(logits)[np.arange(len(pos)), targets[pos] - a]
-    return out
+def target_log_probs(params, h, targets, workspace=None):
+    """h: (M, H), targets: (M,) -> log P(c(w) | h) + log P(w | c(w), h), (M,) float64, from the
+    loss's own kernels (per-row −J_t)."""
+    rows = np.empty(h.shape[0])
+    loss_forward(params, None, h, targets, 1.0, False, workspace, rows)
+    return np.negative(rows, out=rows)
 
 
 def log_probs(params, h):

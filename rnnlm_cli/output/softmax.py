@@ -11,13 +11,15 @@ The (M, V) logits of a window are one matrix product over all M = T·N positions
 cores (layers.affine_forward); the loss works on them in place (layers.LOSSES).
 """
 
+import types
+
 import numpy as np
 
 from .. import layers
 
 TIED = "output.W"
 BUFFERS = ()
-ROWS_PER_CHUNK = 256  # log-prob rows computed at once: bounds the float64 scratch to 256·V
+CROSS_ENTROPY = types.SimpleNamespace(loss="cross_entropy")  # what log-probabilities are defined by
 
 
 def param_shapes(model_cfg, vocab_size):
@@ -35,13 +37,16 @@ def init_array(key, shape, model_cfg, rng, dtype, counts=None):
     return rng.uniform(-model_cfg.init_scale, model_cfg.init_scale, size=shape).astype(dtype)
 
 
-def loss_forward(params, model_cfg, h, targets, scale, need_grad=True, workspace=None):
+def loss_forward(params, model_cfg, h, targets, scale, need_grad=True, workspace=None, row_loss=None):
     """h: (M, H), targets: (M,) -> (Σ_t J_t, cache or None). The logits live in the workspace's
-    "logits" buffer; the loss adds the bias in its own pass over them."""
+    "logits" buffer; the loss adds the bias in its own pass over them. `row_loss` (M,) float64
+    receives each J_t (cross-entropy only)."""
     W = params["output.W"]
     logits = layers.buffer(workspace, "logits", (h.shape[0], W.shape[1]), W.dtype)
     logits, affine_cache = layers.affine_forward(h, W, None, out=logits)
-    loss_sum, dlogits = layers.LOSSES[model_cfg.loss](logits, targets, scale, need_grad, bias=params["output.b"])
+    loss = layers.LOSSES[model_cfg.loss]
+    extra = {} if row_loss is None else {"row_loss": row_loss}
+    loss_sum, dlogits = loss(logits, targets, scale, need_grad, bias=params["output.b"], **extra)
     return loss_sum, ((affine_cache, dlogits) if need_grad else None)
 
 
@@ -54,16 +59,13 @@ def loss_backward(cache, workspace=None):
     return dh, {"output.W": dW, "output.b": db}
 
 
-def target_log_probs(params, h, targets):
-    """h: (M, H), targets: (M,) -> log P(target_t | h_t), (M,) float64: z_k − log Σ_j e^{z_j},
-    the logits computed in the model's dtype, the log-softmax in float64, a chunk of rows at a
-    time."""
-    W, b = params["output.W"], params["output.b"]
-    out = np.empty(h.shape[0])
-    for a in range(0, h.shape[0], ROWS_PER_CHUNK):
-        z = (h[a:a + ROWS_PER_CHUNK] @ W + b).astype(np.float64)
-        out[a:a + len(z)] = layers.log_softmax(z)[np.arange(len(z)), targets[a:a + len(z)]]
-    return out
+def target_log_probs(params, h, targets, workspace=None):
+    """h: (M, H), targets: (M,) -> log P(target_t | h_t), (M,) float64: the cross-entropy
+    kernel's own per-row −J_t (so per-target figures sum to what eval reports), whatever loss the
+    model was trained with."""
+    rows = np.empty(h.shape[0])
+    loss_forward(params, CROSS_ENTROPY, h, targets, 1.0, False, workspace, rows)
+    return np.negative(rows, out=rows)
 
 
 def log_probs(params, h):

@@ -1,0 +1,66 @@
+"""The Python API: a small, stable surface for scripts, giving the same numbers as the commands.
+
+    import rnnlm_cli
+    lm = rnnlm_cli.load("runs/default")
+    lm.score(["and god said", "let there be light"])   # like `rnnlm score --format json`
+    lm.evaluate("data/test.txt")                        # like `rnnlm eval --json`
+    lm.sample(prompt="and god", words=20, seed=1)        # like `rnnlm sample`
+
+Errors are rnnlm_cli.errors.UserError (bad files, options) with the same one-line messages the
+commands print.
+"""
+
+from . import data, mix, modeldir, sample, score
+from .errors import UserError
+
+
+def load(model_dir):
+    """The model in a model directory (as `rnnlm eval` reads it) -> LanguageModel."""
+    return LanguageModel(model_dir)
+
+
+class LanguageModel:
+    """A trained model: `config`, `vocab` (tokens, index) and `params` (the weights.npz arrays)."""
+
+    def __init__(self, model_dir):
+        self.path = str(model_dir)
+        self.config, self.vocab, self.params = modeldir.load_model(model_dir)
+
+    def __repr__(self):
+        m = self.config.model
+        return (f"LanguageModel({self.path!r}: {m.cell} {m.layers}x{m.hidden_dim}, output {m.output}, "
+                f"vocabulary {len(self.vocab)})")
+
+    def score(self, sentences, *, carry=False, mix_with=(), weights=None, dynamic=None, batch_size=32):
+        """One dict per sentence (a string, tokenized like the training data), the same figures
+        as `rnnlm score --format json --words`: line, words, targets, oov, logprob (natural log),
+        log10prob, perplexity and tokens ([token, logprob] per target, the final <eos>
+        included). Independent sentences unless carry=True (one stream, as `--carry`).
+        mix_with: other LanguageModels to interpolate with `weights` (this model's first)."""
+        if isinstance(sentences, str):
+            raise UserError("score: give a list of sentences (a single string would be read as characters)")
+        components = [self._parts()] + [other._parts() for other in mix_with]
+        mixed_weights = (mix.parse_weights(",".join(map(str, weights)), len(components)) if weights is not None
+                         else [1.0 / len(components)] * len(components))
+        if dynamic is not None and not carry:
+            raise UserError("score: dynamic needs carry=True (dynamic evaluation reads one stream)")
+        lines = [(k + 1, None, data.tokenize(text, self.config.data.tokenizer)) for k, text in enumerate(sentences)]
+        records = (score.score_carried(components, mixed_weights, lines, dynamic) if carry
+                   else score.score_independent(components, mixed_weights, lines, batch_size))
+        return [dict(rec, tokens=[list(pair) for pair in rec["tokens"]]) for rec in records]
+
+    def evaluate(self, path, *, batch_size=1, dynamic=None):
+        """The figures of `rnnlm eval --json` for one text file."""
+        components, weights = [self._parts()], [1.0]
+        return mix.evaluate_file(components, weights, path, batch_size, dynamic, None, self.path)
+
+    def sample(self, prompt="", *, words=50, temperature=1.0, top_k=None, top_p=None, seed=0, count=1,
+               stop_at_eos=False):
+        """A list of `count` generated texts, as `rnnlm sample` prints them (<eos> as a line
+        break; with count > 1 each sample is one sentence drawn with seed + k)."""
+        texts, _ = sample.sample_texts(self.params, self.config, self.vocab, prompt, words, temperature, top_k, seed,
+                                       stop_at_eos, self.path, top_p, count)
+        return texts
+
+    def _parts(self):
+        return self.config, self.vocab, self.params

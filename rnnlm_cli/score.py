@@ -1,0 +1,177 @@
+"""Scoring text line by line: the log-probability of every line (a sentence, an n-best
+hypothesis) under a model, or under a linear interpolation of models.
+
+Two readings of a file:
+- independent (the default): each line is a sentence on its own: the state starts at zero, the
+  model reads <eos>, then predicts each word of the line and a final <eos>: a line of W words
+  has W + 1 targets (an empty line 1). Lines are scored many at a time: a block of lines is one
+  token stream with the state reset at every <eos>, cut into streams at sentence starts
+  (evaluate.stream_log_probs), which is exact at any number of streams.
+- carried (`carry=True`): the file is one stream as `rnnlm eval --batch-size 1` reads it (a
+  leading <eos>, each non-empty line's words and <eos>, empty lines adding nothing); each
+  target is credited to its line, so the lines' log-probabilities sum to the file's total.
+
+Words outside the vocabulary are scored as <unk> and counted as OOVs. Interpolation: the
+probability of every target is Σ_k w_k P_k(target | history) over the models (same vocabulary)
+and, optionally, per-target probabilities of another LM read from a file.
+"""
+
+import json
+import math
+
+import numpy as np
+
+from . import data, evaluate, mix
+from .errors import UserError
+
+LINES_PER_BLOCK = 4096  # independent lines scored in one batched pass (bounds the memory)
+LN10 = math.log(10.0)
+
+
+def read_lines(path, tokenizer, nbest=False):
+    """Yield (line number, id or None, tokens) for every line of a UTF-8 file ("-": standard
+    input), empty lines included. With nbest, the first whitespace-separated field of a line is
+    its id (not tokenized, not scored)."""
+    for lineno, text in data.iter_lines(path):
+        ident = None
+        if nbest:
+            fields = text.split(None, 1)
+            ident, text = (fields[0], fields[1] if len(fields) > 1 else "") if fields else ("", "")
+        yield lineno, ident, data.tokenize(text, tokenizer)
+
+
+def _encode(tokens, vocab):
+    ids = [vocab.index.get(w, vocab.unk_id) for w in tokens]
+    literal_unk = sum(1 for w in tokens if w == vocab.tokens[vocab.unk_id])
+    return ids, ids.count(vocab.unk_id) - literal_unk
+
+
+# --------------------------------------------------------------------------------------------
+# Records, one per input line
+
+
+def _record(lineno, ident, tokens, oov, logp):
+    """The figures of one line: logp holds its targets' natural log-probabilities."""
+    total = float(logp.sum()) if len(logp) else 0.0
+    rec = {"line": lineno, "words": len(tokens), "targets": len(logp), "oov": oov, "logprob": total,
+           "log10prob": total / LN10,
+           "perplexity": evaluate.perplexity(-total / len(logp)) if len(logp) else None,
+           "tokens": list(zip(list(tokens) + ["<eos>"], logp.tolist())) if len(logp) else []}
+    if ident is not None:
+        rec["id"] = ident
+    return rec
+
+
+def score_independent(models, weights, lines, batch_size=32, extra_probs=None):
+    """Yield a record per line of `lines` [(line number, id, tokens)], each line a sentence of
+    its own; `extra_probs`: an iterator of per-target probabilities of another LM."""
+    config, vocab, _ = models[0]
+    block = []
+    for line in lines:
+        block.append(line)
+        if len(block) == LINES_PER_BLOCK:
+            yield from _independent_block(models, weights, block, batch_size, vocab, extra_probs)
+            block = []
+    if block:
+        yield from _independent_block(models, weights, block, batch_size, vocab, extra_probs)
+
+
+def _independent_block(models, weights, block, batch_size, vocab, extra_probs):
+    encoded = [_encode(tokens, vocab) for _, _, tokens in block]
+    stream = [vocab.eos_id]
+    for ids, _ in encoded:
+        stream.extend(ids)
+        stream.append(vocab.eos_id)  # ends this sentence and starts the next
+    stream = np.array(stream, dtype=np.int64)
+    extra = None if extra_probs is None else _take(extra_probs, len(stream) - 1)
+    logp = mix.mixed_log_probs(models, weights, stream, batch_size, True, None, extra)
+    start = 0
+    for (lineno, ident, tokens), (ids, oov) in zip(block, encoded):
+        n = len(ids) + 1
+        yield _record(lineno, ident, tokens, oov, logp[start:start + n])
+        start += n
+
+
+def score_carried(models, weights, lines, dynamic=None, extra_probs=None):
+    """Yield a record per line, the file read as one stream with carried state (as `eval
+    --batch-size 1`): an empty line gets 0 targets; the log-probabilities sum to the file's."""
+    config, vocab, _ = models[0]
+    lines = list(lines)
+    encoded = [_encode(tokens, vocab) for _, _, tokens in lines]
+    stream = [vocab.eos_id]
+    for ids, _ in encoded:
+        if ids:
+            stream.extend(ids)
+            stream.append(vocab.eos_id)
+    stream = np.array(stream, dtype=np.int64)
+    extra = None if extra_probs is None else _take(extra_probs, len(stream) - 1)
+    logp = mix.mixed_log_probs(models, weights, stream, 1, False, dynamic, extra)
+    start = 0
+    for (lineno, ident, tokens), (ids, oov) in zip(lines, encoded):
+        n = len(ids) + 1 if ids else 0
+        yield _record(lineno, ident, tokens, oov, logp[start:start + n])
+        start += n
+
+
+def _take(probs, n):
+    out = np.fromiter((p for _, p in zip(range(n), probs)), dtype=np.float64, count=-1)
+    if len(out) < n:
+        raise UserError(f"--mix-probs: the file ends after {len(out)} of the probabilities needed for the "
+                        f"targets scored so far; it must hold one per target (each line's words and its <eos>)")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Output formats
+
+
+def format_plain(rec, log_base="10"):
+    """One number: the line's log-probability in base 10 (Mikolov's toolkit, faster-rnnlm) or e;
+    with an id (n-best), `ID<TAB>score`."""
+    value = rec["log10prob"] if log_base == "10" else rec["logprob"]
+    text = f"{value:.6f}"
+    return f"{rec['id']}\t{text}" if "id" in rec else text
+
+
+def format_kaldi(rec):
+    """`ID cost` with cost = −ln P (what Kaldi's rescoring scripts read)."""
+    return f"{rec.get('id', '')} {-rec['logprob']:.6f}"
+
+
+def format_json(rec, words=False):
+    """The record as one JSON object (natural logs; log10prob in base 10); `tokens` with words."""
+    out = {k: evaluate.json_safe(v) for k, v in rec.items() if k != "tokens"}
+    if words:
+        out["tokens"] = [[tok, evaluate.json_safe(lp)] for tok, lp in rec["tokens"]]
+    return json.dumps(out)
+
+
+def _ppl10(log10prob, count):
+    return "undefined" if count <= 0 else f"{10 ** (-log10prob / count):.6g}"
+
+
+def format_srilm(rec, words=False):
+    """SRILM's `ngram -ppl -debug 1` block of one sentence (`-debug 2` per-word lines with
+    words=True), log10. OOVs are scored as <unk> and counted as words, as SRILM does with -unk."""
+    text = [tok for tok, _ in rec["tokens"][:-1]]
+    lines = [" ".join(text)]
+    if words:
+        for k, (tok, lp) in enumerate(rec["tokens"]):
+            shown = "</s>" if k == len(text) else tok
+            context = "<s>" if k == 0 else text[k - 1] + (" ..." if k > 1 else "")
+            lines.append(f"\tp( {shown} | {context} ) \t= [rnn] {math.exp(lp):.6g} [ {lp / LN10:.6g} ]")
+    sentences = 1 if rec["targets"] else 0
+    lines.append(f"{sentences} sentences, {rec['words']} words, {rec['oov']} OOVs")
+    lines.append(f"0 zeroprobs, logprob= {rec['log10prob']:.6g} ppl= {_ppl10(rec['log10prob'], rec['targets'])} "
+                 f"ppl1= {_ppl10(rec['log10prob'], rec['targets'] - sentences)}")
+    return "\n".join(lines) + "\n"
+
+
+def srilm_summary(path, recs):
+    """SRILM's closing `file FILE: ...` lines over all the records of a file."""
+    sentences = sum(1 for r in recs if r["targets"])
+    words, oov = sum(r["words"] for r in recs), sum(r["oov"] for r in recs)
+    log10prob, targets = sum(r["log10prob"] for r in recs), sum(r["targets"] for r in recs)
+    return (f"file {path}: {sentences} sentences, {words} words, {oov} OOVs\n"
+            f"0 zeroprobs, logprob= {log10prob:.6g} ppl= {_ppl10(log10prob, targets)} "
+            f"ppl1= {_ppl10(log10prob, targets - sentences)}")
