@@ -204,7 +204,7 @@ def test_block_tokenizer_errors_name_the_line(tmp_path, bad, where):
 
 
 def test_a_vocabulary_of_100k_words_end_to_end(tmp_path, run_cli):
-    """V ≈ 100k (ids past 65,535, a uint32 cache): train with the class output, eval, sample."""
+    """V ≈ 100k (ids past 65,535, a uint32 cache): train with the class output, eval, score, sample."""
     rng = np.random.default_rng(0)
     V = 100_000
     words = np.array([f"w{i}" for i in range(V)])
@@ -231,6 +231,11 @@ def test_a_vocabulary_of_100k_words_end_to_end(tmp_path, run_cli):
     import json
     result = json.loads(outp)
     assert result["targets"] == 5 and result["oov"] == 0 and np.isfinite(result["perplexity"])
+    code, outp, err = run_cli("score", out, tmp_path / "valid.txt", "--format", "json", "--words")
+    assert code == 0, err
+    scored = json.loads(outp.splitlines()[0])
+    assert scored["oov"] == 0 and len(scored["tokens"]) == 5 and np.isfinite(scored["logprob"])
+    assert abs(scored["logprob"] + result["cross_entropy"] * 5) < 1e-9 * abs(scored["logprob"])  # nats, as eval
     code, outp, err = run_cli("sample", out, "--prompt", "w99999 w70000", "--words", "20", "--seed", "3")
     assert code == 0 and "warning" not in err, err
     assert all(w in vocab.index for w in outp.split())

@@ -102,6 +102,7 @@ CASES = {
     "class-tied-gru-adam": ["model.cell=gru", "model.output=class", "model.tie_weights=true",
                             "model.embedding_dim=12", "train.optimizer=adam", "train.lr=0.01", "model.dropout=0.2"],
     "elman-sgd-clipped-class": ["model.output=class", "train.clip_norm=0.05", "train.batch_size=6"],
+    "lstm-independent-sentences": ["model.cell=lstm", "data.independent=true", "train.optimizer=adam", "train.lr=0.01"],
 }
 
 
