@@ -11,8 +11,9 @@ batch 20, bptt 35, SGD) for --steps steps, in a fresh subprocess each time:
 
 Each run reports its peak RSS (ru_maxrss of the subprocess), the time from the start of
 `train.run_in_folder` to the first window (`ready`: vocabulary, mapped ids, model init, the first
-checkpoint written), of which the data preparation (`data`), and the encoding speed of a cold
-run (words / data time). The corpora are written under --folder (100M words is about 700 MB)
+checkpoint written), of which the data preparation (`data`, and the CPU seconds it took in all
+processes), and the encoding speed of a cold run (words / data time, and words per CPU second:
+on a shared machine the wall time depends on the others' load, the CPU time much less). The corpora are written under --folder (100M words is about 700 MB)
 and never committed.
 """
 
@@ -36,10 +37,13 @@ CHILD = textwrap.dedent("""
     config = load_config(sys.argv[1], sys.argv[3:])
     marks = {}
     real_prepare = train.prepare_data
+    def cpu():
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
     def prepare(*args, **kwargs):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu()
         out = real_prepare(*args, **kwargs)
-        marks["data"] = time.perf_counter() - t
+        marks["data"], marks["data_cpu"] = time.perf_counter() - t, cpu() - c
         return out
     train.prepare_data = prepare
     class Reporter(train.SilentReporter):
@@ -100,9 +104,11 @@ def main():
         cold = run_child(args.folder, train, valid, cache, args.steps, f"cold-{n}")
         warm = run_child(args.folder, train, valid, cache, args.steps, f"warm-{n}")
         row = {"words": n, "text_mb": train.stat().st_size / 1e6, "cold": cold, "warm": warm,
-               "encode_words_per_sec": n / cold["data"], "load": os.getloadavg()[0]}
+               "encode_words_per_sec": n / cold["data"], "encode_words_per_cpu_sec": n / cold["data_cpu"],
+               "load": os.getloadavg()[0]}
         rows.append(row)
-        print(f"{n / 1e6:6.0f}M words | cold: data {cold['data']:6.2f} s ({n / cold['data'] / 1e6:.2f}M words/s), "
+        print(f"{n / 1e6:6.0f}M words | cold: data {cold['data']:6.2f} s ({n / cold['data'] / 1e6:.2f}M words/s, "
+              f"{n / cold['data_cpu'] / 1e6:.2f}M words per CPU second), "
               f"ready {cold['ready']:6.2f} s, peak RSS {cold['peak_rss_mb']:6.0f} MB | warm: data {warm['data']:5.2f} s, "
               f"ready {warm['ready']:5.2f} s, peak RSS {warm['peak_rss_mb']:6.0f} MB | load {row['load']:.1f}",
               flush=True)

@@ -246,3 +246,19 @@ def test_mpiexec_without_mpi4py_says_how_to_install_it(tmp_path, tiny_config):
     proc = subprocess.run([sys.executable, "-c", code, "train", str(tiny_config), "--out", str(tmp_path / "m")],
                           capture_output=True, text=True, env={**env, "PMI_RANK": "1"}, timeout=120)
     assert proc.returncode == 2 and proc.stderr == ""  # the other ranks end quietly
+
+
+@needs_mpi
+def test_two_ranks_roll_back_and_give_up_like_one_process(setup, tmp_path):
+    """Divergence on 2 ranks: the same rollbacks (rank 0 logs them, once), then one message and
+    exit 2 on every rank, the last good model kept."""
+    folder, config = setup
+    sets = ["train.lr=1e6", "train.clip_norm=null", "model.activation=relu"]
+    code, err = _train(config, tmp_path / "two", sets, ranks=2)
+    lines = err.strip().splitlines()
+    assert code == 2 and "Traceback" not in err, err
+    assert len(lines) == 4 and all(x.startswith("warning:") for x in lines[:3]), err
+    assert lines[-1].startswith("error: training diverged"), err
+    events = [json.loads(x)["event"] for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [e for e in events if e != "train"] == ["rollback"] * 3 + ["diverged"]
+    assert json.loads((tmp_path / "two" / "info.json").read_text())["status"] == "diverged"
