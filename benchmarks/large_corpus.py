@@ -9,7 +9,8 @@ batch 20, bptt 35, SGD) for --steps steps, in a fresh subprocess each time:
 - cold: an empty cache folder, so the run counts and encodes the text first;
 - warm: the cache of the cold run, so the run maps the ids and starts at once.
 
-Each run reports its peak RSS (ru_maxrss of the subprocess), the time from the start of
+Each run reports its peak RSS (ru_maxrss of the subprocess; and of the largest of the processes
+that encoded the parts of a cold run's corpus, each its own), the time from the start of
 `train.run_in_folder` to the first window (`ready`: vocabulary, mapped ids, model init, the first
 checkpoint written), of which the data preparation (`data`, and the CPU seconds it took in all
 processes), and the encoding speed of a cold run (words / data time, and words per CPU second:
@@ -54,6 +55,7 @@ CHILD = textwrap.dedent("""
     marks["total"] = time.perf_counter() - t_run
     marks["import"] = t_run - t0
     marks["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    marks["worker_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # encoding parts
     marks["tokens_per_sec"] = summary["tokens_per_sec"]
     print(json.dumps(marks))
 """)
