@@ -420,7 +420,7 @@ def one_hot(ids: np.ndarray, V: int, dtype=np.float64) -> np.ndarray:
 # Marks the end of a line inside a block of tokens. It can never be a token: NUL bytes are
 # refused in the text, and the tokenizers never produce one.
 SENTINEL = "\x00"
-_READ = 1 << 22  # bytes read at a time by the whitespace fast path
+_READ = 1 << 21  # bytes read at a time by the whitespace fast path (a block of 2 MB: ~135 MB peak per process)
 
 
 def _raise_exact_error(path: PathLike):
@@ -431,7 +431,7 @@ def _raise_exact_error(path: PathLike):
 
 
 def _whitespace_blocks(path: PathLike, start: int = 0, stop: int | None = None) -> Iterator[list[str]]:
-    """The whitespace tokenizer on blocks of ~4 MB cut after a line end (or, inside a very long
+    """The whitespace tokenizer on blocks of ~2 MB cut after a line end (or, inside a very long
     line, after an ASCII space): the same tokens as tokenizing line by line, with SENTINEL where
     each line ends (empty lines too), but several times faster. LF, CRLF and a lone CR end a
     line; any other Unicode whitespace separates words (str.split), as in iter_lines. Bytes
