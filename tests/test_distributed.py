@@ -262,3 +262,40 @@ def test_two_ranks_roll_back_and_give_up_like_one_process(setup, tmp_path):
     events = [json.loads(x)["event"] for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [e for e in events if e != "train"] == ["rollback"] * 3 + ["diverged"]
     assert json.loads((tmp_path / "two" / "info.json").read_text())["status"] == "diverged"
+
+
+@pytest.mark.parametrize("cfg", [dict(cell="elman"), dict(cell="lstm", dropout=0.3, layers=2),
+                                 dict(cell="gru", output="class", tie_weights=True, embedding_dim=10, dropout=0.2)])
+def test_blocks_of_streams_sum_to_the_batch_gradient(cfg):
+    """The decomposition a data-parallel run relies on, without MPI: the gradients of K blocks of
+    streams, each scaled by 1 / the whole window's target count, and drawn with the block's part
+    of the whole batch's dropout masks (StreamBlockGenerator), sum to the batch's gradient."""
+    from rnnlm_cli import distributed, model, train
+    from rnnlm_cli.config import ModelConfig
+    m = ModelConfig(**{"embedding_dim": 10, "hidden_dim": 10, **cfg})
+    V, N, T = 30, 6, 5
+    params = model.init_params(m, V, 3, "float64", np.arange(V) + 1.0)
+    rng = np.random.default_rng(0)
+    inputs, targets = rng.integers(0, V, (N, T)), rng.integers(0, V, (N, T))
+    hidden = rng.normal(size=model.init_state(m, N, "float64").shape)
+
+    def dense(g):
+        return g.dense() if hasattr(g, "dense") else g
+    loss, full, _ = train.window_gradient(params, m, inputs, targets, hidden, {}, np.random.default_rng(7))
+    for K in (2, 3):
+        summed, loss_sum, gen = None, 0.0, np.random.default_rng(7)
+        for k in range(K):
+            a, b = k * N // K, (k + 1) * N // K
+            state = gen.bit_generator.state
+            block_rng = distributed.StreamBlockGenerator(gen.bit_generator, N, a, b)
+            part_loss, grads, _ = train.window_gradient(params, m, inputs[a:b], targets[a:b], hidden[..., a:b, :],
+                                                        {}, block_rng, scale=1.0 / (N * T))
+            if k < K - 1:
+                gen.bit_generator.state = state  # every rank starts from the same generator state
+            loss_sum += part_loss * (b - a) * T
+            summed = ({key: dense(g) for key, g in grads.items()} if summed is None
+                      else {key: summed[key] + dense(g) for key, g in grads.items()})
+        assert abs(loss_sum / (N * T) - loss) <= 1e-12 * abs(loss)
+        for key, g in full.items():
+            want = dense(g)
+            assert np.abs(summed[key] - want).max() <= 1e-12 * np.abs(want).max(), (K, key)
