@@ -444,6 +444,27 @@ def info_cmd(model_dir, as_json):
         click.echo(line)
 
 
+@cli.command("plot")
+@click.argument("model_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("-o", "--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="The figure to write: .png, .svg or .pdf.")
+@click.option("--x", "x_axis", default="tokens", show_default=True, type=click.Choice(["tokens", "time", "epoch"]),
+              help="Training tokens, training time (validation excluded) or epochs.")
+@click.option("--log-y", is_flag=True, help="Perplexity on a log scale.")
+@click.option("--label", "labels", multiple=True, help="The legend's name of each run, in order (default: its folder name).")
+def plot_cmd(model_dirs, out_path, x_axis, log_y, labels):
+    """Learning curves of one or more runs (finished, interrupted or still training): train and
+    valid perplexity, learning-rate cuts, rejected epochs, rollbacks. Needs matplotlib.
+
+    \b
+    Example:
+      rnnlm plot runs/default -o curves.png
+      rnnlm plot runs/sgd runs/adam -o compare.png --x time --log-y
+    """
+    from . import plot
+    click.echo(f"wrote {plot.plot_runs(model_dirs, out_path, x_axis, log_y, labels)}")
+
+
 # --------------------------------------------------------------------------------------------
 # gradcheck
 

@@ -181,3 +181,8 @@ def test_a_record_being_written_is_left_out(run_dirs, tmp_path, run_cli):
         f.write('{"event": "train", "epoch": 2, "st')
     assert info_json(run_cli, out)["steps"] == before["steps"]
 
+
+def test_help_of_info_and_plot(run_cli):
+    for command in ("info", "plot"):
+        code, out, _ = run_cli(command, "--help")
+        assert code == 0 and "Example" in out, command
