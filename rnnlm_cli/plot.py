@@ -1,7 +1,7 @@
 """Learning curves of one or more runs, from their metrics.jsonl: `rnnlm plot`.
 
 The top panel has, per run, the training perplexity (exp of the logged window losses, smoothed
-by an exponential moving average over the logged steps, the raw points faint behind it) and the
+by a centred moving average over the logged steps, the raw points faint behind it) and the
 valid perplexity after each epoch (a hollow marker: an epoch the schedule rejected); the steps a
 rollback undid are dotted, a rollback is an ✕ at the top edge, a learning-rate cut a dotted
 vertical line. The bottom panel is the learning rate. The x axis is training tokens, training
@@ -129,19 +129,18 @@ def _x_label(x_axis, time_name):
 
 
 def smooth(values, span):
-    """Exponential moving average with weight 2/(span+1), debiased (the first value is not pulled
-    toward zero): the curve a noisy series of window losses is read through."""
-    alpha, mean, weight, out = 2.0 / (span + 1.0), 0.0, 0.0, []
-    for v in values:
-        mean = (1 - alpha) * mean + alpha * v
-        weight = (1 - alpha) * weight + alpha
-        out.append(mean / weight)
+    """Centred moving average over `span` points (fewer at the ends): the curve a noisy series
+    of window losses is read through, without the lag of a trailing average."""
+    half, out = span // 2, []
+    for i in range(len(values)):
+        window = values[max(0, i - half):i + half + 1]
+        out.append(sum(window) / len(window))
     return out
 
 
 def _span(n):
     """Points averaged by the smoothing: about a twelfth of the logged steps (1, none, for a few)."""
-    return max(1, min(50, round(n / 12)))
+    return max(1, min(51, round(n / 12)))
 
 
 def _figure(Figure, runs, names, x_axis, log_y):
@@ -276,7 +275,7 @@ def _style_handles(seen):
 
 
 def _style_axes(top, bottom, x_axis, time_name, log_y, shown):
-    from matplotlib.ticker import EngFormatter
+    from matplotlib.ticker import FuncFormatter
     top.set_ylabel("perplexity")
     top.grid(True, alpha=0.3)
     bottom.grid(True, alpha=0.3)
@@ -291,8 +290,11 @@ def _style_axes(top, bottom, x_axis, time_name, log_y, shown):
     bottom.set_ylabel("learning rate")
     bottom.set_xlabel(_x_label(x_axis, time_name))
     if x_axis == "tokens":
-        bottom.xaxis.set_major_formatter(EngFormatter(sep=""))
+        bottom.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else
+                                                       f"{v / 1e3:g}k" if v >= 1e3 else f"{v:g}"))
     bottom.set_xlim(left=0)
+    if not top.get_lines():
+        top.text(0.5, 0.5, "nothing logged yet", transform=top.transAxes, ha="center", va="center", color="0.4")
 
 
 def _log_axis(axis):
