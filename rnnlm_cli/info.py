@@ -15,18 +15,19 @@ from . import checkpoint, history, lock, model, modeldir, units
 from .config import config_to_dict, short_form
 from .evaluate import json_safe
 
-STATUSES = ("training", "interrupted", "complete", "diverged")
-
-
 def _status(model_dir, info, h):
-    """-> (status, detail, pid): one of STATUSES (or `unknown`), a few words saying why, and the
-    pid of the live run writing DIR (None when there is none)."""
+    """-> (status, detail, pid): training, interrupted, complete or diverged (or unknown), a few
+    words saying why, and the pid of the live run writing DIR (None when there is none)."""
     pid = lock.holder(model_dir)
     recorded = info.get("status")
     if pid is not None:
         return "training", f"pid {pid or 'unknown'} is writing it", pid
     if recorded == "training":
         return "interrupted", "killed or crashed: info.json says training but no run holds the lock", None
+    ending = {"complete": h.end, "interrupted": h.interrupted, "diverged": h.diverged}
+    if recorded in ending and ending[recorded] is None:  # --resume cut the record off the log, then stopped
+        return "interrupted", (f"killed or crashed after a --resume: info.json still says {recorded}, "
+                               f"the log has no '{'end' if recorded == 'complete' else recorded}' record"), None
     if recorded == "interrupted":
         signum = (h.interrupted or {}).get("signal")
         try:
@@ -66,7 +67,7 @@ def _progress_figures(run, progress):
         e = h.end
         return {"epochs": e.get("epochs"), "steps": e.get("steps"), "tokens": e.get("tokens"),
                 "train_seconds": e.get("train_seconds"), "lr": e.get("lr")}
-    if progress is not None and run["status"] == "interrupted" and run["info"].get("status") == "interrupted":
+    if progress is not None and run["status"] == "interrupted" and h.interrupted is not None:
         return {"epochs": len(progress.history), "steps": progress.step, "tokens": progress.tokens,
                 "train_seconds": progress.train_seconds, "lr": progress.lr}
     last = history.last_point(h)

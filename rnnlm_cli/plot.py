@@ -16,7 +16,7 @@ import io
 import math
 from pathlib import Path
 
-from . import checkpoint, files, history, info, units
+from . import checkpoint, data, files, history, info, units
 from .errors import UserError
 
 INSTALL = "pip install matplotlib (from a checkout of rnnlm: pip install -e '.[plot]')"
@@ -104,7 +104,7 @@ def _epoch_length(run):
     tc = run["config"].train
     if progress is None or not progress.train_tokens:
         return None
-    return max(1, -(-(progress.train_tokens // tc.batch_size - 1) // tc.bptt))
+    return max(1, data.windows_per_epoch(progress.train_tokens, tc.batch_size, tc.bptt))
 
 
 def _position(x_axis, run, time_unit):
@@ -144,6 +144,7 @@ def _span(n):
 
 
 def _figure(Figure, runs, names, x_axis, log_y):
+    """Perplexity over learning rate, a colour per run, the key above and the runs below."""
     fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3.2, 1))
     time_unit, time_name = _time_unit(runs)
@@ -152,7 +153,7 @@ def _figure(Figure, runs, names, x_axis, log_y):
     for run, name, colour in zip(runs, names, colours):
         x = _position(x_axis, run, time_unit)
         visible += _draw_run(top, bottom, run, x, colour, seen)
-        handles.append(_run_handle(top, run, name, colour))
+        handles.append(_run_handle(run, name, colour))
     _style_axes(top, bottom, x_axis, time_name, log_y, visible)
     key = _style_handles(seen)
     if key:  # above the panels, the runs below them: a legend never hides a curve
@@ -239,7 +240,7 @@ def _draw_lr(bottom, h, x, colour, seen):
         seen.add("cut")
 
 
-def _run_handle(top, run, name, colour):
+def _run_handle(run, name, colour):
     from matplotlib.lines import Line2D
     return Line2D([], [], color=colour, lw=2, label=f"{name}: {_run_note(run)}")
 

@@ -86,6 +86,23 @@ def test_info_of_a_crashed_run_says_it_stopped_without_a_word(run_dirs, run_cli)
     assert s["resume_from"] == {"epoch": 2, "step": progress(out)["step"]}  # the checkpoint after epoch 1
 
 
+def test_info_of_a_resumed_run_that_crashed(run_dirs, tmp_path, run_cli):
+    """--resume cuts the log back to the checkpoint (the interrupted record goes) and leaves
+    info.json saying interrupted: a crash after that is told by the missing record."""
+    from rnnlm_cli import train
+    from rnnlm_cli.config import load_config
+    out = tmp_path / "again"
+    shutil.copytree(run_dirs[0]["interrupted"], out)
+
+    def crash():
+        raise RuntimeError("the machine went away")
+    with pytest.raises(RuntimeError):
+        train.run(load_config(out / "config.yaml"), out, resume=True, should_stop=crash)
+    assert json.loads((out / "info.json").read_text())["status"] == "interrupted"
+    s = info_json(run_cli, out)
+    assert s["status"] == "interrupted" and "killed or crashed after a --resume" in s["detail"], s["detail"]
+
+
 def test_info_of_a_run_with_a_rollback(run_dirs, run_cli):
     out = run_dirs[0]["rollback"]
     s = info_json(run_cli, out)
