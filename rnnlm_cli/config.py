@@ -346,7 +346,8 @@ def short_form(config: Config) -> dict:
     """The config in four lines, {"data", "vocab", "model", "train"}: what `rnnlm info` and the
     model card print (config.yaml has every key)."""
     d, v, m, t = config.data, config.vocab, config.model, config.train
-    data = f"train {d.train}, valid {d.valid}, test {d.test or 'none'}; tokenizer {d.tokenizer}"
+    data = f"train {d.train}, valid {d.valid}, test {d.test or 'none'}; tokenizer {d.tokenizer}" + (
+        "; sentences independent" if d.independent else "")
     vocab = f"min_count {v.min_count}" + (f", max_size {v.max_size}" if v.max_size else "")
     cell = m.cell + (f" ({m.activation})" if m.cell == "elman" else "")
     extras = [f"{m.classes} classes" if m.classes else "", f"dropout {m.dropout:g}" if m.dropout else "",

@@ -127,7 +127,8 @@ def describe(s):
     short, data = s["config_short"], s["config"]["data"]
     lines = [f"{s['dir']}: {status}; written by rnnlm {s['rnnlm_version'] or 'unknown'}",
              f"data     train {data['train']}", f"         valid {data['valid']}",
-             f"         test  {data['test'] or 'none'}; tokenizer {data['tokenizer']}",
+             f"         test  {data['test'] or 'none'}; tokenizer {data['tokenizer']}"
+             + ("; sentences independent (the state is reset at each <eos>)" if data.get("independent") else ""),
              f"vocab    {s['vocab_size']} tokens ({short['vocab']})",
              f"model    {short['model']}", f"train    {short['train']}",
              f"params   {s['parameter_total']:,} trained"]
