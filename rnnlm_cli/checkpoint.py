@@ -47,6 +47,7 @@ class Progress:
     history: list = field(default_factory=list)
     rollbacks: int = 0  # divergences rolled back so far
     train_tokens: int = 0  # length of the training stream: resume refuses a changed data.train
+    init_from: str | None = None  # the --init model directory the run started from (the model card says so)
 
 
 def stop_reason(stop, train_cfg):
@@ -129,6 +130,25 @@ def _read(path, config, vocab_size):
     hidden = arrays.pop("hidden", None)
     if meta_array is None or hidden is None:
         raise UserError(f"{path}: corrupted checkpoint (no '{'meta' if meta_array is None else 'hidden'}' array)")
+    meta = _meta(meta_array, path)
+    meta["hidden"] = hidden
+    return arrays, meta
+
+
+def read_progress(out_dir):
+    """The Progress that DIR/checkpoint.npz holds (None when there is none), read from its meta
+    array alone, not the parameters: where the run would resume (`rnnlm info`)."""
+    path = Path(out_dir) / modeldir.CHECKPOINT
+    if not path.exists():
+        return None
+    meta_array = files.read_npz(path, "checkpoint", only={"meta"}).get("meta")
+    if meta_array is None:
+        raise UserError(f"{path}: corrupted checkpoint (no 'meta' array)")
+    return _progress(_meta(meta_array, path)["progress"], path, has_best=True)
+
+
+def _meta(meta_array, path):
+    """The checked JSON object of a checkpoint's meta array."""
     if meta_array.shape != () or meta_array.dtype.kind != "U":
         raise UserError(f"{path}: corrupted checkpoint ('meta' is not a JSON string)")
     try:
@@ -144,8 +164,7 @@ def _read(path, config, vocab_size):
     for key in ("progress", "rng"):
         if not isinstance(meta.get(key), dict):
             raise UserError(f"{path}: corrupted checkpoint (meta has no '{key}')")
-    meta["hidden"] = hidden
-    return arrays, meta
+    return meta
 
 
 def _check_opt_state(opt_state, config, params, path):
@@ -195,6 +214,7 @@ def _progress(raw, source, has_best):
                 name == "lr" and value <= 0):
             raise UserError(f"{source}: corrupted checkpoint (progress.{name} = {str(value)[:40]})")
     if (not isinstance(progress.history, list) or not isinstance(progress.halving, bool)
+            or not isinstance(progress.init_from, (str, type(None)))
             or progress.stop not in (None, STOP_EPOCHS, STOP_MAX_STEPS, STOP_SCHEDULE)
             or progress.keep not in (KEEP_BEST, KEEP_LAST)):
         raise UserError(f"{source}: corrupted checkpoint (progress)")

@@ -17,20 +17,9 @@ import click
 
 from . import __version__
 from .errors import RnnlmError, UserError, one_line
+from .units import count as _fmt_count, ppl as _ppl, seconds as _fmt_seconds
 
 SET_HELP = "Override a config key, e.g. --set model.hidden_dim=256 (value parsed as YAML). Repeatable."
-
-
-def _fmt_count(n):
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
-
-
-def _fmt_seconds(s):
-    return f"{int(s // 60)}m{s % 60:04.1f}s" if s >= 60 else f"{s:.1f}s"
-
-
-def _ppl(x):
-    return "n/a" if x is None else f"{x:.2f}" if x < 1e7 else f"{x:.3g}"
 
 
 def _shown(path):
@@ -476,6 +465,52 @@ def sample_cmd(model_dir, prompt, words, temperature, top_k, seed, stop_at_eos, 
         click.echo(f"warning: not in the vocabulary, read as <unk>: {' '.join(unknown[:10])}", err=True)
     for text in texts:
         click.echo(text)
+
+
+# --------------------------------------------------------------------------------------------
+# info and plot: seeing a run
+
+
+@cli.command("info")
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
+def info_cmd(model_dir, as_json):
+    """What a model directory is and how its run went: status, config, vocabulary, parameters,
+    progress, perplexities, speed.
+
+    \b
+    Example:
+      rnnlm info runs/default
+      rnnlm info runs/ptb --json
+    """
+    from . import info
+    summary = info.summarize(model_dir)
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    for line in info.describe(summary):
+        click.echo(line)
+
+
+@cli.command("plot")
+@click.argument("model_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("-o", "--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="The figure to write: .png, .svg or .pdf.")
+@click.option("--x", "x_axis", default="tokens", show_default=True, type=click.Choice(["tokens", "time", "epoch"]),
+              help="Training tokens, training time (validation excluded) or epochs.")
+@click.option("--log-y", is_flag=True, help="Perplexity on a log scale.")
+@click.option("--label", "labels", multiple=True, help="The legend's name of each run, in order (default: its folder name).")
+def plot_cmd(model_dirs, out_path, x_axis, log_y, labels):
+    """Learning curves of one or more runs (finished, interrupted or still training): train and
+    valid perplexity, learning-rate cuts, rejected epochs, rollbacks. Needs matplotlib.
+
+    \b
+    Example:
+      rnnlm plot runs/default -o curves.png
+      rnnlm plot runs/sgd runs/adam -o compare.png --x time --log-y
+    """
+    from . import plot
+    click.echo(f"wrote {plot.plot_runs(model_dirs, out_path, x_axis, log_y, labels)}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -340,6 +340,12 @@ def resume_config(saved: Config, given: Config | None, overrides=(), given_sourc
     return config_from_dict(merged, source=saved_source)
 
 
+def changed_keys(saved: Config, config: Config) -> dict:
+    """{key: value in config} for every key whose value differs from saved's."""
+    old, new = _flat(saved), _flat(config)
+    return {k: v for k, v in new.items() if old[k] != v}
+
+
 def dump_config(config: Config) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=False)
 
@@ -353,3 +359,25 @@ def describe_keys() -> str:
             default = "null" if f.default is None else f.default
             rows.append(f"| `{section}.{f.name}` | `{default}` | {f.metadata['doc']}{choices} |")
     return "\n".join(rows)
+
+
+def short_form(config: Config) -> dict:
+    """The config in four lines, {"data", "vocab", "model", "train"}: what `rnnlm info` and the
+    model card print (config.yaml has every key)."""
+    d, v, m, t = config.data, config.vocab, config.model, config.train
+    data = f"train {d.train}, valid {d.valid}, test {d.test or 'none'}; tokenizer {d.tokenizer}" + (
+        "; sentences independent" if d.independent else "")
+    vocab = f"min_count {v.min_count}" + (f", max_size {v.max_size}" if v.max_size else "")
+    cell = m.cell + (f" ({m.activation})" if m.cell == "elman" else "")
+    extras = [f"{m.classes} classes" if m.classes else "", f"dropout {m.dropout:g}" if m.dropout else "",
+              "tied weights" if m.tie_weights else "",
+              f"forget bias {m.forget_bias:g}" if m.cell == "lstm" and m.forget_bias else ""]
+    model = (f"{cell}, {m.layers} layer{'s' if m.layers > 1 else ''}, E {m.embedding_dim}, H {m.hidden_dim}, "
+             f"output {m.output}, loss {m.loss}" + "".join(f", {x}" for x in extras if x))
+    schedule = {"step": f"step schedule (×{t.lr_decay:g} from epoch {t.decay_start})",
+                "plateau": f"plateau schedule (×{t.lr_decay:g})", "constant": "constant lr",
+                "halving": f"halving schedule (×{t.lr_decay:g})"}[t.schedule]
+    train = (f"{t.optimizer} lr {t.lr:g}, clip {'none' if t.clip_norm is None else f'{t.clip_norm:g}'}, {schedule}, "
+             f"batch {t.batch_size} × bptt {t.bptt}, {t.epochs} epochs"
+             + (f", max_steps {t.max_steps}" if t.max_steps else "") + f", seed {t.seed}, {t.dtype}")
+    return {"data": data, "vocab": vocab, "model": model, "train": train}

@@ -377,6 +377,11 @@ def num_windows(streams: np.ndarray, bptt: int) -> int:
     return -(-targets // bptt)
 
 
+def windows_per_epoch(n_ids: int, batch_size: int, bptt: int) -> int:
+    """num_windows of the batchify of a stream of n_ids ids, from its length alone."""
+    return -(-max(n_ids // batch_size - 1, 0) // bptt)
+
+
 def iter_windows(
     streams: np.ndarray, bptt: int, start: int = 0
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:

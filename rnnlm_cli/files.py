@@ -141,10 +141,11 @@ def _read_member(zf, info, what):
     return array.reshape(shape, order="F" if fortran else "C").copy()
 
 
-def read_npz(path, what="weights", max_bytes=None):
-    """All arrays of an .npz, refusing pickled objects (never unpickled: allow_pickle is never
-    on), zip bombs and any inconsistency; every problem is a UserError naming the file.
-    `max_bytes` bounds the uncompressed size (default: MAX_EXPANSION × the file's size)."""
+def read_npz(path, what="weights", max_bytes=None, only=None):
+    """All arrays of an .npz (or those named in `only`), refusing pickled objects (never
+    unpickled: allow_pickle is never on), zip bombs and any inconsistency; every problem is a
+    UserError naming the file. `max_bytes` bounds the uncompressed size (default:
+    MAX_EXPANSION × the file's size)."""
     path = Path(path)
     try:
         f = open(path, "rb")
@@ -159,12 +160,14 @@ def read_npz(path, what="weights", max_bytes=None):
             if claimed > limit:
                 raise _Refused(f"its arrays claim {claimed} bytes, far more than a {what} file of this model "
                                f"can hold ({limit}); refused")
-            arrays = {}
+            arrays, seen = {}, set()
             for info in infos:
                 key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
-                if key in arrays:
+                if key in seen:
                     raise _Refused(f"array '{key}' appears twice")
-                arrays[key] = _read_member(zf, info, what)
+                seen.add(key)
+                if only is None or key in only:
+                    arrays[key] = _read_member(zf, info, what)
             return arrays
     except OSError as e:
         raise open_failed(path, e, f"a {what} .npz file") from None

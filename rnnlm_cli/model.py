@@ -48,6 +48,13 @@ def trainable(params, model_cfg):
     return [k for k in params if k not in buffers]
 
 
+def parameter_counts(params, model_cfg):
+    """{key: (shape, entries, trained)} of a parameter dict, in its order; the total number of
+    trained parameters is the sum of the entries marked trained (buffers are not)."""
+    trained = set(trainable(params, model_cfg))
+    return {k: (tuple(v.shape), int(v.size), k in trained) for k, v in params.items()}
+
+
 def init_params(model_cfg, vocab_size, seed, dtype="float32", counts=None):
     """init `torch`: embedding uniform in ±init_scale (as pytorch/examples), the recurrent layers
     uniform in ±1/√H (as torch.nn.RNN/LSTM/GRU); `uniform`: every weight in ±init_scale (Zaremba

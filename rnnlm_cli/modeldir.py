@@ -6,6 +6,7 @@
     DIR/metrics.jsonl    one JSON object per event (train, epoch, rollback, interrupted, end, ...)
     DIR/info.json        format_version, status, sizes and the final figures
     DIR/checkpoint.npz   what --resume needs (checkpoint.py)
+    DIR/README.md        the model card, written when training ends (card.py)
     DIR/.lock            held while a run writes DIR (lock.py)
 
 Every file is written atomically (files.py). Reading a model checks everything against the
@@ -27,8 +28,8 @@ from .lock import LOCK
 from .vocab import load_vocab, save_vocab
 
 FORMAT_VERSION = 1
-CONFIG, VOCAB, WEIGHTS, METRICS, INFO, CHECKPOINT = (
-    "config.yaml", "vocab.txt", "weights.npz", "metrics.jsonl", "info.json", "checkpoint.npz")
+CONFIG, VOCAB, WEIGHTS, METRICS, INFO, CHECKPOINT, CARD = (
+    "config.yaml", "vocab.txt", "weights.npz", "metrics.jsonl", "info.json", "checkpoint.npz", "README.md")
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,10 +162,7 @@ def check_format(model_dir):
 def load_model(model_dir, dtype=None):
     """(config, vocab, params) of a model directory, checked for consistency: format version,
     config, vocabulary, and weights with exactly the arrays and shapes they imply."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        what = "a file" if model_dir.exists() else "no such folder"
-        raise UserError(f"{model_dir}: not a model directory ({what})")
+    model_dir = check_dir(model_dir)
     check_format(model_dir)
     config = load_config_file(model_dir / CONFIG)
     if not (model_dir / VOCAB).exists():
@@ -184,6 +182,20 @@ def write_info(out_dir, **fields):
     files.write_text(Path(out_dir) / INFO, json.dumps(info, indent=2) + "\n")
 
 
+def write_card(out_dir, text):
+    """DIR/README.md, the model card (card.py writes its text)."""
+    files.write_text(Path(out_dir) / CARD, text)
+
+
+def check_dir(model_dir):
+    """A model directory's path, refusing what is not a folder."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        what = "a file" if model_dir.exists() else "no such folder"
+        raise UserError(f"{model_dir}: not a model directory ({what})")
+    return model_dir
+
+
 # --------------------------------------------------------------------------------------------
 # metrics.jsonl
 
@@ -197,6 +209,30 @@ def append_metric(out_dir, record):
     appended in one write, so a failure (disk full) cannot touch the model files."""
     line = (json.dumps({k: json_safe(v) for k, v in record.items()}) + "\n").encode("utf-8")
     return files.append_line(Path(out_dir) / METRICS, line)
+
+
+def read_metrics(model_dir):
+    """The records of DIR/metrics.jsonl, in order (record i is line i + 1). A last line without
+    its line break is a record being written right now and is left out; any other line that is
+    not a JSON object with an `event` is refused, naming the line."""
+    path = Path(model_dir) / METRICS
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing (not a model directory written by rnnlm train?)") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    lines = raw.split(b"\n")[:-1]  # the piece after the last line break is unfinished (or empty)
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise UserError(f"{path}, line {number}: not a JSON record ({type(e).__name__}: {e})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("event"), str):
+            raise UserError(f"{path}, line {number}: not a metrics record (a JSON object with an 'event')")
+        records.append(record)
+    return records
 
 
 def rewind_metrics(out_dir, size):

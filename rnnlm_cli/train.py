@@ -30,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import corpus, data, distributed, evaluate, files, lock, model, modeldir, optim, schedule
+from . import __version__, card, corpus, data, distributed, evaluate, files, history, lock, model, modeldir, optim
+from . import schedule
+from .config import changed_keys
 from .checkpoint import KEEP_BEST, KEEP_LAST, STOP_EPOCHS, STOP_MAX_STEPS, STOP_SCHEDULE, TrainingState, stop_reason
 from .errors import Diverged, UserError, WriteError
 from .vocab import load_vocab, vocab_from_tokens
@@ -143,6 +145,7 @@ def _start(config, out_dir, init_dir):
     params = init_params or model.init_params(config.model, len(vocab), config.train.seed, dtype, counts)
     state = TrainingState.new(config, params)
     state.progress.train_tokens = len(streams["train"][0])
+    state.progress.init_from = str(Path(init_dir).resolve()) if init_dir is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
     modeldir.save_model(out_dir, config, vocab, params)
     modeldir.start_metrics(out_dir)
@@ -231,6 +234,7 @@ class _Run:
     snapshot: TrainingState
     workspace: dict  # scratch arrays reused by every window
     reset_at: int | None  # the <eos> id when sentences are independent (data.independent)
+    vocab_size: int
     world: distributed.World = None  # the processes of a data-parallel run (one by default)
     block: tuple = None  # (start, stop): the streams this process computes
 
@@ -265,7 +269,7 @@ def run(config, out_dir, *, init_dir=None, resume=False, reporter=None, should_s
     if w.size > 1:
         should_stop = (lambda asked: lambda: distributed.agreed_signal(w, asked))(should_stop)
     r = _Run(config, out_dir, reporter, should_stop, streams, batches[block[0]:block[1]], state.snapshot(), {},
-             reset_at, w, block)
+             reset_at, len(vocab), w, block)
     with _quiet_numerics():
         while state.progress.stop is None:
             if _reached_a_limit(r, state):
@@ -451,6 +455,7 @@ def _give_up(r, state, reason):
     modeldir.save_weights(r.out_dir, good.kept())
     _append_metric(r, state, {"event": "diverged", "epoch": p.epoch, "step": p.step, "reason": reason,
                               "rollbacks": p.rollbacks, "lr": p.lr})
+    _write_card(r, good, good.kept(), diverged={"step": p.step, "reason": reason, "kept_step": good.progress.step})
     modeldir.write_info(r.out_dir, status="diverged", step=good.progress.step, epoch=good.progress.epoch,
                         reason=reason)
     which = ("best validated" if good.progress.keep == KEEP_BEST and good.best is not None
@@ -488,11 +493,27 @@ def _finish(r, state, vocab, unigram, seconds):
                "steps": p.step, "tokens": p.tokens, "train_loss": train_loss, "lr": p.lr, "valid_ppl": valid_ppl,
                "test_ppl": test_ppl, "unigram_valid_ppl": unigram, "train_seconds": p.train_seconds,
                "wall_seconds": seconds, "tokens_per_sec": p.tokens / p.train_seconds if p.train_seconds else None}
+    _write_card(r, state, kept, summary=summary)  # first: if it fails, --resume finishes the run again
     _append_metric(r, state, summary)
     modeldir.write_info(r.out_dir, status="complete", vocab_size=len(vocab), steps=p.step, tokens=p.tokens,
                         valid_ppl=valid_ppl, test_ppl=test_ppl, unigram_valid_ppl=unigram,
                         stop_reason=summary["stop_reason"])
     return summary
+
+
+def _write_card(r, state, kept, summary=None, diverged=None):
+    """DIR/README.md, the model card: the end summary (or the divergence), the run's history as
+    its log tells it, and the keys a --resume changed from config.yaml."""
+    config, out = r.config, r.out_dir
+    per_step = config.train.batch_size * config.train.bptt
+    h = history.from_events(modeldir.read_metrics(out), str(out / modeldir.METRICS), per_step)
+    text = card.model_card(out.name, config, {
+        "version": __version__, "out_dir": str(out.resolve()), "vocab_size": r.vocab_size,
+        "counts": model.parameter_counts(kept, config.model),
+        "stats": {key: r.streams[key][1] for key in ("train", "valid", "test")}, "history": h,
+        "summary": summary, "diverged": diverged, "init_from": state.progress.init_from,
+        "changed": changed_keys(modeldir.load_config_file(out / modeldir.CONFIG), config)})
+    modeldir.write_card(out, text)
 
 
 def _exact_perplexity(params, config, ids, reset_at):

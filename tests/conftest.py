@@ -2,6 +2,7 @@
 helpers several test files use (import them with `from conftest import ...`)."""
 
 import random
+import signal
 import textwrap
 from pathlib import Path
 
@@ -152,3 +153,71 @@ def num_grad_of(f, x, dout=None):
     if dout is not None:
         return numerical_gradient(lambda: float(np.sum(f() * dout)), x, np.arange(x.size)).reshape(x.shape)
     return numerical_gradient(f, x, np.arange(x.size)).reshape(x.shape)
+
+
+def interrupted_run(tiny_config, out, overrides=("train.epochs=3",), at_call=25):
+    """Train the tiny config into `out` and stop it as Ctrl-C would at the at_call-th check."""
+    from rnnlm_cli import train
+    from rnnlm_cli.config import load_config
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return signal.SIGINT if calls["n"] == at_call else None
+
+    with pytest.raises(train.Interrupted):
+        train.run(load_config(tiny_config, list(overrides)), out, should_stop=stop)
+
+
+# A process that holds the flock of the file argv[1] (a run's DIR/.lock) until it is killed.
+HOLD_LOCK = textwrap.dedent("""
+    import fcntl, os, sys, time
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, b"%d\\n" % os.getpid())
+    print("held", flush=True)
+    time.sleep(60)
+""")
+
+
+@pytest.fixture(scope="session")
+def run_dirs(tmp_path_factory):
+    """({kind: model directory}, config path): the tiny config run once to each way a run can
+    stand, for `info`, `plot` and the model card. Tests that change one must work on a copy.
+
+    complete     4 epochs, step schedule from epoch 2 (lr cuts after epochs 2, 3 and 4)
+    interrupted  Ctrl-C in epoch 2 (checkpoint saved, info.json says interrupted)
+    crashed      stopped without a word in epoch 2, as by kill -9: info.json still says training
+    rollback     a NaN loss at step 30 rolled back to the checkpoint of step 20, then complete
+    diverged     lr 1e6: three rollbacks, then training gives up
+    """
+    import math
+    from rnnlm_cli import train
+    from rnnlm_cli.config import load_config
+    from rnnlm_cli.errors import Diverged
+    folder = tmp_path_factory.mktemp("runs")
+    config = write_tiny_config(folder, write_corpus(folder))
+    dirs = {k: folder / k for k in ("complete", "interrupted", "crashed", "rollback", "diverged")}
+    train.run(load_config(config, ["train.epochs=4", "train.schedule=step", "train.decay_start=2"]), dirs["complete"])
+    interrupted_run(config, dirs["interrupted"], at_call=130)
+    calls = {"n": 0}
+
+    def crash():
+        calls["n"] += 1
+        if calls["n"] == 130:
+            raise RuntimeError("the machine went away")
+    with pytest.raises(RuntimeError):
+        train.run(load_config(config, ["train.epochs=3"]), dirs["crashed"], should_stop=crash)
+    with pytest.MonkeyPatch.context() as patch:
+        real, steps = train.window_gradient, {"n": 0}
+
+        def window_gradient(*args, **kwargs):
+            loss, grads, state = real(*args, **kwargs)
+            steps["n"] += 1
+            return (math.nan if steps["n"] == 30 else loss), grads, state
+        patch.setattr(train, "window_gradient", window_gradient)
+        train.run(load_config(config, ["train.checkpoint_every=20", "train.epochs=3"]), dirs["rollback"])
+    with pytest.raises(Diverged):
+        train.run(load_config(config, ["train.lr=1e6", "train.clip_norm=null", "model.activation=relu"]),
+                  dirs["diverged"])
+    return dirs, config

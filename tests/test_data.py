@@ -297,3 +297,13 @@ def test_one_hot():
     assert one_hot(ids, 3, dtype=np.float32).dtype == np.float32
     with pytest.raises(ValueError):
         one_hot(np.array([[3]]), 3)
+
+
+def test_windows_per_epoch_from_the_length_alone():
+    from rnnlm_cli.data import batchify, num_windows, windows_per_epoch
+    for n_ids in (2, 3, 10, 57, 100, 1001):
+        for batch_size in (1, 2, 4):
+            for bptt in (1, 3, 7):
+                if n_ids // batch_size >= 2:
+                    want = num_windows(batchify(np.arange(n_ids), batch_size), bptt)
+                    assert windows_per_epoch(n_ids, batch_size, bptt) == want, (n_ids, batch_size, bptt)

@@ -2,39 +2,26 @@
 every refusal of a folder a live run holds, and metrics.jsonl of runs stopped by max_steps."""
 
 import json
-import signal
 import subprocess
 import sys
-import textwrap
 
 import pytest
-from conftest import assert_same_arrays, weights
+from conftest import HOLD_LOCK, assert_same_arrays, interrupted_run, weights
 
 from rnnlm_cli import train as train_mod
 from rnnlm_cli.config import load_config
 
 
-def _interrupted(tiny_config, out, overrides=("train.epochs=3",), at_call=25):
-    calls = {"n": 0}
-
-    def stop():
-        calls["n"] += 1
-        return signal.SIGINT if calls["n"] == at_call else None
-
-    with pytest.raises(train_mod.Interrupted):
-        train_mod.run(load_config(tiny_config, list(overrides)), out, should_stop=stop)
-
-
 def test_resume_with_the_config_given_again_equals_an_uninterrupted_run(tiny_config, tmp_path, run_cli):
     train_mod.run(load_config(tiny_config, ["train.epochs=3"]), tmp_path / "whole")
-    _interrupted(tiny_config, tmp_path / "cut")
+    interrupted_run(tiny_config, tmp_path / "cut")
     code, _, err = run_cli("train", tiny_config, "--set", "train.epochs=3", "--out", tmp_path / "cut", "--resume", "-q")
     assert code == 0, err
     assert_same_arrays(weights(tmp_path / "whole"), weights(tmp_path / "cut"))
 
 
 def test_resume_with_the_config_may_change_the_resume_keys(tiny_config, tmp_path, run_cli):
-    _interrupted(tiny_config, tmp_path / "cut")
+    interrupted_run(tiny_config, tmp_path / "cut")
     code, out, err = run_cli("train", tiny_config, "--set", "train.epochs=4", "--set", "train.log_every=3",
                              "--out", tmp_path / "cut", "--resume", "-q")
     assert code == 0, err
@@ -42,7 +29,7 @@ def test_resume_with_the_config_may_change_the_resume_keys(tiny_config, tmp_path
 
 
 def test_resume_with_a_different_config_names_each_differing_key(tiny_config, tmp_path, run_cli):
-    _interrupted(tiny_config, tmp_path / "cut")
+    interrupted_run(tiny_config, tmp_path / "cut")
     other = tmp_path / "other.yaml"
     other.write_text(tiny_config.read_text().replace("hidden_dim: 12", "hidden_dim: 13")
                      .replace("bptt: 6", "bptt: 7"), encoding="utf-8")
@@ -57,27 +44,17 @@ def test_resume_with_a_different_config_names_each_differing_key(tiny_config, tm
 
 
 def test_resume_without_config_still_refuses_other_keys(tiny_config, tmp_path, run_cli):
-    _interrupted(tiny_config, tmp_path / "cut")
+    interrupted_run(tiny_config, tmp_path / "cut")
     code, _, err = run_cli("train", "--set", "model.hidden_dim=5", "--out", tmp_path / "cut", "--resume")
     assert code == 2 and "model.hidden_dim" in err and "cannot change on --resume" in err
-
-
-HOLD = textwrap.dedent("""
-    import fcntl, os, sys, time
-    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    os.write(fd, b"%d\\n" % os.getpid())
-    print("held", flush=True)
-    time.sleep(60)
-""")
 
 
 @pytest.fixture
 def held_folder(tiny_config, tmp_path):
     """An interrupted run's folder whose lock a live process (another pid) holds."""
     out = tmp_path / "cut"
-    _interrupted(tiny_config, out)
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(out / ".lock")], stdout=subprocess.PIPE, text=True)
+    interrupted_run(tiny_config, out)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out / ".lock")], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     yield out, proc.pid
     proc.kill()
