@@ -122,9 +122,57 @@ def all_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, cls in SECTION_TYPES.items() for f in dataclasses.fields(cls)]
 
 
+# What other tools call our keys (PyTorch's word_language_model, Keras, nanoGPT, fairseq, ...):
+# an unknown key with one of these names suggests ours, whatever section it was written in.
+ALIASES = {
+    "learning_rate": "train.lr", "lr_rate": "train.lr", "base_lr": "train.lr",
+    "lr_decay_rate": "train.lr_decay", "decay_rate": "train.lr_decay", "lr_decay_factor": "train.lr_decay",
+    "gamma": "train.lr_decay", "lr_schedule": "train.schedule", "scheduler": "train.schedule",
+    "hidden_size": "model.hidden_dim", "nhid": "model.hidden_dim", "hidden": "model.hidden_dim",
+    "hidden_units": "model.hidden_dim", "n_hidden": "model.hidden_dim", "rnn_size": "model.hidden_dim",
+    "emsize": "model.embedding_dim", "embedding_size": "model.embedding_dim", "embed_dim": "model.embedding_dim",
+    "emb_dim": "model.embedding_dim", "embed_size": "model.embedding_dim", "n_embd": "model.embedding_dim",
+    "nlayers": "model.layers", "num_layers": "model.layers", "n_layers": "model.layers", "n_layer": "model.layers",
+    "dropout_rate": "model.dropout", "dropout_prob": "model.dropout", "keep_prob": "model.dropout",
+    "rnn_type": "model.cell", "cell_type": "model.cell", "tied": "model.tie_weights",
+    "tie": "model.tie_weights", "tie_embeddings": "model.tie_weights",
+    "seq_len": "train.bptt", "bptt_len": "train.bptt", "seq_length": "train.bptt", "sequence_length": "train.bptt",
+    "num_steps": "train.bptt", "block_size": "train.bptt", "unroll": "train.bptt",
+    "batch": "train.batch_size", "bsz": "train.batch_size",
+    "epochs_max": "train.epochs", "max_epochs": "train.epochs", "num_epochs": "train.epochs",
+    "n_epochs": "train.epochs", "max_epoch": "train.epochs",
+    "max_iters": "train.max_steps", "max_iter": "train.max_steps", "max_updates": "train.max_steps",
+    "grad_clip": "train.clip_norm", "clip": "train.clip_norm", "max_grad_norm": "train.clip_norm",
+    "clip_grad_norm": "train.clip_norm", "gradient_clip": "train.clip_norm", "max_norm": "train.clip_norm",
+    "optim": "train.optimizer", "random_seed": "train.seed", "precision": "train.dtype",
+    "beta1": "train.adam_beta1", "beta2": "train.adam_beta2", "eps": "train.adam_eps",
+    "min_freq": "vocab.min_count", "min_frequency": "vocab.min_count", "vocab_size": "vocab.max_size",
+    "max_vocab": "vocab.max_size", "max_vocab_size": "vocab.max_size",
+    "train_file": "data.train", "valid_file": "data.valid", "dev_file": "data.valid",
+    "test_file": "data.test",
+}
+
+
+def key_by_meaning(name: str, options) -> str | None:
+    """The key among `options` that an unknown `name` (SECTION.KEY or KEY) means: another
+    tool's name for it (ALIASES) or the same key name in another section; else None."""
+    short = name.rsplit(".", 1)[-1].strip().lower().replace("-", "_")
+    if ALIASES.get(short) in options:
+        return ALIASES[short]
+    same_name = [o for o in options if o.rsplit(".", 1)[-1] == short]
+    return same_name[0] if len(same_name) == 1 else None
+
+
+def closest_key(name: str, options) -> str | None:
+    """The valid option meant by an unknown `name`: by meaning first, then by spelling."""
+    options = list(options)
+    close = key_by_meaning(name, options) or difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    return close if isinstance(close, str) or not close else close[0]
+
+
 def _suggest(name: str, options) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    close = closest_key(name, options)
+    return f" (did you mean '{close}'?)" if close else ""
 
 
 def _type_name(f) -> str:
@@ -202,8 +250,10 @@ def config_from_dict(raw, source: str = "config") -> Config:
         raise UserError(f"{source}: the config must be a mapping with sections data, vocab, model, train")
     for name in raw:
         if name not in SECTION_TYPES:
-            raise UserError(f"{source}: unknown section {_show(str(name))}{_suggest(str(name), SECTION_TYPES)}"
-                            f" (sections: {', '.join(SECTION_TYPES)})")
+            meant = key_by_meaning(str(name), all_keys())
+            hint = (f" ('{meant}'? keys go inside their section: {meant.split('.')[0]}: {{{meant.split('.')[1]}: ...}})"
+                    if meant else _suggest(str(name), SECTION_TYPES))
+            raise UserError(f"{source}: unknown section {_show(str(name))}{hint} (sections: {', '.join(SECTION_TYPES)})")
     config = Config(**{name: _section_from_dict(name, raw.get(name), source) for name in SECTION_TYPES})
     m = config.model
     if m.tie_weights and m.embedding_dim != m.hidden_dim:
@@ -259,6 +309,9 @@ def apply_overrides(raw: dict, overrides) -> dict:
         (section, name), value = parse_override(text)
         if section not in SECTION_TYPES:
             raise UserError(f"--set {text!r}: unknown section '{section}'{_suggest(section, SECTION_TYPES)}")
+        if name not in {f.name for f in dataclasses.fields(SECTION_TYPES[section])}:
+            key = f"{section}.{name}"
+            raise UserError(f"--set {_show(text)}: unknown key {_show(key)}{_suggest(key, all_keys())}")
         current = raw.get(section)
         raw[section] = dict(current) if isinstance(current, dict) else {}
         raw[section][name] = value
