@@ -238,9 +238,21 @@ def train_cmd(config_path, overrides, out_dir, init_dir, resume, dry_run, quiet)
     except train_mod.Interrupted as e:
         click.echo(f"interrupted: checkpoint saved; continue with: rnnlm train --out {out} --resume", err=True)
         sys.exit(128 + e.signum)
+    wall = _fmt_seconds(s["total_wall_seconds"])
+    if resume:
+        wall += f" in all, {_fmt_seconds(s['wall_seconds'])} since --resume"
     click.echo(f"| end | valid ppl {_ppl(s['valid_ppl'])} (unigram {_ppl(s['unigram_valid_ppl'])}) | test ppl "
-               f"{_ppl(s['test_ppl'])} | {_fmt_count(s['tokens'])} tokens in {s['epochs']} epochs | "
-               f"{_fmt_seconds(s['wall_seconds'])} | {s['stop_reason']} | model in {out}")
+               f"{_ppl(s['test_ppl'])} | {_fmt_count(s['tokens'])} tokens in {_fmt_epochs(s['epochs_trained'])} | "
+               f"{wall} | {s['stop_reason']} | model in {out}")
+
+
+def _fmt_epochs(n):
+    """12 epochs, 1 epoch, 0.37 epochs (a run stopped by max_steps within an epoch)."""
+    if n == int(n):
+        return f"{int(n)} epoch{'' if n == 1 else 's'}"
+    return f"{n:.2f} epochs" if n >= 0.01 else f"{n:.2g} epochs"
+
+
 
 
 def _resume_config(config_path, overrides, out_dir):
@@ -412,7 +424,8 @@ def _print_records(records, fmt, words, log_base, path):
               help="Nucleus sampling: only among the most likely words whose probabilities sum to P.")
 @click.option("--count", default=1, show_default=True, type=click.IntRange(min=1),
               help="Independent samples, one per line, each a sentence (sample k uses seed + k).")
-def sample_cmd(model_dir, prompt, words, temperature, top_k, seed, stop_at_eos, top_p, count):
+@click.option("--no-unk", is_flag=True, help="Never draw <unk> (its probability is set to 0, the rest renormalized).")
+def sample_cmd(model_dir, prompt, words, temperature, top_k, seed, stop_at_eos, top_p, count, no_unk):
     """Generate text from a trained model. <eos> prints as a line break.
 
     \b
@@ -423,9 +436,11 @@ def sample_cmd(model_dir, prompt, words, temperature, top_k, seed, stop_at_eos, 
     from .sample import sample_texts
     config, vocab, params = load_model(model_dir)
     texts, unknown = sample_texts(params, config, vocab, prompt, words, temperature, top_k, seed, stop_at_eos,
-                                  model_dir, top_p, count)
+                                  model_dir, top_p, count, no_unk)
     if unknown:
-        click.echo(f"warning: not in the vocabulary, read as <unk>: {' '.join(unknown[:10])}", err=True)
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        click.echo(f"warning: not in the vocabulary, read as <unk>: "
+                   f"{', '.join(repr(w) for w in unknown[:10])}{more}", err=True)
     for text in texts:
         click.echo(text)
 
@@ -437,15 +452,22 @@ def sample_cmd(model_dir, prompt, words, temperature, top_k, seed, stop_at_eos, 
 @cli.command("gradcheck")
 @click.argument("config_path", required=False, type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option("--vocab-size", default=13, show_default=True, type=click.IntRange(min=2))
-@click.option("--embedding-dim", default=5, show_default=True, type=click.IntRange(min=1))
-@click.option("--hidden-dim", default=7, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch-size", default=3, show_default=True, type=click.IntRange(min=1))
-@click.option("--bptt", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--vocab-size", default=13, show_default=True, type=click.IntRange(min=2),
+              help="V of the random model checked (not the config's corpus: no data is read).")
+@click.option("--embedding-dim", default=5, show_default=True, type=click.IntRange(min=1),
+              help="E of the model checked (replaces model.embedding_dim).")
+@click.option("--hidden-dim", default=7, show_default=True, type=click.IntRange(min=1),
+              help="H of the model checked (replaces model.hidden_dim).")
+@click.option("--batch-size", default=3, show_default=True, type=click.IntRange(min=1),
+              help="N: streams in the random window.")
+@click.option("--bptt", default=5, show_default=True, type=click.IntRange(min=1),
+              help="T: time steps in the random window (the gradient is checked through all of them).")
 @click.option("--samples", default=40, show_default=True, type=click.IntRange(min=1),
               help="Entries checked per parameter array (all of a smaller one).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
-@click.option("--tolerance", default=None, type=float, help="Fail above this relative error (default 1e-6).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Seeds the random model, window, carried state and the entries picked.")
+@click.option("--tolerance", default=None, type=float,
+              help="Fail (exit 1) above this normwise relative error (default 1e-6).")
 def gradcheck_cmd(config_path, overrides, vocab_size, embedding_dim, hidden_dim, batch_size, bptt, samples, seed,
                   tolerance):
     """Check every parameter's gradient against central differences in float64.

@@ -203,6 +203,8 @@ class _Run:
     snapshot: TrainingState
     workspace: dict  # scratch arrays reused by every window
     reset_at: int | None  # the <eos> id when sentences are independent (data.independent)
+    t_start: float = 0.0  # perf_counter() when this process started the run (or its resume)
+    wall_before: float = 0.0  # wall seconds of the parts of the run before this --resume
 
 
 class _Diverging(Exception):
@@ -229,7 +231,8 @@ def run(config, out_dir, *, init_dir=None, resume=False, reporter=None, should_s
     unigram = _announce(config, vocab, streams, reporter)
     batches = data.batchify(streams["train"][0], config.train.batch_size, source=config.data.train)
     reset_at = vocab.eos_id if config.data.independent else None
-    r = _Run(config, out_dir, reporter, should_stop, streams, batches, state.snapshot(), {}, reset_at)
+    r = _Run(config, out_dir, reporter, should_stop, streams, batches, state.snapshot(), {}, reset_at, t_start,
+             state.progress.wall_seconds)
     with _quiet_numerics():
         while state.progress.stop is None:
             if _reached_a_limit(r, state):
@@ -241,12 +244,18 @@ def run(config, out_dir, *, init_dir=None, resume=False, reporter=None, should_s
             except _Diverging as e:
                 state = _roll_back(r, state, str(e))
                 continue
-            state.save(out_dir)
+            _save(r, state)
             r.snapshot = state.snapshot()
             signum = should_stop()
             if signum:
                 _interrupt(r, state, signum)
     return _finish(r, state, vocab, unigram, time.perf_counter() - t_start)
+
+
+def _save(r, state):
+    """Write checkpoint.npz, with the run's wall time so far (all its parts) in its progress."""
+    state.progress.wall_seconds = r.wall_before + time.perf_counter() - r.t_start
+    state.save(r.out_dir)
 
 
 def _reached_a_limit(r, state):
@@ -286,7 +295,7 @@ def _train_epoch(r, state):
                 _check_finite(r, state, "before a checkpoint")
                 p.train_seconds += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                state.save(r.out_dir)
+                _save(r, state)
                 r.snapshot = state.snapshot()
                 if signum:
                     _interrupt(r, state, signum)
@@ -420,10 +429,13 @@ def _finish(r, state, vocab, unigram, seconds):
                 else None)
     train_loss = (p.epoch_loss_sum / p.epoch_targets if p.epoch_targets
                   else p.history[-1].get("train_loss") if p.history else None)
+    epochs_trained = len(p.history) + p.window / max(1, data.num_windows(r.batches, config.train.bptt))
     summary = {"event": "end", "stop_reason": stop_reason(p.stop, config.train), "epochs": len(p.history),
+               "epochs_trained": round(epochs_trained, 4),
                "steps": p.step, "tokens": p.tokens, "train_loss": train_loss, "lr": p.lr, "valid_ppl": valid_ppl,
                "test_ppl": test_ppl, "unigram_valid_ppl": unigram, "train_seconds": p.train_seconds,
-               "wall_seconds": seconds, "tokens_per_sec": p.tokens / p.train_seconds if p.train_seconds else None}
+               "wall_seconds": seconds, "total_wall_seconds": r.wall_before + seconds,
+               "tokens_per_sec": p.tokens / p.train_seconds if p.train_seconds else None}
     _append_metric(r, state, summary)
     modeldir.write_info(r.out_dir, status="complete", vocab_size=len(vocab), steps=p.step, tokens=p.tokens,
                         valid_ppl=valid_ppl, test_ppl=test_ppl, unigram_valid_ppl=unigram,

@@ -43,3 +43,81 @@ def test_unknown_keys_in_a_config_file(tmp_path, run_cli):
     assert_clean_error(code, err, 2, "unknown section 'learning_rate'", "'train.lr'")
 
 
+# --------------------------------------------------------------------------------------------
+# train's last line
+
+
+def test_a_run_stopped_by_max_steps_says_the_fraction_of_an_epoch(tiny_config, run_cli, tmp_path):
+    code, out, err = run_cli("train", tiny_config, "--set", "train.max_steps=21", "--out", tmp_path / "m", "-q")
+    assert code == 0, err
+    # 2508 targets in 4 streams of 627 tokens: 626 targets each, 105 windows of 6 (the last 2)
+    assert "504 tokens in 0.20 epochs" in out, out
+    end = json.loads((tmp_path / "m" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert end["epochs"] == 0 and end["epochs_trained"] == pytest.approx(0.2)
+
+
+def test_the_last_line_after_resume_gives_the_total_and_the_resumed_wall_time(tiny_config, run_cli, tmp_path):
+    out = tmp_path / "m"
+    stops = iter([None] * 150 + [signal.SIGINT])
+    with pytest.raises(train_mod.Interrupted):
+        train_mod.run(load_config(tiny_config), out, should_stop=lambda: next(stops, None))
+    code, stdout, err = run_cli("train", "--out", out, "--resume", "-q")
+    assert code == 0, err
+    m = re.search(r"\| (\d+\.\ds) in all, (\d+\.\ds) since --resume \|", stdout)
+    assert m, stdout
+    end = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert end["total_wall_seconds"] > end["wall_seconds"] > 0
+    assert m.groups() == (f"{end['total_wall_seconds']:.1f}s", f"{end['wall_seconds']:.1f}s")
+
+
+# --------------------------------------------------------------------------------------------
+# sample, eval and gradcheck
+
+
+def test_sample_lists_unknown_prompt_words_quoted_once_each(tiny_model, run_cli):
+    code, _, err = run_cli("sample", tiny_model[0], "--prompt", "the zebra sees an old zebra yak", "--words", 2)
+    assert code == 0
+    assert err.strip() == "warning: not in the vocabulary, read as <unk>: 'zebra', 'an', 'yak'", err
+
+
+def test_sample_no_unk_never_draws_unk(tmp_path, run_cli):
+    # a corpus where most words are rare: with min_count 2 they are <unk>, the likeliest token
+    words = [f"w{i}" for i in range(400)]
+    text = "\n".join(f"the {words[i]} and {words[i + 1]} ." for i in range(0, 400, 2)) + "\n"
+    for name in ("train", "valid"):
+        (tmp_path / f"{name}.txt").write_text(text, encoding="utf-8")
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {train: train.txt, valid: valid.txt}\nvocab: {min_count: 2}\n"
+                      "model: {embedding_dim: 8, hidden_dim: 8}\ntrain: {batch_size: 4, bptt: 5, epochs: 1}\n",
+                      encoding="utf-8")
+    assert run_cli("train", config, "--out", tmp_path / "m", "-q")[0] == 0
+    code, plain, _ = run_cli("sample", tmp_path / "m", "--words", 200, "--seed", 1)
+    assert code == 0 and "<unk>" in plain.split()
+    code, no_unk, _ = run_cli("sample", tmp_path / "m", "--words", 200, "--seed", 1, "--no-unk")
+    assert code == 0 and "<unk>" not in no_unk.split() and len(no_unk.split()) > 100
+    code, greedy, _ = run_cli("sample", tmp_path / "m", "--words", 20, "--temperature", 0, "--no-unk")
+    assert code == 0 and "<unk>" not in greedy.split()
+
+
+def test_eval_batch_size_n_leaves_n_minus_1_plus_the_remainder_unscored(tiny_model, corpus, run_cli):
+    """What the README says: the file's S tokens are cut into N streams of S // N, each of which
+    predicts all but its first token; the last S mod N tokens are not read."""
+    model, _ = tiny_model
+    code, out, _ = run_cli("eval", model, corpus["test"], "--json")
+    targets = json.loads(out)["targets"]
+    for n in (2, 3, 7):
+        code, out, _ = run_cli("eval", model, corpus["test"], "--batch-size", n, "--json")
+        assert code == 0 and json.loads(out)["targets"] == targets - (n - 1) - (targets + 1) % n
+
+
+def test_gradcheck_help_describes_every_option(run_cli):
+    import click
+    from rnnlm_cli.cli import gradcheck_cmd
+    code, out, _ = run_cli("gradcheck", "--help")
+    text = " ".join(out.split())
+    options = [p for p in gradcheck_cmd.params if isinstance(p, click.Option)]
+    assert code == 0 and len(options) == 9
+    for option in options:
+        assert option.help and " ".join(option.help.split()) in text, option.opts[0]
+
+
