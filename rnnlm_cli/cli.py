@@ -204,10 +204,13 @@ class _Signals:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Model directory to write (default: runs/<config name>, numbered if it exists).")
 @click.option("--init", "init_dir", type=click.Path(file_okay=False), help="Start from this model's weights and vocabulary.")
+@click.option("--init-vocab", type=click.Choice(["keep", "new"]), default=None,
+              help="With --init: keep its vocabulary (the default), or build one from the new training text "
+                   "(new: the shared words' embedding and output rows are copied, the rest initialized).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint.")
 @click.option("--dry-run", is_flag=True, help="Print the effective config and exit.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress, only the final line.")
-def train_cmd(config_path, overrides, out_dir, init_dir, resume, dry_run, quiet):
+def train_cmd(config_path, overrides, out_dir, init_dir, init_vocab, resume, dry_run, quiet):
     """Train a model on the config's train file; keep the best by valid perplexity.
 
     With no CONFIG, the built-in config trains on the corpus shipped with rnnlm.
@@ -218,12 +221,15 @@ def train_cmd(config_path, overrides, out_dir, init_dir, resume, dry_run, quiet)
       rnnlm train configs/ptb-elman.yaml --set train.epochs=5 --out runs/ptb
       rnnlm train --out runs/ptb --resume          # after Ctrl-C or a crash
       rnnlm train my.yaml --init runs/ptb          # continue from another model
+      rnnlm train my.yaml --init runs/ptb --init-vocab new   # fine-tune on text with other words
     """
     from . import lock
     from . import train as train_mod
     from .config import dump_config
     if out_dir and Path(out_dir).is_dir():
         lock.refuse_if_held(out_dir)  # a live run's folder: say so first, whatever else is wrong
+    if init_vocab and not init_dir:
+        raise UserError("--init-vocab: needs --init MODEL_DIR (the model to fine-tune)")
     config = _resume_config(config_path, overrides, out_dir) if resume else _load(config_path, overrides)
     if dry_run:
         click.echo(dump_config(config), nl=False)
@@ -233,8 +239,8 @@ def train_cmd(config_path, overrides, out_dir, init_dir, resume, dry_run, quiet)
     reporter = BarReporter(config.train.batch_size, config.train.bptt, sys.stderr.isatty(), quiet)
     try:
         with _Signals() as signals:
-            s = train_mod.run_in_folder(config, out, init_dir=init_dir, resume=resume, reporter=reporter,
-                                        should_stop=signals)
+            s = train_mod.run_in_folder(config, out, init_dir=init_dir, init_vocab=init_vocab or "keep",
+                                        resume=resume, reporter=reporter, should_stop=signals)
     except train_mod.Interrupted as e:
         click.echo(f"interrupted: checkpoint saved; continue with: rnnlm train --out {out} --resume", err=True)
         sys.exit(128 + e.signum)

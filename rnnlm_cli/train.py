@@ -36,6 +36,10 @@ from .errors import Diverged, UserError, WriteError
 from .vocab import build_vocab, load_vocab
 
 MAX_ROLLBACKS = 3  # per run (kept across --resume): the next divergence stops training
+# --init-vocab: fine-tune with the --init model's vocabulary, or with one built from the new text
+INIT_VOCAB_KEEP, INIT_VOCAB_NEW = "keep", "new"
+# --init with the kept vocabulary warns when more than this share of the training targets are <unk>
+POOR_COVERAGE = 0.05
 
 
 class Interrupted(Exception):
@@ -120,15 +124,14 @@ def _check_memory(config, vocab_size):
                         f"use smaller sizes, vocab.max_size or train.batch_size")
 
 
-def _start(config, out_dir, init_dir):
+def _start(config, out_dir, init_dir, init_vocab, reporter):
     """A new run: initial (or --init) weights, a model directory and a first checkpoint, written
     only once the data and the config have passed their checks. -> (vocab, streams, state)"""
     dtype = config.train.dtype
-    init_vocab = init_params = None
-    if init_dir is not None:
-        _, init_vocab, init_params = modeldir.load_model(init_dir, dtype)
-        modeldir.check_params(init_params, config, len(init_vocab), f"--init {init_dir}")
-    vocab, streams = prepare_data(config, init_vocab)
+    if init_dir is None:
+        (vocab, streams), init_params = prepare_data(config), None
+    else:
+        vocab, streams, init_params = _from_init(config, init_dir, init_vocab, reporter)
     data.batchify(streams["train"][0], config.train.batch_size, source=config.data.train)  # fail before writing
     _check_memory(config, len(vocab))
     counts = np.bincount(streams["train"][0], minlength=len(vocab))  # for output layers built from frequencies
@@ -141,6 +144,45 @@ def _start(config, out_dir, init_dir):
     modeldir.write_info(out_dir, status="training", vocab_size=len(vocab))
     state.save(out_dir)  # --resume works from here on
     return vocab, streams, state
+
+
+def _from_init(config, init_dir, init_vocab, reporter):
+    """--init: the vocabulary, streams and starting parameters of a run from another model.
+    INIT_VOCAB_KEEP: that model's vocabulary and weights as they are (a warning when the
+    vocabulary covers the training text poorly); INIT_VOCAB_NEW: a vocabulary built from the
+    training text, the shared words' rows copied (model.transfer_vocab)."""
+    dtype = config.train.dtype
+    _, old_vocab, old_params = modeldir.load_model(init_dir, dtype)
+    modeldir.check_params(old_params, config, len(old_vocab), f"--init {init_dir}")
+    if init_vocab != INIT_VOCAB_NEW:
+        vocab, streams = prepare_data(config, old_vocab)
+        _warn_coverage(config, init_dir, streams["train"][1], reporter)
+        return vocab, streams, old_params
+    vocab, streams = prepare_data(config)
+    counts = np.bincount(streams["train"][0], minlength=len(vocab))
+    fresh = model.init_params(config.model, len(vocab), config.train.seed, dtype, counts)
+    new_ids = [i for i, w in enumerate(vocab.tokens) if w in old_vocab.index]
+    old_ids = [old_vocab.index[vocab.tokens[i]] for i in new_ids]
+    reporter.info(f"--init {init_dir} --init-vocab new: vocabulary {len(vocab)} from {config.data.train}, "
+                  f"{len(new_ids)} of them in the init model's {len(old_vocab)}: their rows copied, the other "
+                  f"{len(vocab) - len(new_ids)} initialized as usual")
+    return vocab, streams, model.transfer_vocab(old_params, fresh, config.model, old_ids, new_ids)
+
+
+def _warn_coverage(config, init_dir, train_stats, reporter):
+    """Warn when the --init model's vocabulary leaves more than POOR_COVERAGE of the training
+    targets as <unk>, and one built from the training text would leave fewer."""
+    rate = train_stats["oov_rate"]
+    if rate <= POOR_COVERAGE:
+        return
+    counts, words, lines = data.count_words(config.data.train, config.data.tokenizer)
+    own = build_vocab(counts, config.vocab.min_count, config.vocab.max_size)
+    own_rate = sum(c for w, c in counts.items() if w not in own.index) / max(1, words + lines)
+    if own_rate < rate:
+        reporter.warn(f"warning: --init {init_dir}: its vocabulary leaves {rate:.2%} of the targets of "
+                      f"{config.data.train} as <unk> (a vocabulary built from that file: {own_rate:.2%}), so this "
+                      f"run's perplexities are not comparable with other vocabularies'; --init-vocab new "
+                      f"fine-tunes with the new text's vocabulary")
 
 
 def _resume(config, out_dir, reporter):
@@ -221,13 +263,16 @@ def _quiet_numerics():
         yield
 
 
-def run(config, out_dir, *, init_dir=None, resume=False, reporter=None, should_stop=lambda: None):
-    """Train into out_dir; returns a summary dict. `should_stop()` returns a signal number when
-    the user asked to stop (the run then checkpoints and raises Interrupted)."""
+def run(config, out_dir, *, init_dir=None, init_vocab=INIT_VOCAB_KEEP, resume=False, reporter=None,
+        should_stop=lambda: None):
+    """Train into out_dir; returns a summary dict. `init_vocab` (with `init_dir`): INIT_VOCAB_KEEP
+    or INIT_VOCAB_NEW. `should_stop()` returns a signal number when the user asked to stop (the
+    run then checkpoints and raises Interrupted)."""
     reporter = reporter or SilentReporter()
     out_dir = Path(out_dir)
     t_start = time.perf_counter()
-    vocab, streams, state = _resume(config, out_dir, reporter) if resume else _start(config, out_dir, init_dir)
+    vocab, streams, state = (_resume(config, out_dir, reporter) if resume
+                             else _start(config, out_dir, init_dir, init_vocab, reporter))
     unigram = _announce(config, vocab, streams, reporter)
     batches = data.batchify(streams["train"][0], config.train.batch_size, source=config.data.train)
     reset_at = vocab.eos_id if config.data.independent else None
@@ -452,7 +497,8 @@ def _exact_perplexity(params, config, ids, reset_at):
 # A run in its folder
 
 
-def run_in_folder(config, out, *, init_dir=None, resume=False, reporter=None, should_stop=lambda: None):
+def run_in_folder(config, out, *, init_dir=None, init_vocab=INIT_VOCAB_KEEP, resume=False, reporter=None,
+                  should_stop=lambda: None):
     """`run` into the model directory `out`, which a new run creates (refusing a folder that
     holds a model) and --resume finds: the lock is held throughout, a killed run's temporary
     files are cleared, and a folder created for a run that failed before writing is removed."""
@@ -466,7 +512,8 @@ def run_in_folder(config, out, *, init_dir=None, resume=False, reporter=None, sh
     lock.acquire_lock(out)
     try:
         files.remove_stale_temp_files(out)  # left by a run that was killed while writing
-        return run(config, out, init_dir=init_dir, resume=resume, reporter=reporter, should_stop=should_stop)
+        return run(config, out, init_dir=init_dir, init_vocab=init_vocab, resume=resume, reporter=reporter,
+                   should_stop=should_stop)
     except WriteError as e:
         if (out / modeldir.CHECKPOINT).exists():
             raise WriteError(f"{e}; fix the cause and continue with: rnnlm train --out {out} --resume") from None
