@@ -233,6 +233,7 @@ def train_cmd(config_path, overrides, out_dir, init_dir, init_vocab, resume, dry
     config = _resume_config(config_path, overrides, out_dir) if resume else _load(config_path, overrides)
     if dry_run:
         click.echo(dump_config(config), nl=False)
+        _dry_run_report(config, None if resume else init_dir, init_vocab)
         return
     from .modeldir import default_out
     out = Path(out_dir) if out_dir else default_out(config_path)
@@ -259,6 +260,15 @@ def _fmt_epochs(n):
     return f"{n:.2f} epochs" if n >= 0.01 else f"{n:.2g} epochs"
 
 
+def _dry_run_report(config, init_dir, init_vocab):
+    """The data files read through and the vocabulary they give, on stderr (stdout holds the config)."""
+    from . import train as train_mod
+    vocab_size, rows = train_mod.check_data(config, init_dir, init_vocab or "keep")
+    for r in rows:
+        click.echo(f"dry run: data.{r['key']} {_shown(r['file'])}: {r['words']} words on {r['lines']} lines, "
+                   f"{r['targets']} targets, {r['oov']} OOV ({r['oov_rate']:.2%})", err=True)
+    source = f"the vocabulary of --init {init_dir}" if init_dir and init_vocab != "new" else "vocabulary"
+    click.echo(f"dry run: {source}: {vocab_size} tokens; the data is readable; nothing was written", err=True)
 
 
 def _resume_config(config_path, overrides, out_dir):

@@ -103,6 +103,38 @@ def prepare_data(config, vocab=None):
     return vocab, {"train": (train_ids, train_stats), "valid": (valid_ids, valid_stats), "test": test}
 
 
+def check_data(config, init_dir=None, init_vocab=INIT_VOCAB_KEEP):
+    """What `train --dry-run` checks, writing nothing: each data file exists and is UTF-8 text
+    with words (read through in bounded memory), the training text fills every stream, and an
+    --init model loads and fits the config. -> (vocabulary size, one dict per file: key, file,
+    words, lines, targets, oov, oov_rate)"""
+    d = config.data
+    for key in ("train", "valid"):
+        if getattr(d, key) is None:
+            raise UserError(f"config: data.{key} is required (a path to a text file)")
+    found = {}
+    for key in ("train", "valid", "test"):
+        path = getattr(d, key)
+        if path is not None:
+            found[key] = (path, *data.count_words(path, d.tokenizer))
+            if found[key][2] == 0:
+                raise UserError(f"{path}: no tokens (the file is empty or only whitespace)")
+    _, counts, words, lines = found["train"]
+    if (words + lines + 1) // config.train.batch_size < 2:  # the error batchify gives, on a stand-in
+        data.batchify(np.zeros(words + lines + 1, np.int32), config.train.batch_size, source=d.train)
+    if init_dir is not None:
+        _, vocab, params = modeldir.load_model(init_dir, config.train.dtype)
+        modeldir.check_params(params, config, len(vocab), f"--init {init_dir}")
+    if init_dir is None or init_vocab == INIT_VOCAB_NEW:
+        vocab = build_vocab(counts, config.vocab.min_count, config.vocab.max_size)
+    rows = []
+    for key, (path, file_counts, words, lines) in found.items():
+        oov = sum(n for w, n in file_counts.items() if w not in vocab.index)
+        rows.append({"key": key, "file": path, "words": words, "lines": lines, "targets": words + lines,
+                     "oov": oov, "oov_rate": oov / (words + lines)})
+    return len(vocab), rows
+
+
 def _check_memory(config, vocab_size):
     """Refuse, before allocating anything, a model that cannot fit in this machine's memory."""
     try:

@@ -44,6 +44,39 @@ def test_unknown_keys_in_a_config_file(tmp_path, run_cli):
 
 
 # --------------------------------------------------------------------------------------------
+# --dry-run reads the data
+
+
+def test_dry_run_reads_every_data_file(tiny_config, corpus, run_cli):
+    code, out, err = run_cli("train", tiny_config, "--dry-run")
+    assert code == 0 and "hidden_dim: 12" in out, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 4 and all(line.startswith("dry run: ") for line in lines), err
+    assert f"data.train {corpus['train']}: 2208 words on 300 lines, 2508 targets" in lines[0]
+    assert "vocabulary: 29 tokens" in lines[3] and "nothing was written" in lines[3]
+
+
+@pytest.mark.parametrize("setting,fragment", [
+    ("data.train=missing.txt", "missing.txt: no such file"),
+    ("data.test=missing.txt", "missing.txt: no such file"),
+    ("data.valid=.", "is a directory"),
+    ("train.batch_size=5000", "shorter than one window"),
+])
+def test_dry_run_refuses_missing_or_unreadable_data(tiny_config, run_cli, tmp_path, setting, fragment):
+    code, _, err = run_cli("train", tiny_config, "--set", setting, "--dry-run", "--out", tmp_path / "never")
+    assert_clean_error(code, err, 2, fragment)
+    assert not (tmp_path / "never").exists()
+
+
+def test_dry_run_refuses_binary_or_empty_data(tiny_config, run_cli, tmp_path):
+    (tmp_path / "bin.txt").write_bytes(b"ok\n\x00\x01\x02\n")
+    (tmp_path / "empty.txt").write_text("\n \n", encoding="utf-8")
+    for name, fragment in (("bin.txt", "NUL byte"), ("empty.txt", "no tokens")):
+        code, _, err = run_cli("train", tiny_config, "--set", f"data.valid={tmp_path / name}", "--dry-run")
+        assert_clean_error(code, err, 2, name, fragment)
+
+
+# --------------------------------------------------------------------------------------------
 # train's last line
 
 
