@@ -314,9 +314,13 @@ def eval_cmd(model_dir, files, batch_size, as_json, dynamic, mix_dirs, weights, 
       rnnlm eval runs/ptb-lstm ptb.test.txt --mix runs/ptb-elman --weights 0.7,0.3
     """
     from . import evaluate, mix
+    from .modeldir import weights_note
     _check_dynamic(dynamic)
     models, mix_weights = mix.load_mixture(model_dir, mix_dirs, weights, mix_probs)
     config, vocab, params = models[0]
+    note = weights_note(model_dir)
+    if note:
+        click.echo(note, err=True)
     if dynamic and batch_size > 1 and any(c.data.independent for c, _, _ in models):
         raise UserError("--dynamic with --batch-size > 1: a model trained with data.independent reads whole "
                         "sentences per stream, which dynamic evaluation does not support; use --batch-size 1")
@@ -325,6 +329,11 @@ def eval_cmd(model_dir, files, batch_size, as_json, dynamic, mix_dirs, weights, 
         default = config.data.test or config.data.valid
         if not default:
             raise UserError(f"{model_dir}: its config names no test or valid file; give FILE arguments")
+        if not os.path.exists(default):
+            which = "test" if config.data.test else "valid"
+            raise UserError(f"{model_dir}: its config's {which} file {_shown(default)} is gone (not there, nor where "
+                            f"config.yaml's data_from_model_dir points); name the file to evaluate: "
+                            f"rnnlm eval {_shown(model_dir)} FILE")
         files = (default,)
     for path in files:
         if plain:
@@ -448,9 +457,12 @@ def sample_cmd(model_dir, prompt, words, temperature, top_k, seed, stop_at_eos, 
     Example:
       rnnlm sample runs/default --prompt "and god said" --words 30 --temperature 0.8 --seed 1
     """
-    from .modeldir import load_model
+    from .modeldir import load_model, weights_note
     from .sample import sample_texts
     config, vocab, params = load_model(model_dir)
+    note = weights_note(model_dir)
+    if note:
+        click.echo(note, err=True)
     texts, unknown = sample_texts(params, config, vocab, prompt, words, temperature, top_k, seed, stop_at_eos,
                                   model_dir, top_p, count, no_unk)
     if unknown:

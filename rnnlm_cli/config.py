@@ -89,6 +89,8 @@ class TrainConfig:
     checkpoint_every: int | None = _key(None, low=1, nullable=True,
                                         doc="also save a resumable checkpoint every this many steps")
     log_every: int = _key(100, low=1, doc="steps between metrics.jsonl records of train loss")
+    keep_checkpoint: bool = _key(True, doc="keep checkpoint.npz when the run completes (it lets --resume "
+                                           "train on; eval and sample never need it)")
     adam_beta1: float = _key(0.9, low=0.0, high=1.0, doc="adam: decay of the first moment")
     adam_beta2: float = _key(0.999, low=0.0, high=1.0, doc="adam: decay of the second moment")
     adam_eps: float = _key(1e-8, low=0.0, low_open=True, doc="adam: denominator guard")
@@ -331,19 +333,57 @@ def resolve_paths(config: Config, base: Path) -> Config:
     return config
 
 
+# A model directory's config.yaml has, besides the four sections, the data paths relative to its
+# own folder (the absolute ones are in `data`): see locate_data.
+RELATIVE_PATHS = "data_from_model_dir"
+
+
+def relative_paths(config: Config, folder) -> dict:
+    """{key: the (absolute) data path of `key` relative to `folder`} for the RELATIVE_PATHS section."""
+    folder = Path(os.path.abspath(folder))
+    return {key: os.path.relpath(getattr(config.data, key), folder) for key in PATH_KEYS
+            if getattr(config.data, key) is not None}
+
+
+def locate_data(config: Config, relative, base: Path, source: str) -> Config:
+    """Where a saved config's data files are now: for each key with a path in `relative` (the
+    RELATIVE_PATHS section, relative to `base`, the config file's folder), that file if it
+    exists and is not the absolute path's file (the model directory was copied or moved with
+    its data); otherwise the absolute path of `data`, as saved."""
+    if relative is None:
+        return config
+    if not isinstance(relative, dict) or not all(isinstance(v, str) and "\x00" not in v
+                                                 for v in relative.values()):
+        raise UserError(f"{source}: {RELATIVE_PATHS} must map data keys to paths, got {_show(relative)}")
+    for key in PATH_KEYS:
+        saved, rel = getattr(config.data, key), relative.get(key)
+        if saved is None or rel is None:
+            continue
+        near = os.path.normpath(os.path.join(os.path.abspath(base), os.path.expanduser(rel)))
+        if os.path.isfile(near) and not (os.path.exists(saved) and os.path.samefile(near, saved)):
+            setattr(config.data, key, near)
+    return config
+
+
 def load_config(path=None, overrides=()) -> Config:
-    """Defaults < the YAML file at `path` (the built-in default when None) < `--set` overrides."""
+    """Defaults < the YAML file at `path` (the built-in default when None) < `--set` overrides.
+    A model directory's config.yaml is a config too (its RELATIVE_PATHS section applied)."""
     path = Path(path) if path is not None else default_config_path()
     raw = read_yaml(path)
     if raw is not None and not isinstance(raw, dict):
         raise UserError(f"{path}: the config must be a mapping with sections data, vocab, model, train")
+    relative = raw.pop(RELATIVE_PATHS, None) if raw else None
     raw = apply_overrides(raw, overrides)
-    config = config_from_dict(raw, source=str(path))
-    return resolve_paths(config, path.resolve().parent)
+    config = resolve_paths(config_from_dict(raw, source=str(path)), path.resolve().parent)
+    if isinstance(relative, dict):  # a path given by --set is the one meant
+        overridden = {text.split("=", 1)[0].strip() for text in overrides}
+        relative = {k: v for k, v in relative.items() if f"data.{k}" not in overridden}
+    return locate_data(config, relative, path.parent, str(path))
 
 
 # The keys --resume may change: how long to train and how often to log or checkpoint.
-RESUME_KEYS = ("train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every")
+RESUME_KEYS = ("train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every",
+               "train.keep_checkpoint")
 
 
 def _flat(config: Config) -> dict:

@@ -222,6 +222,10 @@ def _resume(config, out_dir, reporter):
     before anything in out_dir changes. -> (vocab, streams, state)"""
     vocab = load_vocab(out_dir / modeldir.VOCAB)
     source = out_dir / modeldir.CHECKPOINT
+    if not source.exists() and modeldir.check_format(out_dir).get("status") == "complete":
+        raise UserError(f"--resume {out_dir}: nothing to resume: the run is complete and has no checkpoint "
+                        f"(checkpoint.npz was not kept: train.keep_checkpoint false, or deleted); to train on from "
+                        f"its weights, start a new run: rnnlm train CONFIG --init {out_dir} --out NEW_DIR")
     state = TrainingState.load(out_dir, config, len(vocab))
     progress = state.progress
     vocab, streams = prepare_data(config, vocab)
@@ -494,12 +498,14 @@ def _interrupt(r, state, signum):
 
 
 def _finish(r, state, vocab, unigram, seconds):
-    """Save the kept model and the final checkpoint; exact valid and test perplexity; the end
-    record -> the summary."""
+    """Save the kept model and the final checkpoint (removed at the end unless
+    train.keep_checkpoint); exact valid and test perplexity; the end record -> the summary.
+    `seconds`: the wall time of this process's part of the run."""
     p, config = state.progress, r.config
     kept = state.kept()
     modeldir.save_weights(r.out_dir, kept)
-    state.save(r.out_dir)
+    if config.train.keep_checkpoint:
+        _save(r, state)
     valid_ppl = _exact_perplexity(kept, config, r.streams["valid"][0], r.reset_at)
     test_ids = r.streams["test"][0]
     test_ppl = (_exact_perplexity(kept, config, test_ids, r.reset_at) if test_ids is not None and len(test_ids) > 1
@@ -517,6 +523,8 @@ def _finish(r, state, vocab, unigram, seconds):
     modeldir.write_info(r.out_dir, status="complete", vocab_size=len(vocab), steps=p.step, tokens=p.tokens,
                         valid_ppl=valid_ppl, test_ppl=test_ppl, unigram_valid_ppl=unigram,
                         stop_reason=summary["stop_reason"])
+    if not config.train.keep_checkpoint:  # last: a crash before this leaves a resumable folder
+        files.remove(r.out_dir / modeldir.CHECKPOINT)
     return summary
 
 
