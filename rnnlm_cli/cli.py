@@ -202,7 +202,8 @@ class _Signals:
 @click.argument("config_path", required=False, type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
-              help="Model directory to write (default: runs/<config name>, numbered if it exists).")
+              help="Model directory to write (default: runs/<config name> in the current directory, "
+                   "numbered if it exists).")
 @click.option("--init", "init_dir", type=click.Path(file_okay=False), help="Start from this model's weights and vocabulary.")
 @click.option("--init-vocab", type=click.Choice(["keep", "new"]), default=None,
               help="With --init: keep its vocabulary (the default), or build one from the new training text "
@@ -214,6 +215,10 @@ def train_cmd(config_path, overrides, out_dir, init_dir, init_vocab, resume, dry
     """Train a model on the config's train file; keep the best by valid perplexity.
 
     With no CONFIG, the built-in config trains on the corpus shipped with rnnlm.
+
+    Where things are: the model goes to --out, by default runs/<config name> under the current
+    directory (wherever CONFIG is); relative data paths in CONFIG resolve against CONFIG's own
+    folder (wherever you run rnnlm from).
 
     \b
     Examples:

@@ -154,3 +154,76 @@ def test_gradcheck_help_describes_every_option(run_cli):
         assert option.help and " ".join(option.help.split()) in text, option.opts[0]
 
 
+# --------------------------------------------------------------------------------------------
+# where things go; the README and the docs stand on their own
+
+
+def _links(path):
+    return re.findall(r"\]\(([^)\s]+)\)", path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("page", ["README.md", "data/README.md", "benchmarks/README.md", "docs/derivation.md",
+                                  "docs/gated-derivation.md", "docs/model-directory.md"])
+def test_pages_link_only_to_files_in_the_repository(page):
+    path = REPO / page
+    for link in _links(path):
+        assert not re.match(r"[a-z]+:", link), f"{page} links outside the repository: {link}"
+        target = link.split("#")[0]
+        if target:
+            assert (path.parent / target).exists(), f"{page}: {link} is not in the repository"
+
+
+def test_nothing_shipped_points_outside_the_repository():
+    for path in [*REPO.glob("*.md"), *REPO.glob("docs/*.md"), *REPO.glob("data/*.md"), *REPO.glob("configs/*"),
+                 *REPO.glob("scripts/*"), *REPO.glob("benchmarks/*.py"), *REPO.glob("benchmarks/*.md")]:
+        text = path.read_text(encoding="utf-8")
+        for pattern in ("../shared", "/work/", '"shared"', "SPEC"):
+            assert pattern not in text, f"{path.relative_to(REPO)} mentions {pattern}"
+
+
+def test_train_help_says_where_the_model_and_the_data_are(run_cli):
+    code, out, _ = run_cli("train", "--help")
+    text = " ".join(out.split())
+    assert code == 0 and "runs/<config name> under the current directory" in text
+    assert "relative data paths in CONFIG resolve against CONFIG's own folder" in text
+    assert "--init-vocab" in text
+
+
+def test_readme_setup_uses_a_virtualenv_and_says_where_things_go():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    setup = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    assert "python3 -m venv" in setup and ". .venv/bin/activate" in setup
+    usage = readme.split("## Usage", 1)[1].split("\n## ", 1)[0]
+    first_lines = " ".join(usage.split("```")[0].split())
+    assert "current directory" in first_lines and "config file's folder" in first_lines
+
+
+def test_readme_says_what_eval_batch_size_leaves_unscored():
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    assert "N − 1 + (S mod N) targets go unscored" in readme
+
+
+def test_readme_explains_its_terms():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for m in re.finditer(r"seeds? 00\d", readme):
+        around = readme[max(0, m.start() - 200):m.end() + 200]
+        assert "derivation note" in around, f"'{m.group(0)}' is not explained near {around!r}"
+    assert "key pattern" not in readme
+
+
+def test_the_kjv_source_is_described_and_fetched_by_a_shipped_script():
+    data_readme = (REPO / "data" / "README.md").read_text(encoding="utf-8")
+    assert "scripts/get_kjv.sh" in data_readme and (REPO / "scripts" / "get_kjv.sh").is_file()
+    script = (REPO / "scripts" / "get_kjv.sh").read_text(encoding="utf-8")
+    for checksum in re.findall(r"sha256\s+`?([0-9a-f]{64})", data_readme)[:3]:
+        assert checksum in script or checksum in (REPO / "scripts" / "prepare_kjv.py").read_text()
+
+
+def test_the_readme_figures_script_knows_the_readme_rows():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("readme_figures", REPO / "scripts" / "readme_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for run in module.RUNS:
+        assert len(re.findall(module.row_pattern(run), readme, re.M)) == 1, run["label"]
