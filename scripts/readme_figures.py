@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Regenerate the README's result rows that take minutes: train each run, print what
-`rnnlm train` prints and the README row made from it, and with --write put the rows into
-README.md.
+"""Regenerate the README's figures that take minutes: train each run of its results table,
+print what `rnnlm train` prints and the README row made from it, score the worked n-best example
+with the default model, and with --write put it all into README.md.
 
     python scripts/readme_figures.py                    # the default run (~2 min on 2 cores)
     python scripts/readme_figures.py --ptb PTB_DIR      # and the two short Penn Treebank rows (~6 min)
@@ -52,7 +52,8 @@ def row_pattern(run):
 
 
 def train(run, ptb, folder):
-    """Train the run as the README shows it -> (end line, metrics end record, epoch records, V)."""
+    """Train the run as the README shows it -> (end line, metrics end record, epoch records, V,
+    the model directory)."""
     args = list(run["args"])
     if run["ptb"]:
         args += [a for k in ("train", "valid", "test") for a in ("--set", f"data.{k}={ptb / f'ptb.{k}.txt'}")]
@@ -65,7 +66,7 @@ def train(run, ptb, folder):
     end_line = done.stdout.strip().splitlines()[-1]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     vocab_size = json.loads((out / "info.json").read_text())["vocab_size"]
-    return end_line, records[-1], [r for r in records if r["event"] == "epoch"], vocab_size
+    return end_line, records[-1], [r for r in records if r["event"] == "epoch"], vocab_size, out
 
 
 def row(run, end_line, end, epochs, vocab_size):
@@ -81,6 +82,33 @@ def row(run, end_line, end, epochs, vocab_size):
 
 
 MEASURED = "this commit (`scripts/readme_figures.py`)"  # the last column of the rows made here
+
+
+def nbest_example(readme, model_dir, valid_ppl, folder):
+    """The README's worked n-best example with the LM costs the default model gives now."""
+    block = re.search(r"\$ cat nbest.txt\n(.*?)\$ rnnlm score runs/default nbest.txt --format kaldi > lm.txt.*?\n"
+                      r"\$ cat lm.txt\n(.*?)\$ cat am.txt\n(.*?)\$ join am.txt lm.txt.*?\n(.*?)```", readme, re.S)
+    if not block:
+        sys.exit("README.md: no worked n-best example found")
+    (folder / "nbest.txt").write_text(block.group(1), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "rnnlm_cli.cli", "score", str(model_dir), str(folder / "nbest.txt"),
+                           "--format", "kaldi"], env=env, capture_output=True, text=True, check=True)
+    lm = dict(line.split() for line in done.stdout.splitlines())
+    am = dict(line.split() for line in block.group(3).splitlines())
+    totals = "".join(f"{k} {float(am[k]) + 0.5 * float(lm[k]):.6g}\n" for k in am)  # awk's %.6g
+    start, end = block.span(2)
+    readme = readme[:start] + done.stdout + readme[end:]
+    start, end = re.search(re.escape(block.group(4)), readme).span()
+    readme = readme[:start] + totals + readme[end:]
+    night = float(lm["utt1-1"]) - float(lm["utt1-2"])
+    if night <= 0:
+        sys.exit("the default model now prefers 'light': rewrite the README's n-best paragraph")
+    readme = re.sub(r"\(`rnnlm train`, valid perplexity [0-9.]+\)", f"(`rnnlm train`, valid perplexity {valid_ppl})",
+                    readme)
+    readme = re.sub(r"to \"light\" here by\n[0-9.]+ nats", f"to \"light\" here by\n{night:.1f} nats", readme)
+    print(done.stdout + totals, end="")
+    return readme
 
 
 def main():
@@ -99,7 +127,7 @@ def main():
         for run in RUNS:
             if run["ptb"] and args.ptb is None or run.get("long") and not args.long:
                 continue
-            end_line, end, epochs, vocab_size = train(run, args.ptb, Path(tmp))
+            end_line, end, epochs, vocab_size, model_dir = train(run, args.ptb, Path(tmp))
             print(end_line)
             print("valid ppl by epoch: " + ", ".join(f"{e['valid_ppl']:.1f}" + ("" if e["accepted"] else " (rejected)")
                                                      for e in epochs))
@@ -108,6 +136,9 @@ def main():
             readme, n = re.subn(row_pattern(run), lambda _: new_row, readme, count=1, flags=re.M)
             if n != 1:
                 sys.exit(f"README.md: no row for {run['label']!r}")
+            if not run["ptb"]:
+                valid = f"{float(END.search(end_line).group(1)):.1f}"
+                readme = nbest_example(readme, model_dir, valid, Path(tmp))
     if args.write:
         README.write_text(readme, encoding="utf-8")
         print("README.md: rows updated")
