@@ -40,6 +40,7 @@ class Progress:
     stop: str | None = None  # STOP_*: why training ended
     keep: str = KEEP_LAST  # KEEP_*: nothing is validated yet, so the current weights are the model
     train_seconds: float = 0.0
+    wall_seconds: float = 0.0  # wall time of the run so far, every part before a --resume included
     epoch_loss_sum: float = 0.0
     epoch_targets: int = 0
     last_loss: float | None = None  # the loss of the last step
@@ -185,7 +186,7 @@ def _check_opt_state(opt_state, config, params, path):
 
 
 _COUNTS = ("epoch", "window", "step", "tokens", "epoch_targets", "metrics_bytes", "rollbacks", "train_tokens")
-_NUMBERS = ("lr", "train_seconds", "epoch_loss_sum", "best_ce", "last_loss")
+_NUMBERS = ("lr", "train_seconds", "wall_seconds", "epoch_loss_sum", "best_ce", "last_loss")
 
 
 def _progress(raw, source, has_best):

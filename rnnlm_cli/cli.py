@@ -193,15 +193,23 @@ class _Signals:
 @click.argument("config_path", required=False, type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
-              help="Model directory to write (default: runs/<config name>, numbered if it exists).")
+              help="Model directory to write (default: runs/<config name> in the current directory, "
+                   "numbered if it exists).")
 @click.option("--init", "init_dir", type=click.Path(file_okay=False), help="Start from this model's weights and vocabulary.")
+@click.option("--init-vocab", type=click.Choice(["keep", "new"]), default=None,
+              help="With --init: keep its vocabulary (the default), or build one from the new training text "
+                   "(new: the shared words' embedding and output rows are copied, the rest initialized).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint.")
 @click.option("--dry-run", is_flag=True, help="Print the effective config and exit.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress, only the final line.")
-def train_cmd(config_path, overrides, out_dir, init_dir, resume, dry_run, quiet):
+def train_cmd(config_path, overrides, out_dir, init_dir, init_vocab, resume, dry_run, quiet):
     """Train a model on the config's train file; keep the best by valid perplexity.
 
     With no CONFIG, the built-in config trains on the corpus shipped with rnnlm.
+
+    Where things are: the model goes to --out, by default runs/<config name> under the current
+    directory (wherever CONFIG is); relative data paths in CONFIG resolve against CONFIG's own
+    folder (wherever you run rnnlm from).
 
     \b
     Examples:
@@ -210,18 +218,19 @@ def train_cmd(config_path, overrides, out_dir, init_dir, resume, dry_run, quiet)
       rnnlm train --out runs/ptb --resume          # after Ctrl-C or a crash
       rnnlm train my.yaml --init runs/ptb          # continue from another model
       mpiexec -n 2 rnnlm train my.yaml             # data-parallel on 2 processes (README)
+      rnnlm train my.yaml --init runs/ptb --init-vocab new   # fine-tune on text with other words
     """
     from . import distributed
     w = distributed.world()
     try:
-        _train(w, config_path, overrides, out_dir, init_dir, resume, dry_run, quiet)
+        _train(w, config_path, overrides, out_dir, init_dir, init_vocab, resume, dry_run, quiet)
     except BaseException as e:
         if w.size == 1:
             raise
         _end_rank(w, e)
 
 
-def _train(w, config_path, overrides, out_dir, init_dir, resume, dry_run, quiet):
+def _train(w, config_path, overrides, out_dir, init_dir, init_vocab, resume, dry_run, quiet):
     """The train command in one process of `w` (rank 0 alone prints)."""
     from . import distributed, lock
     from . import train as train_mod
@@ -230,11 +239,14 @@ def _train(w, config_path, overrides, out_dir, init_dir, resume, dry_run, quiet)
     def setup():
         if out_dir and Path(out_dir).is_dir():
             lock.refuse_if_held(out_dir)  # a live run's folder: say so first, whatever else is wrong
+        if init_vocab and not init_dir:
+            raise UserError("--init-vocab: needs --init MODEL_DIR (the model to fine-tune)")
         return _resume_config(config_path, overrides, out_dir) if resume else _load(config_path, overrides)
     config = distributed.agree(w, setup)
     if dry_run:
         if w.rank == 0:
             click.echo(dump_config(config), nl=False)
+            _dry_run_report(config, None if resume else init_dir, init_vocab)
         return
     from .modeldir import default_out
     out = Path(out_dir) if out_dir else default_out(config_path)
@@ -242,17 +254,39 @@ def _train(w, config_path, overrides, out_dir, init_dir, resume, dry_run, quiet)
                 else train_mod.SilentReporter())
     try:
         with _Signals(announce=w.rank == 0) as signals:
-            s = train_mod.run_in_folder(config, out, init_dir=init_dir, resume=resume, reporter=reporter,
-                                        should_stop=signals, world=w if w.size > 1 else None)
+            s = train_mod.run_in_folder(config, out, init_dir=init_dir, init_vocab=init_vocab or "keep",
+                                        resume=resume, reporter=reporter, should_stop=signals,
+                                        world=w if w.size > 1 else None)
     except train_mod.Interrupted as e:
         if w.rank == 0:
             click.echo(f"interrupted: checkpoint saved; continue with: rnnlm train --out {out} --resume", err=True)
         sys.exit(128 + e.signum)
     if w.rank != 0:
         return
+    wall = _fmt_seconds(s["total_wall_seconds"])
+    if resume:
+        wall += f" in all, {_fmt_seconds(s['wall_seconds'])} since --resume"
     click.echo(f"| end | valid ppl {_ppl(s['valid_ppl'])} (unigram {_ppl(s['unigram_valid_ppl'])}) | test ppl "
-               f"{_ppl(s['test_ppl'])} | {_fmt_count(s['tokens'])} tokens in {s['epochs']} epochs | "
-               f"{_fmt_seconds(s['wall_seconds'])} | {s['stop_reason']} | model in {out}")
+               f"{_ppl(s['test_ppl'])} | {_fmt_count(s['tokens'])} tokens in {_fmt_epochs(s['epochs_trained'])} | "
+               f"{wall} | {s['stop_reason']} | model in {out}")
+
+
+def _fmt_epochs(n):
+    """12 epochs, 1 epoch, 0.37 epochs (a run stopped by max_steps within an epoch)."""
+    if n == int(n):
+        return f"{int(n)} epoch{'' if n == 1 else 's'}"
+    return f"{n:.2f} epochs" if n >= 0.01 else f"{n:.2g} epochs"
+
+
+def _dry_run_report(config, init_dir, init_vocab):
+    """The data files read through and the vocabulary they give, on stderr (stdout holds the config)."""
+    from . import train as train_mod
+    vocab_size, rows = train_mod.check_data(config, init_dir, init_vocab or "keep")
+    for r in rows:
+        click.echo(f"dry run: data.{r['key']} {_shown(r['file'])}: {r['words']} words on {r['lines']} lines, "
+                   f"{r['targets']} targets, {r['oov']} OOV ({r['oov_rate']:.2%})", err=True)
+    source = f"the vocabulary of --init {init_dir}" if init_dir and init_vocab != "new" else "vocabulary"
+    click.echo(f"dry run: {source}: {vocab_size} tokens; the data is readable; nothing was written", err=True)
 
 
 def _end_rank(w, e):
@@ -323,9 +357,13 @@ def eval_cmd(model_dir, files, batch_size, as_json, dynamic, mix_dirs, weights, 
       rnnlm eval runs/ptb-lstm ptb.test.txt --mix runs/ptb-elman --weights 0.7,0.3
     """
     from . import evaluate, mix
+    from .modeldir import weights_note
     _check_dynamic(dynamic)
     models, mix_weights = mix.load_mixture(model_dir, mix_dirs, weights, mix_probs)
     config, vocab, params = models[0]
+    note = weights_note(model_dir)
+    if note:
+        click.echo(note, err=True)
     if dynamic and batch_size > 1 and any(c.data.independent for c, _, _ in models):
         raise UserError("--dynamic with --batch-size > 1: a model trained with data.independent reads whole "
                         "sentences per stream, which dynamic evaluation does not support; use --batch-size 1")
@@ -334,6 +372,11 @@ def eval_cmd(model_dir, files, batch_size, as_json, dynamic, mix_dirs, weights, 
         default = config.data.test or config.data.valid
         if not default:
             raise UserError(f"{model_dir}: its config names no test or valid file; give FILE arguments")
+        if not os.path.exists(default):
+            which = "test" if config.data.test else "valid"
+            raise UserError(f"{model_dir}: its config's {which} file {_shown(default)} is gone (not there, nor where "
+                            f"config.yaml's data_from_model_dir points); name the file to evaluate: "
+                            f"rnnlm eval {_shown(model_dir)} FILE")
         files = (default,)
     for path in files:
         if plain:
@@ -449,20 +492,26 @@ def _print_records(records, fmt, words, log_base, path):
               help="Nucleus sampling: only among the most likely words whose probabilities sum to P.")
 @click.option("--count", default=1, show_default=True, type=click.IntRange(min=1),
               help="Independent samples, one per line, each a sentence (sample k uses seed + k).")
-def sample_cmd(model_dir, prompt, words, temperature, top_k, seed, stop_at_eos, top_p, count):
+@click.option("--no-unk", is_flag=True, help="Never draw <unk> (its probability is set to 0, the rest renormalized).")
+def sample_cmd(model_dir, prompt, words, temperature, top_k, seed, stop_at_eos, top_p, count, no_unk):
     """Generate text from a trained model. <eos> prints as a line break.
 
     \b
     Example:
       rnnlm sample runs/default --prompt "and god said" --words 30 --temperature 0.8 --seed 1
     """
-    from .modeldir import load_model
+    from .modeldir import load_model, weights_note
     from .sample import sample_texts
     config, vocab, params = load_model(model_dir)
+    note = weights_note(model_dir)
+    if note:
+        click.echo(note, err=True)
     texts, unknown = sample_texts(params, config, vocab, prompt, words, temperature, top_k, seed, stop_at_eos,
-                                  model_dir, top_p, count)
+                                  model_dir, top_p, count, no_unk)
     if unknown:
-        click.echo(f"warning: not in the vocabulary, read as <unk>: {' '.join(unknown[:10])}", err=True)
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        click.echo(f"warning: not in the vocabulary, read as <unk>: "
+                   f"{', '.join(repr(w) for w in unknown[:10])}{more}", err=True)
     for text in texts:
         click.echo(text)
 
@@ -520,15 +569,22 @@ def plot_cmd(model_dirs, out_path, x_axis, log_y, labels):
 @cli.command("gradcheck")
 @click.argument("config_path", required=False, type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option("--vocab-size", default=13, show_default=True, type=click.IntRange(min=2))
-@click.option("--embedding-dim", default=5, show_default=True, type=click.IntRange(min=1))
-@click.option("--hidden-dim", default=7, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch-size", default=3, show_default=True, type=click.IntRange(min=1))
-@click.option("--bptt", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--vocab-size", default=13, show_default=True, type=click.IntRange(min=2),
+              help="V of the random model checked (not the config's corpus: no data is read).")
+@click.option("--embedding-dim", default=5, show_default=True, type=click.IntRange(min=1),
+              help="E of the model checked (replaces model.embedding_dim).")
+@click.option("--hidden-dim", default=7, show_default=True, type=click.IntRange(min=1),
+              help="H of the model checked (replaces model.hidden_dim).")
+@click.option("--batch-size", default=3, show_default=True, type=click.IntRange(min=1),
+              help="N: streams in the random window.")
+@click.option("--bptt", default=5, show_default=True, type=click.IntRange(min=1),
+              help="T: time steps in the random window (the gradient is checked through all of them).")
 @click.option("--samples", default=40, show_default=True, type=click.IntRange(min=1),
               help="Entries checked per parameter array (all of a smaller one).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
-@click.option("--tolerance", default=None, type=float, help="Fail above this relative error (default 1e-6).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Seeds the random model, window, carried state and the entries picked.")
+@click.option("--tolerance", default=None, type=float,
+              help="Fail (exit 1) above this normwise relative error (default 1e-6).")
 def gradcheck_cmd(config_path, overrides, vocab_size, embedding_dim, hidden_dim, batch_size, bptt, samples, seed,
                   tolerance):
     """Check every parameter's gradient against central differences in float64.

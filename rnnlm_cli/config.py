@@ -95,6 +95,8 @@ class TrainConfig:
     checkpoint_every: int | None = _key(None, low=1, nullable=True,
                                         doc="also save a resumable checkpoint every this many steps")
     log_every: int = _key(100, low=1, doc="steps between metrics.jsonl records of train loss")
+    keep_checkpoint: bool = _key(True, doc="keep checkpoint.npz when the run completes (it lets --resume "
+                                           "train on; eval and sample never need it)")
     adam_beta1: float = _key(0.9, low=0.0, high=1.0, doc="adam: decay of the first moment")
     adam_beta2: float = _key(0.999, low=0.0, high=1.0, doc="adam: decay of the second moment")
     adam_eps: float = _key(1e-8, low=0.0, low_open=True, doc="adam: denominator guard")
@@ -128,9 +130,57 @@ def all_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, cls in SECTION_TYPES.items() for f in dataclasses.fields(cls)]
 
 
+# What other tools call our keys (PyTorch's word_language_model, Keras, nanoGPT, fairseq, ...):
+# an unknown key with one of these names suggests ours, whatever section it was written in.
+ALIASES = {
+    "learning_rate": "train.lr", "lr_rate": "train.lr", "base_lr": "train.lr",
+    "lr_decay_rate": "train.lr_decay", "decay_rate": "train.lr_decay", "lr_decay_factor": "train.lr_decay",
+    "gamma": "train.lr_decay", "lr_schedule": "train.schedule", "scheduler": "train.schedule",
+    "hidden_size": "model.hidden_dim", "nhid": "model.hidden_dim", "hidden": "model.hidden_dim",
+    "hidden_units": "model.hidden_dim", "n_hidden": "model.hidden_dim", "rnn_size": "model.hidden_dim",
+    "emsize": "model.embedding_dim", "embedding_size": "model.embedding_dim", "embed_dim": "model.embedding_dim",
+    "emb_dim": "model.embedding_dim", "embed_size": "model.embedding_dim", "n_embd": "model.embedding_dim",
+    "nlayers": "model.layers", "num_layers": "model.layers", "n_layers": "model.layers", "n_layer": "model.layers",
+    "dropout_rate": "model.dropout", "dropout_prob": "model.dropout", "keep_prob": "model.dropout",
+    "rnn_type": "model.cell", "cell_type": "model.cell", "tied": "model.tie_weights",
+    "tie": "model.tie_weights", "tie_embeddings": "model.tie_weights",
+    "seq_len": "train.bptt", "bptt_len": "train.bptt", "seq_length": "train.bptt", "sequence_length": "train.bptt",
+    "num_steps": "train.bptt", "block_size": "train.bptt", "unroll": "train.bptt",
+    "batch": "train.batch_size", "bsz": "train.batch_size",
+    "epochs_max": "train.epochs", "max_epochs": "train.epochs", "num_epochs": "train.epochs",
+    "n_epochs": "train.epochs", "max_epoch": "train.epochs",
+    "max_iters": "train.max_steps", "max_iter": "train.max_steps", "max_updates": "train.max_steps",
+    "grad_clip": "train.clip_norm", "clip": "train.clip_norm", "max_grad_norm": "train.clip_norm",
+    "clip_grad_norm": "train.clip_norm", "gradient_clip": "train.clip_norm", "max_norm": "train.clip_norm",
+    "optim": "train.optimizer", "random_seed": "train.seed", "precision": "train.dtype",
+    "beta1": "train.adam_beta1", "beta2": "train.adam_beta2", "eps": "train.adam_eps",
+    "min_freq": "vocab.min_count", "min_frequency": "vocab.min_count", "vocab_size": "vocab.max_size",
+    "max_vocab": "vocab.max_size", "max_vocab_size": "vocab.max_size",
+    "train_file": "data.train", "valid_file": "data.valid", "dev_file": "data.valid",
+    "test_file": "data.test",
+}
+
+
+def key_by_meaning(name: str, options) -> str | None:
+    """The key among `options` that an unknown `name` (SECTION.KEY or KEY) means: another
+    tool's name for it (ALIASES) or the same key name in another section; else None."""
+    short = name.rsplit(".", 1)[-1].strip().lower().replace("-", "_")
+    if ALIASES.get(short) in options:
+        return ALIASES[short]
+    same_name = [o for o in options if o.rsplit(".", 1)[-1] == short]
+    return same_name[0] if len(same_name) == 1 else None
+
+
+def closest_key(name: str, options) -> str | None:
+    """The valid option meant by an unknown `name`: by meaning first, then by spelling."""
+    options = list(options)
+    close = key_by_meaning(name, options) or difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    return close if isinstance(close, str) or not close else close[0]
+
+
 def _suggest(name: str, options) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    close = closest_key(name, options)
+    return f" (did you mean '{close}'?)" if close else ""
 
 
 def _type_name(f) -> str:
@@ -215,8 +265,10 @@ def config_from_dict(raw, source: str = "config") -> Config:
         raise UserError(f"{source}: the config must be a mapping with sections data, vocab, model, train")
     for name in raw:
         if name not in SECTION_TYPES:
-            raise UserError(f"{source}: unknown section {_show(str(name))}{_suggest(str(name), SECTION_TYPES)}"
-                            f" (sections: {', '.join(SECTION_TYPES)})")
+            meant = key_by_meaning(str(name), all_keys())
+            hint = (f" ('{meant}'? keys go inside their section: {meant.split('.')[0]}: {{{meant.split('.')[1]}: ...}})"
+                    if meant else _suggest(str(name), SECTION_TYPES))
+            raise UserError(f"{source}: unknown section {_show(str(name))}{hint} (sections: {', '.join(SECTION_TYPES)})")
     config = Config(**{name: _section_from_dict(name, raw.get(name), source) for name in SECTION_TYPES})
     m = config.model
     if m.tie_weights and m.embedding_dim != m.hidden_dim:
@@ -272,6 +324,9 @@ def apply_overrides(raw: dict, overrides) -> dict:
         (section, name), value = parse_override(text)
         if section not in SECTION_TYPES:
             raise UserError(f"--set {text!r}: unknown section '{section}'{_suggest(section, SECTION_TYPES)}")
+        if name not in {f.name for f in dataclasses.fields(SECTION_TYPES[section])}:
+            key = f"{section}.{name}"
+            raise UserError(f"--set {_show(text)}: unknown key {_show(key)}{_suggest(key, all_keys())}")
         current = raw.get(section)
         raw[section] = dict(current) if isinstance(current, dict) else {}
         raw[section][name] = value
@@ -295,21 +350,57 @@ def _resolved(key, value, base):
         return str(path if path.is_absolute() else (base / path).resolve())
     except (OSError, RuntimeError, ValueError) as e:  # e.g. a symlink loop
         raise UserError(f"data.{key}: {value}: not a usable path ({e})") from None
+# A model directory's config.yaml has, besides the four sections, the data paths relative to its
+# own folder (the absolute ones are in `data`): see locate_data.
+RELATIVE_PATHS = "data_from_model_dir"
+
+
+def relative_paths(config: Config, folder) -> dict:
+    """{key: the (absolute) data path of `key` relative to `folder`} for the RELATIVE_PATHS section."""
+    folder = Path(os.path.abspath(folder))
+    return {key: os.path.relpath(getattr(config.data, key), folder) for key in PATH_KEYS
+            if getattr(config.data, key) is not None}
+
+
+def locate_data(config: Config, relative, base: Path, source: str) -> Config:
+    """Where a saved config's data files are now: for each key with a path in `relative` (the
+    RELATIVE_PATHS section, relative to `base`, the config file's folder), that file if it
+    exists and is not the absolute path's file (the model directory was copied or moved with
+    its data); otherwise the absolute path of `data`, as saved."""
+    if relative is None:
+        return config
+    if not isinstance(relative, dict) or not all(isinstance(v, str) and "\x00" not in v
+                                                 for v in relative.values()):
+        raise UserError(f"{source}: {RELATIVE_PATHS} must map data keys to paths, got {_show(relative)}")
+    for key in PATH_KEYS:
+        saved, rel = getattr(config.data, key), relative.get(key)
+        if saved is None or rel is None:
+            continue
+        near = os.path.normpath(os.path.join(os.path.abspath(base), os.path.expanduser(rel)))
+        if os.path.isfile(near) and not (os.path.exists(saved) and os.path.samefile(near, saved)):
+            setattr(config.data, key, near)
+    return config
 
 
 def load_config(path=None, overrides=()) -> Config:
-    """Defaults < the YAML file at `path` (the built-in default when None) < `--set` overrides."""
+    """Defaults < the YAML file at `path` (the built-in default when None) < `--set` overrides.
+    A model directory's config.yaml is a config too (its RELATIVE_PATHS section applied)."""
     path = Path(path) if path is not None else default_config_path()
     raw = read_yaml(path)
     if raw is not None and not isinstance(raw, dict):
         raise UserError(f"{path}: the config must be a mapping with sections data, vocab, model, train")
+    relative = raw.pop(RELATIVE_PATHS, None) if raw else None
     raw = apply_overrides(raw, overrides)
-    config = config_from_dict(raw, source=str(path))
-    return resolve_paths(config, path.resolve().parent)
+    config = resolve_paths(config_from_dict(raw, source=str(path)), path.resolve().parent)
+    if isinstance(relative, dict):  # a path given by --set is the one meant
+        overridden = {text.split("=", 1)[0].strip() for text in overrides}
+        relative = {k: v for k, v in relative.items() if f"data.{k}" not in overridden}
+    return locate_data(config, relative, path.parent, str(path))
 
 
 # The keys --resume may change: how long to train and how often to log or checkpoint.
-RESUME_KEYS = ("train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every", "data.cache_dir")
+RESUME_KEYS = ("train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every", "data.cache_dir",
+               "train.keep_checkpoint")
 
 
 def _flat(config: Config) -> dict:

@@ -95,6 +95,18 @@ def remove_stale_temp_files(out_dir):
                 pass
 
 
+def remove(path):
+    """Delete `path` if it exists (the rename of that is made durable like a write's)."""
+    path = Path(path)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise write_failure(path, e) from None
+    _fsync_dir(path.parent)
+
+
 def write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 

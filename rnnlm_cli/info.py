@@ -9,7 +9,6 @@ finished, and the checkpoint's progress (where a resume would start).
 """
 
 import signal
-from pathlib import Path
 
 from . import checkpoint, history, lock, model, modeldir, units
 from .config import config_to_dict, short_form

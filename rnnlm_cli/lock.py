@@ -124,6 +124,11 @@ def holder(out_dir):
     return None
 
 
+def held_here(out_dir):
+    """Whether this process holds DIR's lock (a run in this process writes DIR)."""
+    return str((Path(out_dir) / LOCK).resolve()) in _HELD
+
+
 def refuse_if_held(out_dir):
     """Raise the "another run (pid N) is writing this folder" error if a live run holds DIR."""
     pid = holder(out_dir)

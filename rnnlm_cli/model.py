@@ -77,6 +77,29 @@ def init_params(model_cfg, vocab_size, seed, dtype="float32", counts=None):
     return params
 
 
+def transfer_vocab(old_params, new_params, model_cfg, old_ids, new_ids):
+    """Parameters for a new vocabulary that keep what a model of another vocabulary learned:
+    `new_params` (initialized for the new vocabulary) with the recurrent layers of `old_params`
+    whole and, for the words both share (old id old_ids[i] is new id new_ids[i]), their slices
+    of every word-indexed array: the embedding's rows and the output layer's word arrays
+    (output.word_axes). The output layer's other arrays (classes, built from the new
+    frequencies) stay as initialized."""
+    axes = {"embedding": 0, **output.word_axes(model_cfg)}
+    own = set(output.param_shapes(model_cfg, len(new_params["embedding"])))
+    old_ids, new_ids = np.asarray(old_ids, np.intp), np.asarray(new_ids, np.intp)
+    params = {}
+    for key, value in new_params.items():
+        if key in axes:
+            value = value.copy()
+            index = [slice(None)] * value.ndim
+            index[axes[key]] = new_ids
+            value[tuple(index)] = np.take(old_params[key], old_ids, axis=axes[key])
+        elif key not in own:  # the recurrent layers do not depend on the vocabulary
+            value = old_params[key].copy()
+        params[key] = value
+    return params
+
+
 def init_state(model_cfg, batch_size, dtype="float32"):
     """The zero state a stream starts from: (L, N, H), or (L, 2, N, H) for LSTM."""
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype

@@ -15,14 +15,15 @@ arrays, shapes, dtypes and finite values the config implies.
 """
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from . import __version__, files, model, output
+from . import __version__, files, lock, model, output
 from .evaluate import json_safe
-from .config import config_from_dict, dump_config
+from .config import RELATIVE_PATHS, config_from_dict, dump_config, locate_data, relative_paths
 from .errors import UserError
 from .lock import LOCK
 from .vocab import load_vocab, save_vocab
@@ -84,7 +85,10 @@ def remove_if_empty(out):
 
 def save_model(out_dir, config, vocab, params):
     out_dir = Path(out_dir)
-    files.write_text(out_dir / CONFIG, dump_config(config))
+    relative = yaml.safe_dump({RELATIVE_PATHS: relative_paths(config, out_dir)}, sort_keys=False)
+    files.write_text(out_dir / CONFIG, dump_config(config) + f"# {RELATIVE_PATHS}: the data files relative to "
+                     f"this folder, used instead of data.* when they exist there (a copied model directory)\n"
+                     + relative)
     save_vocab(vocab, out_dir / VOCAB)
     files.write_npz(out_dir / WEIGHTS, params)
 
@@ -102,7 +106,8 @@ def load_config_file(path):
     except (OSError, UnicodeDecodeError, ValueError, RecursionError, yaml.YAMLError) as e:
         reason = (str(e).splitlines() or [type(e).__name__])[0]
         raise UserError(f"{path}: unreadable config ({reason})") from None
-    return config_from_dict(raw, source=str(path))
+    relative = raw.pop(RELATIVE_PATHS, None) if isinstance(raw, dict) else None
+    return locate_data(config_from_dict(raw, source=str(path)), relative, path.parent, str(path))
 
 
 def check_arrays(arrays, expected, source, what="array", buffers=()):
@@ -175,6 +180,47 @@ def load_model(model_dir, dtype=None):
     params = {k: np.ascontiguousarray(v, dtype=dtype if np.issubdtype(v.dtype, np.floating) else np.int64)
               for k, v in params.items()}
     return config, vocab, params
+
+
+def weights_note(model_dir):
+    """None when the run of model_dir completed (or left no info.json); otherwise one line
+    saying which weights weights.npz holds: the best validated so far, or, before any epoch
+    was validated, the weights the run started from (or those of its last step)."""
+    info = check_format(model_dir)
+    status = info.get("status")
+    if status in (None, "complete"):
+        return None
+    if status == "training":
+        pid = os.getpid() if lock.held_here(model_dir) else lock.holder(model_dir)
+        run = (f"is still training (pid {pid})" if pid else "is still training" if pid == 0
+               else "has a run that stopped without finishing (killed?; --resume continues it)")
+    else:
+        run = f"has a run that {status} at step {info.get('step')}"
+    best = last_accepted_epoch(model_dir)
+    if best is not None:
+        return (f"note: {model_dir} {run}: using its best weights so far, from epoch {best['epoch']} "
+                f"(valid ppl {best['valid_ppl']:.2f} with train.eval_batch_size streams)")
+    if status == "training":
+        return (f"note: {model_dir} {run} and no epoch is validated yet: weights.npz holds the weights the "
+                f"run started from (random or --init), not a trained model")
+    return f"note: {model_dir} {run}, before any epoch was validated: using the weights of that step"
+
+
+def last_accepted_epoch(model_dir):
+    """The last `epoch` record of metrics.jsonl whose weights became the kept model, or None."""
+    try:
+        lines = (Path(model_dir) / METRICS).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if (isinstance(record, dict) and record.get("event") == "epoch" and record.get("accepted")
+                and isinstance(record.get("valid_ppl"), (int, float))):
+            return record
+    return None
 
 
 def write_info(out_dir, **fields):

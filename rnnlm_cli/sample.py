@@ -29,8 +29,9 @@ def pick(probs, rng, temperature, top_k, top_p=None):
 
 
 def generate(params, model_cfg, prompt_ids, eos_id, words, temperature=1.0, top_k=None, seed=0,
-             stop_at_eos=False, top_p=None, reset_at=None):
-    """Yield `words` generated word ids after conditioning on `<eos>` + prompt_ids.
+             stop_at_eos=False, top_p=None, reset_at=None, never=()):
+    """Yield `words` generated word ids after conditioning on `<eos>` + prompt_ids; the ids in
+    `never` (e.g. <unk>) get probability 0 and the rest is renormalized.
 
     The state starts at zero and reads `<eos>` first, as every token stream does
     (docs/model-directory.md), so an empty prompt samples from the start of a sentence.
@@ -47,6 +48,9 @@ def generate(params, model_cfg, prompt_ids, eos_id, words, temperature=1.0, top_
     for _ in range(words):
         probs, state = model.step_probs(params, model_cfg, np.array([current]), state,
                                         temperature if temperature > 0 else 1.0, reset_at)
+        if never:
+            probs[0, list(never)] = 0.0
+            probs[0] /= probs[0].sum()
         current = pick(probs[0], rng, temperature, top_k, top_p)
         yield current
         if stop_at_eos and current == eos_id:
@@ -54,18 +58,19 @@ def generate(params, model_cfg, prompt_ids, eos_id, words, temperature=1.0, top_
 
 
 def sample_text(params, config, vocab, prompt, words, temperature=1.0, top_k=None, seed=0, stop_at_eos=False,
-                model_dir="model", top_p=None):
+                model_dir="model", top_p=None, no_unk=False):
     """-> (the prompt's tokens and `words` generated words as text, <eos> as a line break;
-    the prompt's words that are not in the vocabulary, read as <unk>)."""
+    the prompt's words that are not in the vocabulary, read as <unk>, each once). `no_unk`:
+    never draw <unk>."""
     tokens = data.tokenize(prompt, config.data.tokenizer)
-    unknown = [w for w in tokens if w not in vocab.index]
+    unknown = list(dict.fromkeys(w for w in tokens if w not in vocab.index))
     prompt_ids = [vocab.index.get(w, vocab.unk_id) for w in tokens]
     reset_at = vocab.eos_id if config.data.independent else None
     out = list(tokens)
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             for i in generate(params, config.model, prompt_ids, vocab.eos_id, words, temperature, top_k, seed,
-                              stop_at_eos, top_p, reset_at):
+                              stop_at_eos, top_p, reset_at, (vocab.unk_id,) if no_unk else ()):
                 out.append(vocab.tokens[i])
     except ValueError as e:
         if "probabilit" not in str(e).lower():
@@ -92,7 +97,7 @@ def check_options(temperature, top_k, top_p, count, vocab_size):
 
 
 def sample_texts(params, config, vocab, prompt, words, temperature=1.0, top_k=None, seed=0, stop_at_eos=False,
-                 model_dir="model", top_p=None, count=1):
+                 model_dir="model", top_p=None, count=1, no_unk=False):
     """-> ([count] texts, unknown prompt words). count 1 is sample_text's text; with count > 1
     sample k is drawn with seed + k and ends at its first <eos> (one sentence per sample, one
     line each), so each is reproducible on its own: `--seed S+k --stop-at-eos` gives it again."""
@@ -100,6 +105,6 @@ def sample_texts(params, config, vocab, prompt, words, temperature=1.0, top_k=No
     texts, unknown = [], []
     for k in range(count):
         text, unknown = sample_text(params, config, vocab, prompt, words, temperature, top_k, seed + k,
-                                    stop_at_eos or count > 1, model_dir, top_p)
+                                    stop_at_eos or count > 1, model_dir, top_p, no_unk)
         texts.append(text.replace("\n", " ") if count > 1 else text)
     return texts, unknown

@@ -20,6 +20,7 @@ model, info.json says `diverged`, and errors.Diverged (exit code 2: the config's
 train.lr/clip_norm must change) is raised.
 """
 
+import collections
 import contextlib
 import math
 import os
@@ -35,10 +36,14 @@ from . import schedule
 from .config import changed_keys
 from .checkpoint import KEEP_BEST, KEEP_LAST, STOP_EPOCHS, STOP_MAX_STEPS, STOP_SCHEDULE, TrainingState, stop_reason
 from .errors import Diverged, UserError, WriteError
-from .vocab import load_vocab, vocab_from_tokens
+from .vocab import build_vocab, load_vocab, vocab_from_tokens
 
 MAX_ROLLBACKS = 3  # per run (kept across --resume): the next divergence stops training
 RELEASE_EVERY = 200  # windows between releases of the train ids already read (corpus.release)
+# --init-vocab: fine-tune with the --init model's vocabulary, or with one built from the new text
+INIT_VOCAB_KEEP, INIT_VOCAB_NEW = "keep", "new"
+# --init with the kept vocabulary warns when more than this share of the training targets are <unk>
+POOR_COVERAGE = 0.05
 
 
 class Interrupted(Exception):
@@ -109,6 +114,45 @@ def prepare_data(config, vocab=None):
     return vocab, {"train": train[:2], "valid": valid[:2], "test": test[:2], "train_counts": train.id_counts}
 
 
+def check_data(config, init_dir=None, init_vocab=INIT_VOCAB_KEEP):
+    """What `train --dry-run` checks, writing nothing: each data file exists and is UTF-8 text
+    with words (read through in bounded memory), the training text fills every stream, and an
+    --init model loads and fits the config. -> (vocabulary size, one dict per file: key, file,
+    words, lines, targets, oov, oov_rate)"""
+    d = config.data
+    for key in ("train", "valid"):
+        if getattr(d, key) is None:
+            raise UserError(f"config: data.{key} is required (a path to a text file)")
+    found = {}
+    for key in ("train", "valid", "test"):
+        path = getattr(d, key)
+        if path is None:
+            continue
+        counts, words, lines = collections.Counter(), 0, 0
+        for one in corpus.files_of(path) if key == "train" else [path]:  # data.train may be several files
+            c, w, n = data.count_words(one, d.tokenizer)
+            counts.update(c)
+            words, lines = words + w, lines + n
+        name = _train_name(config) if key == "train" else path
+        if words == 0:
+            raise UserError(f"{name}: no tokens (the file is empty or only whitespace)")
+        found[key] = (name, counts, words, lines)
+    _, counts, words, lines = found["train"]
+    if (words + lines + 1) // config.train.batch_size < 2:  # the error batchify gives, on a stand-in
+        data.batchify(np.zeros(words + lines + 1, np.int32), config.train.batch_size, source=_train_name(config))
+    if init_dir is not None:
+        _, vocab, params = modeldir.load_model(init_dir, config.train.dtype)
+        modeldir.check_params(params, config, len(vocab), f"--init {init_dir}")
+    if init_dir is None or init_vocab == INIT_VOCAB_NEW:
+        vocab = build_vocab(counts, config.vocab.min_count, config.vocab.max_size)
+    rows = []
+    for key, (path, file_counts, words, lines) in found.items():
+        oov = sum(n for w, n in file_counts.items() if w not in vocab.index)
+        rows.append({"key": key, "file": path, "words": words, "lines": lines, "targets": words + lines,
+                     "oov": oov, "oov_rate": oov / (words + lines)})
+    return len(vocab), rows
+
+
 def _check_memory(config, vocab_size):
     """Refuse, before allocating anything, a model that cannot fit in this machine's memory."""
     try:
@@ -130,15 +174,14 @@ def _check_memory(config, vocab_size):
                         f"use smaller sizes, vocab.max_size or train.batch_size")
 
 
-def _start(config, out_dir, init_dir):
+def _start(config, out_dir, init_dir, init_vocab, reporter):
     """A new run: initial (or --init) weights, a model directory and a first checkpoint, written
     only once the data and the config have passed their checks. -> (vocab, streams, state)"""
     dtype = config.train.dtype
-    init_vocab = init_params = None
-    if init_dir is not None:
-        _, init_vocab, init_params = modeldir.load_model(init_dir, dtype)
-        modeldir.check_params(init_params, config, len(init_vocab), f"--init {init_dir}")
-    vocab, streams = prepare_data(config, init_vocab)
+    if init_dir is None:
+        (vocab, streams), init_params = prepare_data(config), None
+    else:
+        vocab, streams, init_params = _from_init(config, init_dir, init_vocab, reporter)
     data.batchify(streams["train"][0], config.train.batch_size, source=_train_name(config))  # fail before writing
     _check_memory(config, len(vocab))
     counts = streams["train_counts"]  # for output layers built from frequencies
@@ -154,11 +197,54 @@ def _start(config, out_dir, init_dir):
     return vocab, streams, state
 
 
+def _from_init(config, init_dir, init_vocab, reporter):
+    """--init: the vocabulary, streams and starting parameters of a run from another model.
+    INIT_VOCAB_KEEP: that model's vocabulary and weights as they are (a warning when the
+    vocabulary covers the training text poorly); INIT_VOCAB_NEW: a vocabulary built from the
+    training text, the shared words' rows copied (model.transfer_vocab)."""
+    dtype = config.train.dtype
+    _, old_vocab, old_params = modeldir.load_model(init_dir, dtype)
+    modeldir.check_params(old_params, config, len(old_vocab), f"--init {init_dir}")
+    if init_vocab != INIT_VOCAB_NEW:
+        vocab, streams = prepare_data(config, old_vocab)
+        _warn_coverage(config, init_dir, streams["train"][1], reporter)
+        return vocab, streams, old_params
+    vocab, streams = prepare_data(config)
+    counts = np.bincount(streams["train"][0], minlength=len(vocab))
+    fresh = model.init_params(config.model, len(vocab), config.train.seed, dtype, counts)
+    new_ids = [i for i, w in enumerate(vocab.tokens) if w in old_vocab.index]
+    old_ids = [old_vocab.index[vocab.tokens[i]] for i in new_ids]
+    reporter.info(f"--init {init_dir} --init-vocab new: vocabulary {len(vocab)} from {config.data.train}, "
+                  f"{len(new_ids)} of them in the init model's {len(old_vocab)}: their rows copied, the other "
+                  f"{len(vocab) - len(new_ids)} initialized as usual")
+    return vocab, streams, model.transfer_vocab(old_params, fresh, config.model, old_ids, new_ids)
+
+
+def _warn_coverage(config, init_dir, train_stats, reporter):
+    """Warn when the --init model's vocabulary leaves more than POOR_COVERAGE of the training
+    targets as <unk>, and one built from the training text would leave fewer."""
+    rate = train_stats["oov_rate"]
+    if rate <= POOR_COVERAGE:
+        return
+    counts, words, lines = data.count_words(config.data.train, config.data.tokenizer)
+    own = build_vocab(counts, config.vocab.min_count, config.vocab.max_size)
+    own_rate = sum(c for w, c in counts.items() if w not in own.index) / max(1, words + lines)
+    if own_rate < rate:
+        reporter.warn(f"warning: --init {init_dir}: its vocabulary leaves {rate:.2%} of the targets of "
+                      f"{config.data.train} as <unk> (a vocabulary built from that file: {own_rate:.2%}), so this "
+                      f"run's perplexities are not comparable with other vocabularies'; --init-vocab new "
+                      f"fine-tunes with the new text's vocabulary")
+
+
 def _resume(config, out_dir, reporter):
     """The state of an interrupted run, from its checkpoint; everything is read and checked
     before anything in out_dir changes. -> (vocab, streams, state)"""
     vocab = load_vocab(out_dir / modeldir.VOCAB)
     source = out_dir / modeldir.CHECKPOINT
+    if not source.exists() and modeldir.check_format(out_dir).get("status") == "complete":
+        raise UserError(f"--resume {out_dir}: nothing to resume: the run is complete and has no checkpoint "
+                        f"(checkpoint.npz was not kept: train.keep_checkpoint false, or deleted); to train on from "
+                        f"its weights, start a new run: rnnlm train CONFIG --init {out_dir} --out NEW_DIR")
     state = TrainingState.load(out_dir, config, len(vocab))
     progress = state.progress
     vocab, streams = prepare_data(config, vocab)
@@ -182,12 +268,12 @@ def _train_name(config):
     return corpus.describe(corpus.files_of(config.data.train))
 
 
-def _setup(config, out_dir, init_dir, resume, reporter, w):
+def _setup(config, out_dir, init_dir, init_vocab, resume, reporter, w):
     """-> (vocab, streams, state). Rank 0 starts or resumes the run in out_dir; the other
     processes take its vocabulary and state, and map the data themselves (from the token cache
     when they share its folder). Any process's failure stops them all (distributed.agree)."""
     def begin():
-        return _resume(config, out_dir, reporter) if resume else _start(config, out_dir, init_dir)
+        return _resume(config, out_dir, reporter) if resume else _start(config, out_dir, init_dir, init_vocab, reporter)
     if w.size == 1:
         return begin()
     first = distributed.agree(w, begin if w.rank == 0 else lambda: None)
@@ -237,6 +323,8 @@ class _Run:
     vocab_size: int
     world: distributed.World = None  # the processes of a data-parallel run (one by default)
     block: tuple = None  # (start, stop): the streams this process computes
+    t_start: float = 0.0  # perf_counter() when this process started the run (or its resume)
+    wall_before: float = 0.0  # wall seconds of the parts of the run before this --resume
 
 
 class _Diverging(Exception):
@@ -253,23 +341,25 @@ def _quiet_numerics():
         yield
 
 
-def run(config, out_dir, *, init_dir=None, resume=False, reporter=None, should_stop=lambda: None, world=None):
-    """Train into out_dir; returns a summary dict. `should_stop()` returns a signal number when
-    the user asked to stop (the run then checkpoints and raises Interrupted). `world`: the
-    processes of a data-parallel run (distributed.py); one process by default."""
+def run(config, out_dir, *, init_dir=None, init_vocab=INIT_VOCAB_KEEP, resume=False, reporter=None,
+        should_stop=lambda: None, world=None):
+    """Train into out_dir; returns a summary dict. `init_vocab` (with `init_dir`): INIT_VOCAB_KEEP
+    or INIT_VOCAB_NEW. `should_stop()` returns a signal number when the user asked to stop (the
+    run then checkpoints and raises Interrupted). `world`: the processes of a data-parallel run
+    (distributed.py); one process by default."""
     reporter = reporter or SilentReporter()
     out_dir = Path(out_dir)
     w = world or distributed.World()
     t_start = time.perf_counter()
     block = distributed.streams_of(w, config.train.batch_size)
-    vocab, streams, state = _setup(config, out_dir, init_dir, resume, reporter, w)
+    vocab, streams, state = _setup(config, out_dir, init_dir, init_vocab, resume, reporter, w)
     unigram = _announce(config, vocab, streams, reporter)
     batches = data.batchify(streams["train"][0], config.train.batch_size, source=_train_name(config))
     reset_at = vocab.eos_id if config.data.independent else None
     if w.size > 1:
         should_stop = (lambda asked: lambda: distributed.agreed_signal(w, asked))(should_stop)
     r = _Run(config, out_dir, reporter, should_stop, streams, batches[block[0]:block[1]], state.snapshot(), {},
-             reset_at, len(vocab), w, block)
+             reset_at, len(vocab), w, block, t_start, state.progress.wall_seconds)
     with _quiet_numerics():
         while state.progress.stop is None:
             if _reached_a_limit(r, state):
@@ -355,7 +445,9 @@ def _distributed_gradient(r, state, inputs, targets):
 
 
 def _save(r, state):
-    """The checkpoint (written by rank 0), the processes' parts of the carried state gathered first."""
+    """The checkpoint (written by rank 0), the processes' parts of the carried state gathered first,
+    with the run's wall time so far (all its parts) in its progress."""
+    state.progress.wall_seconds = r.wall_before + time.perf_counter() - r.t_start
     distributed.gather_hidden(r.world, state.hidden, *r.block)
     for arrays in (state.params, state.opt_state):
         distributed.align(r.world, arrays)
@@ -477,27 +569,34 @@ def _interrupt(r, state, signum):
 
 
 def _finish(r, state, vocab, unigram, seconds):
-    """Save the kept model and the final checkpoint; exact valid and test perplexity; the end
-    record -> the summary."""
+    """Save the kept model and the final checkpoint (removed at the end unless
+    train.keep_checkpoint); exact valid and test perplexity; the end record -> the summary.
+    `seconds`: the wall time of this process's part of the run."""
     p, config = state.progress, r.config
     kept = state.kept()
     modeldir.save_weights(r.out_dir, kept)
-    _save(r, state)
+    if config.train.keep_checkpoint:
+        _save(r, state)
     valid_ppl = _exact_perplexity(kept, config, r.streams["valid"][0], r.reset_at)
     test_ids = r.streams["test"][0]
     test_ppl = (_exact_perplexity(kept, config, test_ids, r.reset_at) if test_ids is not None and len(test_ids) > 1
                 else None)
     train_loss = (p.epoch_loss_sum / p.epoch_targets if p.epoch_targets
                   else p.history[-1].get("train_loss") if p.history else None)
+    epochs_trained = len(p.history) + p.window / max(1, data.num_windows(r.batches, config.train.bptt))
     summary = {"event": "end", "stop_reason": stop_reason(p.stop, config.train), "epochs": len(p.history),
+               "epochs_trained": round(epochs_trained, 4),
                "steps": p.step, "tokens": p.tokens, "train_loss": train_loss, "lr": p.lr, "valid_ppl": valid_ppl,
                "test_ppl": test_ppl, "unigram_valid_ppl": unigram, "train_seconds": p.train_seconds,
-               "wall_seconds": seconds, "tokens_per_sec": p.tokens / p.train_seconds if p.train_seconds else None}
+               "wall_seconds": seconds, "total_wall_seconds": r.wall_before + seconds,
+               "tokens_per_sec": p.tokens / p.train_seconds if p.train_seconds else None}
     _write_card(r, state, kept, summary=summary)  # first: if it fails, --resume finishes the run again
     _append_metric(r, state, summary)
     modeldir.write_info(r.out_dir, status="complete", vocab_size=len(vocab), steps=p.step, tokens=p.tokens,
                         valid_ppl=valid_ppl, test_ppl=test_ppl, unigram_valid_ppl=unigram,
                         stop_reason=summary["stop_reason"])
+    if not config.train.keep_checkpoint:  # last: a crash before this leaves a resumable folder
+        files.remove(r.out_dir / modeldir.CHECKPOINT)
     return summary
 
 
@@ -525,8 +624,8 @@ def _exact_perplexity(params, config, ids, reset_at):
 # A run in its folder
 
 
-def run_in_folder(config, out, *, init_dir=None, resume=False, reporter=None, should_stop=lambda: None,
-                  world=None):
+def run_in_folder(config, out, *, init_dir=None, init_vocab=INIT_VOCAB_KEEP, resume=False, reporter=None,
+                  should_stop=lambda: None, world=None):
     """`run` into the model directory `out`, which a new run creates (refusing a folder that
     holds a model) and --resume finds: the lock is held throughout, a killed run's temporary
     files are cleared, and a folder created for a run that failed before writing is removed.
@@ -536,8 +635,8 @@ def run_in_folder(config, out, *, init_dir=None, resume=False, reporter=None, sh
     distributed.streams_of(w, config.train.batch_size)  # every process refuses a batch it cannot divide
     created = distributed.agree(w, lambda: _open_folder(out, init_dir, resume) if w.rank == 0 else False)
     try:
-        return run(config, out, init_dir=init_dir, resume=resume, reporter=reporter, should_stop=should_stop,
-                   world=world)
+        return run(config, out, init_dir=init_dir, init_vocab=init_vocab, resume=resume, reporter=reporter,
+                   should_stop=should_stop, world=world)
     except WriteError as e:
         if (out / modeldir.CHECKPOINT).exists():
             raise WriteError(f"{e}; fix the cause and continue with: rnnlm train --out {out} --resume") from None

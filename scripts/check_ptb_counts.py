@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Local check (not a test): the token counts of Penn Treebank match the published ones.
 
-Needs a copy of Mikolov's Penn Treebank files: their folder as the argument (default: the
-developers' ../shared/data/ptb beside the repository). Asserts the target counts (words + lines,
+Needs a copy of Mikolov's Penn Treebank files: their folder as the argument (default: data/ptb
+of this repository, where the README's "Data" section suggests putting them; not shipped). Asserts the target counts (words + lines,
 docs/model-directory.md) of train/valid/test and a 10,000-word vocabulary from
 train (9,999 types incl. <unk>, + <eos>), and prints the encode time and peak RSS.
 
@@ -37,7 +37,7 @@ def peak_rss_mb() -> float:
 
 
 def main() -> None:
-    ptb = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO.parent / "shared" / "data" / "ptb"
+    ptb = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "data" / "ptb"
     print(f"peak RSS after imports: {peak_rss_mb():.1f} MB")
 
     t0 = time.perf_counter()

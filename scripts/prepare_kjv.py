@@ -2,7 +2,7 @@
 """Make the shipped default corpus, data/{train,valid,test}.txt, from the King James Bible.
 
 Input: kjv.txt as described in data/README.md (one verse per line, `Ge1:1 In the beginning
-God created the heaven and the earth.`). Output: the first BOOKS books (default 6: Genesis to
+God created the heaven and the earth.`), which scripts/get_kjv.sh makes from two Debian packages. Output: the first BOOKS books (default 6: Genesis to
 Joshua, about 1 MB), one verse per line, the reference dropped, tokenized with rnnlm's own
 `simple` tokenizer (lowercase; punctuation split off words; apostrophes and hyphens inside a
 word kept: `lord's`, `god-ward`; a trailing possessive apostrophe is punctuation:
@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from rnnlm_cli.data import tokenize  # noqa: E402
 
-DEFAULT_KJV = REPO.parent / "shared" / "data" / "public-domain" / "kjv.txt"
+DEFAULT_KJV = REPO / "build" / "kjv" / "kjv.txt"  # where scripts/get_kjv.sh writes it (not shipped)
 KJV_SHA256 = "cd45f0c9cedab8e4439bd6486c8952c77cc8b0ecc5d1f6ae3513f2039f47229d"
 SPLITS = ("train", "valid", "test")
 # Book abbreviations may start with a digit (1Sm, 2Ki), then letters; chapter:verse follows.
@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--books", type=int, default=6, help="number of books, from Genesis")
     args = parser.parse_args()
     if not args.kjv.is_file():
-        sys.exit(f"{args.kjv}: no such file")
+        sys.exit(f"{args.kjv}: no such file (scripts/get_kjv.sh makes it: see data/README.md)")
     if hashlib.sha256(args.kjv.read_bytes()).hexdigest() != KJV_SHA256:
         print(f"note: {args.kjv} is not the kjv.txt these data files were made from",
               file=sys.stderr)

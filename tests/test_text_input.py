@@ -67,7 +67,7 @@ def test_prompts_of_unknown_words_or_nothing(tiny_model, run_cli, prompt):
     code, out, err = run_cli("sample", tiny_model[0], "--prompt", prompt, "--words", 5, "--seed", 1)
     assert code == 0 and out.strip(), err
     if prompt.strip():
-        assert err.strip().splitlines() == ["warning: not in the vocabulary, read as <unk>: zebra xyzzy"]
+        assert err.strip().splitlines() == ["warning: not in the vocabulary, read as <unk>: 'zebra', 'xyzzy'"]
     else:
         assert err == ""
 

@@ -8,6 +8,9 @@ A kind module provides, as plain functions (shapes: M positions, H hidden size, 
     param_shapes(model_cfg, V)   {key: shape} of its arrays, buffers included, in weights.npz
                                  order; every key starts with `output.`
     BUFFERS                      the keys of its arrays that are not trained (no gradient)
+    WORD_AXES                    {key: axis} of its arrays indexed by word id along that axis
+                                 (fine-tuning with another vocabulary copies the shared words'
+                                 slices of these; every other array is initialized afresh)
     check_buffers(arrays, V, source)   validate the buffers read from a file (UserError)
     init_array(key, shape, model_cfg, rng, dtype, counts)  -> the initial array of one key;
                                  random ones drawn from `rng` (called in key order); `counts`
@@ -51,6 +54,13 @@ def param_shapes(model_cfg, vocab_size):
 def buffers(model_cfg):
     """The keys of arrays that are not trained (no gradient, no optimizer state)."""
     return set(kind(model_cfg).BUFFERS)
+
+
+def word_axes(model_cfg):
+    """{key: axis} of the stored output arrays indexed by word id along that axis (a tied matrix
+    is the embedding, not stored)."""
+    k = kind(model_cfg)
+    return {key: axis for key, axis in k.WORD_AXES.items() if not (model_cfg.tie_weights and key == k.TIED)}
 
 
 def check_buffers(arrays, model_cfg, vocab_size, source):

@@ -28,6 +28,7 @@ from ..errors import UserError
 TIED = "output.W"
 BOUNDS = "output.class_bounds"
 BUFFERS = (BOUNDS,)
+WORD_AXES = {"output.W": 1, "output.b": 0}  # the class arrays follow the classes, not the words
 
 
 def n_classes(model_cfg, vocab_size):

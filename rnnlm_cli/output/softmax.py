@@ -19,6 +19,7 @@ from .. import layers
 
 TIED = "output.W"
 BUFFERS = ()
+WORD_AXES = {"output.W": 1, "output.b": 0}
 CROSS_ENTROPY = types.SimpleNamespace(loss="cross_entropy")  # what log-probabilities are defined by
 
 
