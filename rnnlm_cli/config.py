@@ -51,8 +51,9 @@ class ModelConfig:
     hidden_dim: int = _key(128, low=1, doc="H: size of each layer's hidden state")
     layers: int = _key(1, low=1, doc="L: stacked recurrent layers")
     loss: str = _key("cross_entropy", choices=("cross_entropy", "squared_error"), doc="per-target loss")
-    output: str = _key("softmax", choices=("softmax", "class"),
-                       doc="softmax: full softmax over V; class: Mikolov's class-factored softmax (exact)")
+    output: str = _key("softmax", choices=("softmax", "class", "hsm"),
+                       doc="softmax: full softmax over V; class: Mikolov's class-factored softmax (exact); "
+                           "hsm: hierarchical softmax over a Huffman tree of the train frequencies (exact)")
     classes: int | None = _key(None, low=1, nullable=True, doc="class output: number of classes (null: about √V)")
     dropout: float = _key(0.0, low=0.0, high=0.95,
                           doc="dropout on the non-recurrent connections (Zaremba et al.), training only")
@@ -207,8 +208,11 @@ def config_from_dict(raw, source: str = "config") -> Config:
     if m.tie_weights and m.embedding_dim != m.hidden_dim:
         raise UserError(f"{source}: model.tie_weights needs model.embedding_dim = model.hidden_dim "
                         f"(got {m.embedding_dim} and {m.hidden_dim})")
-    if m.output == "class" and m.loss != "cross_entropy":
-        raise UserError(f"{source}: model.output class works with model.loss cross_entropy only")
+    if m.output in ("class", "hsm") and m.loss != "cross_entropy":
+        raise UserError(f"{source}: model.output {m.output} works with model.loss cross_entropy only")
+    if m.output == "hsm" and m.tie_weights:
+        raise UserError(f"{source}: model.tie_weights cannot be used with model.output hsm (its node vectors "
+                        f"are not word vectors: there is no (H, V) word matrix to tie to the embedding)")
     return config
 
 

@@ -215,3 +215,20 @@ def test_class_output_is_an_exact_normalized_distribution():
     np.testing.assert_allclose(np.exp(logp).sum(), 1.0, rtol=1e-12)
     loss, _, _ = model.forward(params, m, inputs, targets, state, need_grad=False)
     assert loss == pytest.approx(-logp[0, 7], rel=1e-12)
+
+
+HSM_GRID = [("elman", "sigmoid", 1, 0.0), ("elman", "tanh", 2, 0.0), ("elman", "relu", 1, 0.5),
+            ("lstm", "tanh", 1, 0.0), ("lstm", "tanh", 2, 0.5), ("gru", "tanh", 1, 0.5), ("gru", "tanh", 2, 0.0)]
+
+
+@pytest.mark.parametrize("cell,activation,n_layers,dropout", HSM_GRID)
+def test_gradcheck_hsm_output(cell, activation, n_layers, dropout):
+    """Every parameter of models with the hierarchical softmax: its node vectors and biases are
+    checked, its tree (buffers) is not a parameter."""
+    m = cfg(cell=cell, activation=activation, layers=n_layers, dropout=dropout, output="hsm")
+    results = gradcheck.check_model(m, bptt=7)
+    keys = {key for key, _, _ in results}
+    assert keys == set(model.param_shapes(m, 13)) - {"output.path_nodes", "output.path_codes", "output.path_lengths"}
+    for key, err, checked in results:
+        assert checked > 0
+        assert err < gradcheck.TOLERANCE, f"{key}: {err:.2e}"
