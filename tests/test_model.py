@@ -232,3 +232,30 @@ def test_gradcheck_hsm_output(cell, activation, n_layers, dropout):
     for key, err, checked in results:
         assert checked > 0
         assert err < gradcheck.TOLERANCE, f"{key}: {err:.2e}"
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_class_output_splits_its_classes_over_the_cores_without_changing_the_gradient(monkeypatch, threads):
+    """The classes run in contiguous runs balanced by work, one per core: every gradient of the
+    layer is the one a single core computes, bit for bit (the loss is summed per run: equal to
+    rounding)."""
+    from rnnlm_cli import parallel
+    from rnnlm_cli.output import classes
+    counts = np.array([50, 40, 30, 20, 10, 9, 8, 7, 6, 5, 4, 3, 1])
+    params = model.init_params(cfg(output="class", classes=5), 13, seed=0, dtype="float64", counts=counts)
+    rng = np.random.default_rng(2)
+    h, targets = rng.normal(size=(40, 6)), rng.integers(0, 13, 40)
+    args = [params[k] for k in ("output.W", "output.b", "output.class_W", "output.class_b", "output.class_bounds")]
+    runs = {}
+    for n in (1, threads):
+        monkeypatch.setattr(parallel, "workers", lambda n=n: n)
+        loss, cache = classes.class_output_forward(h, *args, targets, 0.5)
+        assert (len(cache[-1]) == 1) == (n == 1) and len(cache[-1]) <= n  # the runs, one per core
+        grads = classes.class_output_backward(cache)
+        runs[n] = loss, [g.dense() if hasattr(g, "dense") else g for g in grads]
+    assert runs[1][0] == pytest.approx(runs[threads][0], rel=1e-14)
+    assert all(np.array_equal(a, b) for a, b in zip(runs[1][1], runs[threads][1]))
+    work = np.array([5, 1, 1, 1, 8, 1, 2])
+    parts = classes.balanced_runs(work, 2)
+    assert parts == [(0, 4), (4, 7)]  # contiguous, covering, the heavy group 4 alone with the tail
+    assert classes.balanced_runs(np.array([3]), 4) == [(0, 1)] and classes.balanced_runs(np.zeros(0), 2) == [(0, 0)]
