@@ -31,16 +31,31 @@ def clip_factor(norm, max_norm):
 
 
 def sgd_update(params, grads, lr):
-    """θ ← θ − lr · ∇θJ."""
+    """θ ← θ − lr · ∇θJ, in place (the gradient is scaled where it lies: no temporary the size of
+    the array), the dense arrays and the column blocks split over the cores."""
     for key, g in grads.items():
+        p = params[key]
         if isinstance(g, SparseRows):
-            params[key][g.ids] -= lr * g.rows  # ids are distinct: a plain fancy-index update
+            p[g.ids] -= lr * g.rows  # ids are distinct: a plain fancy-index update
         elif isinstance(g, ColumnBlocks):
-            for (a, b), block in zip(g.ranges, g.blocks):
-                params[key][..., a:b] -= lr * block
+            _each_block(g, lambda a, b, block: _sgd_step(p[..., a:b], block, lr))
         else:
-            g *= -lr  # in place: no temporary the size of the array
-            params[key] += g
+            _blocks(lambda a, b: _sgd_step(p.reshape(-1)[a:b], g.reshape(-1)[a:b], lr), p.size)
+
+
+def _sgd_step(p, g, lr):
+    g *= -lr
+    p += g
+
+
+def _each_block(g, fn):
+    """fn(start, stop, block) for every column block of a ColumnBlocks gradient, the blocks cut
+    into runs of about equal size, one per core."""
+    def blocks(i, j):
+        for (a, b), block in zip(g.ranges[i:j], g.blocks[i:j]):
+            fn(a, b, block)
+    sizes = [block.size for block in g.blocks]
+    parallel.run([lambda i=i, j=j: blocks(i, j) for i, j in parallel.balanced_ranges(sizes, parallel.workers())])
 
 
 def adam_init(params):
@@ -67,9 +82,11 @@ def adam_update(params, grads, state, lr, beta1=0.9, beta2=0.999, eps=1e-8):
             v[g.ids] += (1.0 - beta2) * (g.rows * g.rows)
         elif isinstance(g, ColumnBlocks):
             _decay(m, v, beta1, beta2)
-            for (a, b), block in zip(g.ranges, g.blocks):
+
+            def moments(a, b, block, m=m, v=v):
                 m[..., a:b] += (1.0 - beta1) * block
                 v[..., a:b] += (1.0 - beta2) * (block * block)
+            _each_block(g, moments)
         else:
             _blocks(lambda a, b: _moments(m.reshape(-1)[a:b], v.reshape(-1)[a:b], g.reshape(-1)[a:b],
                                           beta1, beta2), p.size)

@@ -256,6 +256,5 @@ def test_class_output_splits_its_classes_over_the_cores_without_changing_the_gra
     assert runs[1][0] == pytest.approx(runs[threads][0], rel=1e-14)
     assert all(np.array_equal(a, b) for a, b in zip(runs[1][1], runs[threads][1]))
     work = np.array([5, 1, 1, 1, 8, 1, 2])
-    parts = classes.balanced_runs(work, 2)
-    assert parts == [(0, 4), (4, 7)]  # contiguous, covering, the heavy group 4 alone with the tail
-    assert classes.balanced_runs(np.array([3]), 4) == [(0, 1)] and classes.balanced_runs(np.zeros(0), 2) == [(0, 0)]
+    assert parallel.balanced_ranges(work, 2) == [(0, 4), (4, 7)]  # contiguous, covering, nearest the half
+    assert parallel.balanced_ranges(np.array([3]), 4) == [(0, 1)] and parallel.balanced_ranges(np.zeros(0), 2) == [(0, 0)]

@@ -109,7 +109,7 @@ def class_output_forward(h, W, b, class_W, class_b, bounds, targets, scale=1.0, 
             block += b[a:z]
         return segment_cross_entropy(logits, g, g0, g1, scale, need_grad)  # −log P(w | c, h)
 
-    parts = balanced_runs(g.work, parallel.workers())
+    parts = parallel.balanced_ranges(g.work, parallel.workers())
     loss += sum(parallel.run([lambda g0=g0, g1=g1: forward(g0, g1) for g0, g1 in parts]))
     return loss, ((h, hs, order, W, class_W, dclass, logits, g, parts) if need_grad else None)
 
@@ -175,19 +175,6 @@ def class_groups(sorted_cls, bounds, sorted_targets):
     sorted_row = np.repeat(rows[:, 0], n) + within  # the row of the sorted positions
     row_target = row_start + sorted_targets[sorted_row] - np.repeat(words[:, 0], n)
     return Groups(words, rows, offsets, n * width, row_start, row_len, row_target, rows_before)
-
-
-def balanced_runs(work, parts):
-    """[(g0, g1)]: range(len(work)) cut into at most `parts` contiguous runs of about equal
-    total work: each cut at the group boundary nearest to a multiple of total/parts."""
-    if len(work) == 0:
-        return [(0, 0)]
-    before = np.concatenate(([0.0], np.cumsum(work, dtype=np.float64)))  # work of the groups < j
-    goal = before[-1] * np.arange(1, parts) / parts
-    cut = np.clip(np.searchsorted(before, goal), 1, len(work))
-    cut = np.where(before[cut] - goal > goal - before[cut - 1], cut - 1, cut)
-    bounds = np.unique(np.concatenate(([0], cut, [len(work)])))
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def segment_cross_entropy(logits, g, g0, g1, scale, need_grad):
