@@ -201,6 +201,7 @@ class _Run:
     batches: np.ndarray
     snapshot: TrainingState
     workspace: dict  # scratch arrays reused by every window
+    started: float = 0.0  # time.perf_counter() when this process started the run
 
 
 class _Diverging(Exception):
@@ -226,7 +227,7 @@ def run(config, out_dir, *, init_dir=None, resume=False, reporter=None, should_s
     vocab, streams, state = _resume(config, out_dir, reporter) if resume else _start(config, out_dir, init_dir)
     unigram = _announce(config, vocab, streams, reporter)
     batches = data.batchify(streams["train"][0], config.train.batch_size, source=config.data.train)
-    r = _Run(config, out_dir, reporter, should_stop, streams, batches, state.snapshot(), {})
+    r = _Run(config, out_dir, reporter, should_stop, streams, batches, state.snapshot(), {}, t_start)
     with _quiet_numerics():
         while state.progress.stop is None:
             if _reached_a_limit(r, state):
@@ -336,7 +337,7 @@ def _end_of_epoch(r, state):
     record = {"event": "epoch", "epoch": p.epoch, "step": p.step, "tokens": p.tokens, "train_loss": train_loss,
               "valid_ce": ce, "valid_ppl": evaluate.perplexity(ce), "lr": p.lr,
               "tokens_per_sec": p.tokens / p.train_seconds if p.train_seconds else None,
-              "accepted": decision.accept}
+              "accepted": decision.accept, "wall_seconds": time.perf_counter() - r.started}
     p.halving = decision.halving
     if decision.stop:
         p.stop = STOP_SCHEDULE
