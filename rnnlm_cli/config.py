@@ -70,7 +70,10 @@ class TrainConfig:
     bptt: int = _key(35, low=1, doc="T: time steps per window of truncated BPTT")
     epochs: int = _key(10, low=1, doc="upper bound on passes over the training text")
     max_steps: int | None = _key(None, low=1, nullable=True, doc="stop after this many updates (null: no limit)")
-    optimizer: str = _key("sgd", choices=("sgd", "adam"), doc="sgd: θ ← θ − lr·∇θJ; adam: Kingma & Ba")
+    optimizer: str = _key("sgd", choices=("sgd", "adam", "lazy_adam"),
+                          doc="sgd: θ ← θ − lr·∇θJ; adam: Kingma & Ba; lazy_adam: adam, but the rows of "
+                              "sparse gradients (embedding, class columns, hsm nodes) a window did not touch "
+                              "keep their moments and weights (PyTorch's SparseAdam)")
     lr: float = _key(1.0, low=0.0, low_open=True, doc="learning rate")
     clip_norm: float | None = _key(5.0, low=0.0, low_open=True, nullable=True,
                                    doc="clip the global gradient norm to this (null: no clipping)")

@@ -67,15 +67,31 @@ def adam_init(params):
     return state
 
 
-def adam_update(params, grads, state, lr, beta1=0.9, beta2=0.999, eps=1e-8):
+def adam_update(params, grads, state, lr, beta1=0.9, beta2=0.999, eps=1e-8, lazy=False):
     """Adam (Kingma & Ba 2015) with bias correction, exactly, but without materializing a sparse
     gradient: the moments of every entry decay, and only the rows (or class columns) a window
-    touched receive gradient; all of it in place and split over the cores."""
+    touched receive gradient; all of it in place and split over the cores.
+
+    lazy=True is the lazy variant for sparse gradients (PyTorch's SparseAdam, TensorFlow's
+    LazyAdam): a sparse gradient's rows (or column blocks) alone have their moments decayed and
+    updated and their weights moved, as if the others had no step; dense gradients as Adam."""
     state["adam.t"] += 1
     t = int(state["adam.t"])
     step = lr * np.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
     for key, g in grads.items():
         p, m, v = params[key], state[f"adam.m.{key}"], state[f"adam.v.{key}"]
+        if lazy and isinstance(g, SparseRows):
+            m_rows, v_rows = m[g.ids], v[g.ids]
+            _moments(m_rows, v_rows, g.rows, beta1, beta2)
+            m[g.ids], v[g.ids] = m_rows, v_rows
+            p_rows = p[g.ids]
+            _adam_step(p_rows, m_rows, v_rows, step, eps)
+            p[g.ids] = p_rows
+            continue
+        if lazy and isinstance(g, ColumnBlocks):
+            _each_block(g, lambda a, b, block, p=p, m=m, v=v: _lazy_block(
+                p[..., a:b], m[..., a:b], v[..., a:b], block, beta1, beta2, step, eps))
+            continue
         if isinstance(g, SparseRows):
             _decay(m, v, beta1, beta2)
             m[g.ids] += (1.0 - beta1) * g.rows
@@ -92,6 +108,12 @@ def adam_update(params, grads, state, lr, beta1=0.9, beta2=0.999, eps=1e-8):
                                           beta1, beta2), p.size)
         _blocks(lambda a, b: _adam_step(p.reshape(-1)[a:b], m.reshape(-1)[a:b], v.reshape(-1)[a:b], step, eps),
                 p.size)
+
+
+def _lazy_block(p, m, v, g, beta1, beta2, step, eps):
+    """Adam's moment and weight updates on one block of columns (views: updated in place)."""
+    _moments(m, v, g, beta1, beta2)
+    _adam_step(p, m, v, step, eps)
 
 
 def _blocks(fn, n):
@@ -124,7 +146,7 @@ def _adam_step(p, m, v, step, eps):
 
 def init_state(name, params):
     """The optimizer state of `name` for the trained arrays `params` (SGD keeps none)."""
-    return adam_init(params) if name == "adam" else {}
+    return adam_init(params) if name in ("adam", "lazy_adam") else {}
 
 
 def update(name, params, grads, state, lr, train_cfg, grad_scale=1.0):
@@ -137,4 +159,5 @@ def update(name, params, grads, state, lr, train_cfg, grad_scale=1.0):
         for g in grads.values():
             for v in _values(g):
                 v *= grad_scale
-    adam_update(params, grads, state, lr, train_cfg.adam_beta1, train_cfg.adam_beta2, train_cfg.adam_eps)
+    adam_update(params, grads, state, lr, train_cfg.adam_beta1, train_cfg.adam_beta2, train_cfg.adam_eps,
+                lazy=name == "lazy_adam")

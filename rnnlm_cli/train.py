@@ -108,7 +108,7 @@ def _check_memory(config, vocab_size):
     n = sum(math.prod(shape) for shape in shapes.values())
     tc = config.train
     itemsize = np.dtype(tc.dtype).itemsize
-    copies = 4 + (2 if tc.optimizer == "adam" else 0)  # params, grads, best, rollback copy (+ moments)
+    copies = 4 + (2 if tc.optimizer in ("adam", "lazy_adam") else 0)  # params, grads, best, rollback copy (+ moments)
     window = tc.batch_size * tc.bptt * (2 * vocab_size + 8 * config.model.hidden_dim * config.model.layers)
     need = (n * copies + window) * itemsize
     if need > total:
