@@ -103,13 +103,14 @@ def run(tasks):
     return [f.result() for f in futures] + [last]
 
 
-def parts_for(elements):
-    return max(1, min(workers(), elements // MIN_BLOCK))
+def parts_for(elements, min_block=None):
+    return max(1, min(workers(), elements // (min_block or MIN_BLOCK)))
 
 
-def map_rows(fn, rows, cols):
-    """[fn(start, stop) for each block of rows], in parallel when the work is big enough."""
-    blocks = ranges(rows, min(parts_for(rows * cols), max(rows, 1))) or [(0, 0)]
+def map_rows(fn, rows, cols, min_block=None):
+    """[fn(start, stop) for each block of rows], in parallel when the work is big enough (at
+    least min_block elements a thread: more for work that is light per element)."""
+    blocks = ranges(rows, min(parts_for(rows * cols, min_block), max(rows, 1))) or [(0, 0)]
     return run([lambda a=a, b=b: fn(a, b) for a, b in blocks])
 
 

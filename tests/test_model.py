@@ -236,9 +236,9 @@ def test_gradcheck_hsm_output(cell, activation, n_layers, dropout):
 
 @pytest.mark.parametrize("threads", [2, 3])
 def test_class_output_splits_its_classes_over_the_cores_without_changing_the_gradient(monkeypatch, threads):
-    """The classes run in contiguous runs balanced by work, one per core: every gradient of the
-    layer is the one a single core computes, bit for bit (the loss is summed per run: equal to
-    rounding)."""
+    """The classes run in contiguous runs balanced by work, one per core: the word part of the
+    gradient is the one a single core computes, bit for bit (the loss is summed per run, and the
+    class softmax's products are split by BLAS calls: equal to rounding)."""
     from rnnlm_cli import parallel
     from rnnlm_cli.output import classes
     counts = np.array([50, 40, 30, 20, 10, 9, 8, 7, 6, 5, 4, 3, 1])
@@ -247,6 +247,7 @@ def test_class_output_splits_its_classes_over_the_cores_without_changing_the_gra
     h, targets = rng.normal(size=(40, 6)), rng.integers(0, 13, 40)
     args = [params[k] for k in ("output.W", "output.b", "output.class_W", "output.class_b", "output.class_bounds")]
     runs = {}
+    monkeypatch.setattr(parallel, "MIN_BLOCK", 1)  # split even this small window
     for n in (1, threads):
         monkeypatch.setattr(parallel, "workers", lambda n=n: n)
         loss, cache = classes.class_output_forward(h, *args, targets, 0.5)
@@ -254,7 +255,10 @@ def test_class_output_splits_its_classes_over_the_cores_without_changing_the_gra
         grads = classes.class_output_backward(cache)
         runs[n] = loss, [g.dense() if hasattr(g, "dense") else g for g in grads]
     assert runs[1][0] == pytest.approx(runs[threads][0], rel=1e-14)
-    assert all(np.array_equal(a, b) for a, b in zip(runs[1][1], runs[threads][1]))
+    dh, dW, db, dclass_W, dclass_b = runs[1][1]
+    assert np.array_equal(dW, runs[threads][1][1]) and np.array_equal(db, runs[threads][1][2])  # the classes' part
+    for a, b in zip((dh, dclass_W, dclass_b), (runs[threads][1][0], *runs[threads][1][3:])):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)  # the class softmax's products, split too
     work = np.array([5, 1, 1, 1, 8, 1, 2])
     assert parallel.balanced_ranges(work, 2) == [(0, 4), (4, 7)]  # contiguous, covering, nearest the half
     assert parallel.balanced_ranges(np.array([3]), 4) == [(0, 1)] and parallel.balanced_ranges(np.zeros(0), 2) == [(0, 0)]

@@ -109,7 +109,8 @@ def class_output_forward(h, W, b, class_W, class_b, bounds, targets, scale=1.0, 
             block += b[a:z]
         return segment_cross_entropy(logits, g, g0, g1, scale, need_grad)  # −log P(w | c, h)
 
-    parts = parallel.balanced_ranges(g.work, parallel.workers())
+    # as parallel.matmul: a thread for each MIN_BLOCK outputs times H/64 (none for a batch-1 window)
+    parts = parallel.balanced_ranges(g.work, parallel.parts_for(int(g.offsets[-1]) * max(1, h.shape[1] // 64)))
     loss += sum(parallel.run([lambda g0=g0, g1=g1: forward(g0, g1) for g0, g1 in parts]))
     return loss, ((h, hs, order, W, class_W, dclass, logits, g, parts) if need_grad else None)
 

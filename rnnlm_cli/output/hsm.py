@@ -44,6 +44,7 @@ VECTORS, BIAS = "output.node_vectors", "output.node_b"
 NODES, CODES, LENGTHS = "output.path_nodes", "output.path_codes", "output.path_lengths"
 BUFFERS = (NODES, CODES, LENGTHS)
 TOP_NODES = 128  # nodes nearest the root whose gradient is one (M, TOP_NODES) matrix product
+LIGHT_BLOCK = 4 * parallel.MIN_BLOCK  # a gather and a multiply-add per element: a thread needs more of them
 
 
 def max_depth(vocab_size):
@@ -205,7 +206,7 @@ def pair_logits(h, vectors, bias, path, gathered=None):
     def rows(a, b):
         np.take(vectors, path[a:b], axis=0, out=gathered[a:b], mode="clip")  # ids checked on load
         np.matmul(gathered[a:b], h[a:b, :, None], out=z[a:b, :, None])
-    parallel.map_rows(rows, M, depth * h.shape[1])
+    parallel.map_rows(rows, M, depth * h.shape[1], LIGHT_BLOCK)
     z += bias[path]
     return z, gathered
 
@@ -239,7 +240,7 @@ def hsm_backward(cache, workspace=None):
 
     def rows(a, b):
         np.matmul(dz[a:b, None, :], gathered[a:b], out=dh[a:b, None, :])  # δh_t = Σ_d dz_{t,d} v_{n_{t,d}}, eq. H2
-    parallel.map_rows(rows, M, dz.shape[1] * H)
+    parallel.map_rows(rows, M, dz.shape[1] * H, LIGHT_BLOCK)
     K = min(TOP_NODES, n_nodes // 2)  # at most half: a small model exercises both ways
     dz_top = np.zeros((M, K), dz.dtype)
     t, d = np.nonzero(mask & (path < K))
