@@ -32,6 +32,7 @@ to be as skewed as the Fibonacci numbers) is built from smoothed counts instead.
 """
 
 import collections
+import functools
 import heapq
 
 import numpy as np
@@ -128,17 +129,33 @@ def tree_paths(children, vocab_size):
 
 def huffman_paths(counts, depth):
     """The Huffman tree of counts (V,) + 1 as padded paths (nodes (V, depth), codes (V, depth),
-    lengths (V,)). If it is deeper than `depth`, the counts are smoothed (+1, +2, +4, ...) until
-    it fits: flatter weights make a shallower tree, and equal weights (the last resort) one of
-    depth ⌈log₂ V⌉ ≤ depth."""
-    V = len(counts)
-    weights = np.asarray(counts, np.int64) + 1
-    for smoothing in [0] + [2 ** k for k in range(int(weights.max()).bit_length() + 3)]:
-        nodes, codes, lengths = tree_paths(huffman_children(weights + smoothing), V)
-        if nodes.shape[1] <= depth:
-            break
-    else:  # weights within a factor of two of each other already make a near-complete tree
-        nodes, codes, lengths = tree_paths(huffman_children(np.ones(V, np.int64)), V)
+    lengths (V,)). If it is deeper than `depth`, the counts are smoothed by the smallest power of
+    two 2^k that makes it fit (found by bisection on k; flatter weights make a shallower tree, and
+    equal weights, the last resort, one of depth ⌈log₂ V⌉ ≤ depth). Built once for the three
+    arrays init_array asks for (copies of it)."""
+    return tuple(a.copy() for a in _huffman_paths(np.asarray(counts, np.int64).tobytes(), depth))
+
+
+@functools.lru_cache(maxsize=1)
+def _huffman_paths(counts_bytes, depth):
+    weights = [int(c) + 1 for c in np.frombuffer(counts_bytes, np.int64)]  # Python ints: no overflow
+    V = len(weights)
+
+    def build(smoothing):
+        return tree_paths(huffman_children([w + smoothing for w in weights]), V)
+    paths = build(0)
+    if paths[0].shape[1] > depth:  # bisect on the exponent k of the smoothing 2^k (≤ 8 more builds)
+        low, high = -1, max(weights).bit_length() + 1  # 2^high: weights within a factor of two
+        fits = build(2 ** high)
+        while high - low > 1:
+            k = (low + high) // 2
+            trial = build(2 ** k) if k >= 0 else paths
+            if trial[0].shape[1] <= depth:
+                high, fits = k, trial
+            else:
+                low = k
+        paths = fits if fits[0].shape[1] <= depth else tree_paths(huffman_children([1] * V), V)
+    nodes, codes, lengths = paths
     pad = ((0, 0), (0, depth - nodes.shape[1]))
     return np.pad(nodes, pad), np.pad(codes, pad), lengths
 
