@@ -227,6 +227,7 @@ def blas_info():
 
 def _load(spec):
     """The config, encoded streams and a fresh model as the ours/profile workers use them."""
+    import numpy as np
     from rnnlm_cli import model, optim
     from rnnlm_cli.config import load_config
     from rnnlm_cli.train import prepare_data
@@ -236,7 +237,8 @@ def _load(spec):
     vocab_, streams = prepare_data(config)
     load_seconds = time.perf_counter() - t0
     tc = config.train
-    params = model.init_params(config.model, len(vocab_), tc.seed, tc.dtype)
+    counts = np.bincount(streams["train"][0], minlength=len(vocab_))  # as training does (class, hsm trees)
+    params = model.init_params(config.model, len(vocab_), tc.seed, tc.dtype, counts)
     opt_state = optim.init_state(tc.optimizer, {k: params[k] for k in model.trainable(params, config.model)})
     return config, len(vocab_), streams, params, opt_state, load_seconds
 

@@ -59,8 +59,9 @@ class ModelConfig:
     hidden_dim: int = _key(128, low=1, doc="H: size of each layer's hidden state")
     layers: int = _key(1, low=1, doc="L: stacked recurrent layers")
     loss: str = _key("cross_entropy", choices=("cross_entropy", "squared_error"), doc="per-target loss")
-    output: str = _key("softmax", choices=("softmax", "class"),
-                       doc="softmax: full softmax over V; class: Mikolov's class-factored softmax (exact)")
+    output: str = _key("softmax", choices=("softmax", "class", "hsm"),
+                       doc="softmax: full softmax over V; class: Mikolov's class-factored softmax (exact); "
+                           "hsm: hierarchical softmax over a Huffman tree of the train frequencies (exact)")
     classes: int | None = _key(None, low=1, nullable=True, doc="class output: number of classes (null: about √V)")
     dropout: float = _key(0.0, low=0.0, high=0.95,
                           doc="dropout on the non-recurrent connections (Zaremba et al.), training only")
@@ -77,7 +78,10 @@ class TrainConfig:
     bptt: int = _key(35, low=1, doc="T: time steps per window of truncated BPTT")
     epochs: int = _key(10, low=1, doc="upper bound on passes over the training text")
     max_steps: int | None = _key(None, low=1, nullable=True, doc="stop after this many updates (null: no limit)")
-    optimizer: str = _key("sgd", choices=("sgd", "adam"), doc="sgd: θ ← θ − lr·∇θJ; adam: Kingma & Ba")
+    optimizer: str = _key("sgd", choices=("sgd", "adam", "lazy_adam"),
+                          doc="sgd: θ ← θ − lr·∇θJ; adam: Kingma & Ba; lazy_adam: adam, but the rows of "
+                              "sparse gradients (embedding, class columns, hsm nodes) a window did not touch "
+                              "keep their moments and weights (PyTorch's SparseAdam)")
     lr: float = _key(1.0, low=0.0, low_open=True, doc="learning rate")
     clip_norm: float | None = _key(5.0, low=0.0, low_open=True, nullable=True,
                                    doc="clip the global gradient norm to this (null: no clipping)")
@@ -274,8 +278,11 @@ def config_from_dict(raw, source: str = "config") -> Config:
     if m.tie_weights and m.embedding_dim != m.hidden_dim:
         raise UserError(f"{source}: model.tie_weights needs model.embedding_dim = model.hidden_dim "
                         f"(got {m.embedding_dim} and {m.hidden_dim})")
-    if m.output == "class" and m.loss != "cross_entropy":
-        raise UserError(f"{source}: model.output class works with model.loss cross_entropy only")
+    if m.output in ("class", "hsm") and m.loss != "cross_entropy":
+        raise UserError(f"{source}: model.output {m.output} works with model.loss cross_entropy only")
+    if m.output == "hsm" and m.tie_weights:
+        raise UserError(f"{source}: model.tie_weights cannot be used with model.output hsm (its node vectors "
+                        f"are not word vectors: there is no (H, V) word matrix to tie to the embedding)")
     return config
 
 

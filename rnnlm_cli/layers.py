@@ -107,23 +107,29 @@ def sum_rows_by_id(ids, rows):
 
 def rnn_forward(x, h0, W_x, W_h, b, activation, keep=None):
     """x: (T, N, D), h0: (N, H) carried state, W_x: (D, H), W_h: (H, H), b: (H,),
-    keep: (T, N, 1) 0/1 or None -> h: (T, N, H) hidden states, cache.
+    keep: (T, N, 1) 0/1 or None -> h: (T, N, H) hidden states, cache. The streams never mix
+    through time, so the loop runs in one block of streams per core (parallel.by_streams: one
+    hand-off per window).
 
     keep[t] = 0 resets a stream before step t: h_{t-1} is replaced by zero (a sentence starts
     from the zero state, docs/derivation.md "Sentence resets"); None: no resets."""
     T, N, D = x.shape
     H = W_h.shape[0]
     # the input projection of all T·N positions is one matrix product; the loop adds h_{t-1} W_h
-    h = (x.reshape(T * N, D) @ W_x).reshape(T, N, H)
+    h = parallel.matmul(x.reshape(T * N, D), W_x).reshape(T, N, H)
     h += b
-    rec = np.empty((N, H), dtype=h.dtype)  # h_{t-1} W_h, one buffer for every step
-    prev = h0
-    for t in range(T):
-        z = h[t]
-        if keep is not None:
-            prev = prev * keep[t]  # h_{t-1} → 0 where the stream resets                   (R1)
-        z += np.matmul(prev, W_h, out=rec)
-        prev = activation_forward(z, activation)  # z_t becomes h_t in place
+
+    def loop(s, e):  # streams s:e through the window
+        rec = np.empty((e - s, H), dtype=h.dtype)  # h_{t-1} W_h, one buffer for every step
+        prev = h0[s:e]
+        for t in range(T):
+            z = h[t, s:e]
+            if keep is not None:
+                prev = prev * keep[t, s:e]  # h_{t-1} → 0 where the stream resets             (R1)
+            z += np.matmul(prev, W_h, out=rec)
+            prev = activation_forward(z, activation)  # z_t becomes h_t in place
+
+    parallel.by_streams(loop, N)
     return h, (x, h0, h, W_x, W_h, activation, keep)
 
 
@@ -143,27 +149,34 @@ def rnn_backward(dh, cache):
     δ's that all later losses J(i), i ≥ t, send to z_t, obeys
         γ_t = f'(z_t) ∘ (dh_t + γ_{t+1} W_hᵀ)            (seed 003, eqs. 37/42)
     so no backward per J(t) is needed. dh0 = γ_1 W_hᵀ is returned for tests; the model drops it
-    (truncation: the carried state gets no gradient)."""
+    (truncation: the carried state gets no gradient). The loop runs by blocks of streams as in
+    the forward, the weight gradients are products over all T·N positions split over the cores."""
     x, h0, h, W_x, W_h, activation, keep = cache
     T, N, D = x.shape
     H = W_h.shape[0]
     dz = activation_grad(h, activation)  # f'(z_t) for all t at once, then γ_t in place
     dnext = np.zeros_like(dz[0])  # γ_{t+1} W_hᵀ, zero after the window's last step
-    total = np.empty_like(dnext)  # dh_t + γ_{t+1} W_hᵀ; both buffers serve every step
-    for t in reversed(range(T)):
-        g = dz[t]
-        g *= np.add(dh[t], dnext, out=total)  # γ_t = f'(z_t) ∘ (dh_t + γ_{t+1} W_hᵀ)  (seed 002, eqs. 2 and 7)
-        np.matmul(g, W_h.T, out=dnext)  # ∇h_{t-1} = γ_t W_hᵀ                   (seed 002, eq. 5)
-        if keep is not None:
-            dnext *= keep[t]  # no gradient crosses a reset: h_{t-1} did not reach step t   (R2)
+    W_hT = np.ascontiguousarray(W_h.T)  # a small product with a transposed view is 2-3x slower
+
+    def loop(s, e):  # streams s:e backwards through the window
+        total = np.empty((e - s, H), dtype=dz.dtype)  # dh_t + γ_{t+1} W_hᵀ, for every step
+        nxt = dnext[s:e]
+        for t in reversed(range(T)):
+            g = dz[t, s:e]
+            g *= np.add(dh[t, s:e], nxt, out=total)  # γ_t = f'(z_t) ∘ (dh_t + γ_{t+1} W_hᵀ)  (seed 002, eqs. 2 and 7)
+            np.matmul(g, W_hT, out=nxt)  # ∇h_{t-1} = γ_t W_hᵀ                   (seed 002, eq. 5)
+            if keep is not None:
+                nxt *= keep[t, s:e]  # no gradient crosses a reset: h_{t-1} did not reach step t  (R2)
+
+    parallel.by_streams(loop, N)
     prev0, prev = previous_states(h0, h, keep)
     dz2 = dz.reshape(T * N, H)
-    dW_x = x.reshape(T * N, D).T @ dz2  # ∇W_x = Σ_t x_tᵀ γ_t         (seed 003, eq. 40)
+    dW_x = parallel.matmul(x.reshape(T * N, D).T, dz2)  # ∇W_x = Σ_t x_tᵀ γ_t         (seed 003, eq. 40)
     dW_h = prev0.T @ dz[0]  # ∇W_h = Σ_t h_{t-1}ᵀ γ_t                 (seed 003, eq. 39; seed 002, eq. 3)
     if T > 1:
-        dW_h += prev.reshape((T - 1) * N, H).T @ dz[1:].reshape((T - 1) * N, H)
+        dW_h += parallel.matmul(prev.reshape((T - 1) * N, H).T, dz[1:].reshape((T - 1) * N, H))
     db = dz2.sum(axis=0)  # ∇b = Σ_t γ_t                               (seed 003, eq. 41)
-    dx = (dz2 @ W_x.T).reshape(T, N, D)  # ∂J/∂x_t = γ_t W_xᵀ: the δ sent to the layer below (seed 003, eq. 30)
+    dx = parallel.matmul(dz2, W_x.T).reshape(T, N, D)  # ∂J/∂x_t = γ_t W_xᵀ: the δ sent to the layer below (seed 003, eq. 30)
     return dx, dnext, dW_x, dW_h, db
 
 

@@ -79,6 +79,20 @@ def ranges(n, parts):
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
+def balanced_ranges(work, parts):
+    """[(start, stop)]: range(len(work)) cut into at most `parts` contiguous runs of about equal
+    total work, each cut at the boundary nearest to a multiple of total/parts (for items of
+    unequal cost: the classes of a window, the column blocks of a gradient)."""
+    if len(work) == 0:
+        return [(0, 0)]
+    before = np.concatenate(([0.0], np.cumsum(work, dtype=np.float64)))  # work of the items < j
+    goal = before[-1] * np.arange(1, parts) / parts
+    cut = np.clip(np.searchsorted(before, goal), 1, len(work))
+    cut = np.where(before[cut] - goal > goal - before[cut - 1], cut - 1, cut)
+    bounds = np.unique(np.concatenate(([0], cut, [len(work)])))
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def run(tasks):
     """Run the zero-argument callables on the pool (the last one on this thread); their results."""
     pool = _get_pool()  # also puts BLAS on one thread, for the small products as well
@@ -89,13 +103,14 @@ def run(tasks):
     return [f.result() for f in futures] + [last]
 
 
-def parts_for(elements):
-    return max(1, min(workers(), elements // MIN_BLOCK))
+def parts_for(elements, min_block=None):
+    return max(1, min(workers(), elements // (min_block or MIN_BLOCK)))
 
 
-def map_rows(fn, rows, cols):
-    """[fn(start, stop) for each block of rows], in parallel when the work is big enough."""
-    blocks = ranges(rows, min(parts_for(rows * cols), max(rows, 1))) or [(0, 0)]
+def map_rows(fn, rows, cols, min_block=None):
+    """[fn(start, stop) for each block of rows], in parallel when the work is big enough (at
+    least min_block elements a thread: more for work that is light per element)."""
+    blocks = ranges(rows, min(parts_for(rows * cols, min_block), max(rows, 1))) or [(0, 0)]
     return run([lambda a=a, b=b: fn(a, b) for a, b in blocks])
 
 

@@ -163,7 +163,7 @@ def _check_memory(config, vocab_size):
     n = sum(math.prod(shape) for shape in shapes.values())
     tc = config.train
     itemsize = np.dtype(tc.dtype).itemsize
-    copies = 4 + (2 if tc.optimizer == "adam" else 0)  # params, grads, best, rollback copy (+ moments)
+    copies = 4 + (2 if tc.optimizer in ("adam", "lazy_adam") else 0)  # params, grads, best, rollback copy (+ moments)
     window = tc.batch_size * tc.bptt * (2 * vocab_size + 8 * config.model.hidden_dim * config.model.layers)
     need = (n * copies + window) * itemsize
     if need > total:
@@ -499,7 +499,7 @@ def _end_of_epoch(r, state):
     record = {"event": "epoch", "epoch": p.epoch, "step": p.step, "tokens": p.tokens, "train_loss": train_loss,
               "valid_ce": ce, "valid_ppl": evaluate.perplexity(ce), "lr": p.lr,
               "tokens_per_sec": p.tokens / p.train_seconds if p.train_seconds else None,
-              "accepted": decision.accept}
+              "accepted": decision.accept, "wall_seconds": time.perf_counter() - r.t_start}
     p.halving = decision.halving
     if decision.stop:
         p.stop = STOP_SCHEDULE

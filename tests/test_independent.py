@@ -10,7 +10,7 @@ from rnnlm_cli.gradcheck import TOLERANCE
 
 EOS = 1
 CELLS = ["elman", "lstm", "gru"]
-OUTPUTS = ["softmax", "class"]
+OUTPUTS = ["softmax", "class", "hsm"]
 
 
 def cfg(**kw):

@@ -10,7 +10,7 @@ from rnnlm_cli import output
 from rnnlm_cli.config import ModelConfig
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rnnlm_cli"
-NUMERICS = ("layers", "gated", "model", "output", "output.softmax", "output.classes", "optim", "parallel",
+NUMERICS = ("layers", "gated", "model", "output", "output.softmax", "output.classes", "output.hsm", "optim", "parallel",
             "schedule", "evaluate", "sample", "gradcheck")
 
 

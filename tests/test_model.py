@@ -215,3 +215,50 @@ def test_class_output_is_an_exact_normalized_distribution():
     np.testing.assert_allclose(np.exp(logp).sum(), 1.0, rtol=1e-12)
     loss, _, _ = model.forward(params, m, inputs, targets, state, need_grad=False)
     assert loss == pytest.approx(-logp[0, 7], rel=1e-12)
+
+
+HSM_GRID = [("elman", "sigmoid", 1, 0.0), ("elman", "tanh", 2, 0.0), ("elman", "relu", 1, 0.5),
+            ("lstm", "tanh", 1, 0.0), ("lstm", "tanh", 2, 0.5), ("gru", "tanh", 1, 0.5), ("gru", "tanh", 2, 0.0)]
+
+
+@pytest.mark.parametrize("cell,activation,n_layers,dropout", HSM_GRID)
+def test_gradcheck_hsm_output(cell, activation, n_layers, dropout):
+    """Every parameter of models with the hierarchical softmax: its node vectors and biases are
+    checked, its tree (buffers) is not a parameter."""
+    m = cfg(cell=cell, activation=activation, layers=n_layers, dropout=dropout, output="hsm")
+    results = gradcheck.check_model(m, bptt=7)
+    keys = {key for key, _, _ in results}
+    assert keys == set(model.param_shapes(m, 13)) - {"output.path_nodes", "output.path_codes", "output.path_lengths"}
+    for key, err, checked in results:
+        assert checked > 0
+        assert err < gradcheck.TOLERANCE, f"{key}: {err:.2e}"
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_class_output_splits_its_classes_over_the_cores_without_changing_the_gradient(monkeypatch, threads):
+    """The classes run in contiguous runs balanced by work, one per core: the word part of the
+    gradient is the one a single core computes, bit for bit (the loss is summed per run, and the
+    class softmax's products are split by BLAS calls: equal to rounding)."""
+    from rnnlm_cli import parallel
+    from rnnlm_cli.output import classes
+    counts = np.array([50, 40, 30, 20, 10, 9, 8, 7, 6, 5, 4, 3, 1])
+    params = model.init_params(cfg(output="class", classes=5), 13, seed=0, dtype="float64", counts=counts)
+    rng = np.random.default_rng(2)
+    h, targets = rng.normal(size=(40, 6)), rng.integers(0, 13, 40)
+    args = [params[k] for k in ("output.W", "output.b", "output.class_W", "output.class_b", "output.class_bounds")]
+    runs = {}
+    monkeypatch.setattr(parallel, "MIN_BLOCK", 1)  # split even this small window
+    for n in (1, threads):
+        monkeypatch.setattr(parallel, "workers", lambda n=n: n)
+        loss, cache = classes.class_output_forward(h, *args, targets, 0.5)
+        assert (len(cache[-1]) == 1) == (n == 1) and len(cache[-1]) <= n  # the runs, one per core
+        grads = classes.class_output_backward(cache)
+        runs[n] = loss, [g.dense() if hasattr(g, "dense") else g for g in grads]
+    assert runs[1][0] == pytest.approx(runs[threads][0], rel=1e-14)
+    dh, dW, db, dclass_W, dclass_b = runs[1][1]
+    assert np.array_equal(dW, runs[threads][1][1]) and np.array_equal(db, runs[threads][1][2])  # the classes' part
+    for a, b in zip((dh, dclass_W, dclass_b), (runs[threads][1][0], *runs[threads][1][3:])):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)  # the class softmax's products, split too
+    work = np.array([5, 1, 1, 1, 8, 1, 2])
+    assert parallel.balanced_ranges(work, 2) == [(0, 4), (4, 7)]  # contiguous, covering, nearest the half
+    assert parallel.balanced_ranges(np.array([3]), 4) == [(0, 1)] and parallel.balanced_ranges(np.zeros(0), 2) == [(0, 0)]

@@ -48,7 +48,7 @@ def _alone(config, vocab, params, tokens):
 
 
 @pytest.mark.parametrize("cell", ["elman", "lstm", "gru"])
-@pytest.mark.parametrize("output", ["softmax", "class"])
+@pytest.mark.parametrize("output", ["softmax", "class", "hsm"])
 def test_independent_scores_equal_each_sentence_alone(cell, output):
     m = _model(cell, output)
     lines = _random_lines(m[1], 40, 1)
@@ -61,7 +61,7 @@ def test_independent_scores_equal_each_sentence_alone(cell, output):
 
 
 @pytest.mark.parametrize("cell", ["elman", "lstm"])
-@pytest.mark.parametrize("output", ["softmax", "class"])
+@pytest.mark.parametrize("output", ["softmax", "class", "hsm"])
 def test_carried_scores_sum_to_evals_total(cell, output):
     config, vocab, params = m = _model(cell, output, seed=2)
     lines = _random_lines(vocab, 30, 3)

@@ -135,3 +135,51 @@ def test_adam_on_sparse_gradients_equals_dense_adam():
             ref_p[k] -= 0.01 * m_hat / (np.sqrt(v_hat) + 1e-8 / np.sqrt(1 - 0.999 ** t))  # Kingma & Ba, "efficient" ε
     for k in params:
         np.testing.assert_allclose(params[k], ref_p[k], rtol=1e-10, atol=1e-12)
+
+
+def test_lazy_adam_updates_only_the_rows_a_window_touched():
+    """lazy_adam: a touched row (column) has its moments decayed and updated and its weight moved
+    with Adam's bias-corrected step; an untouched one keeps weight and moments (Adam's momentum
+    would move it); dense arrays are exactly Adam's."""
+    from rnnlm_cli.layers import ColumnBlocks, SparseRows
+    rng = np.random.default_rng(1)
+    params = {"e": rng.normal(size=(6, 3)), "w": rng.normal(size=(3, 8)), "b": rng.normal(size=4)}
+    lazy, dense = {k: v.copy() for k, v in params.items()}, {k: v.copy() for k, v in params.items()}
+    s_lazy, s_dense = optim.adam_init(lazy), optim.adam_init(dense)
+    ref_p, ref_m, ref_v = params["e"].copy(), np.zeros((6, 3)), np.zeros((6, 3))
+    for t, rows in enumerate(([1, 4], [4], [0, 4]), start=1):
+        g_rows, g_b, g_w = rng.normal(size=(len(rows), 3)), rng.normal(size=4), rng.normal(size=(3, 2))
+        g1 = g_rows if t == 1 else g1
+        for p, s, flag in ((lazy, s_lazy, True), (dense, s_dense, False)):
+            grads = {"e": SparseRows(np.array(rows), g_rows.copy(), (6, 3)), "b": g_b.copy(),
+                     "w": ColumnBlocks([(2, 4)], [g_w.copy()], (3, 8))}
+            optim.adam_update(p, grads, s, 0.01, lazy=flag)
+        ref_m[rows] = 0.9 * ref_m[rows] + 0.1 * g_rows
+        ref_v[rows] = 0.999 * ref_v[rows] + 0.001 * g_rows ** 2
+        step = 0.01 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
+        ref_p[rows] -= step * ref_m[rows] / (np.sqrt(ref_v[rows]) + 1e-8)
+    np.testing.assert_allclose(lazy["e"], ref_p, rtol=1e-12)
+    assert np.array_equal(lazy["e"][[2, 3, 5]], params["e"][[2, 3, 5]])  # never touched: never moved
+    assert np.array_equal(s_lazy["adam.m.e"][1], (1 - 0.9) * g1[0])  # row 1, touched at step 1 only, kept its moment
+    assert not np.allclose(lazy["e"][1], dense["e"][1])  # which Adam goes on applying at steps 2 and 3
+    assert np.array_equal(lazy["b"], dense["b"])  # a dense gradient: Adam exactly
+    assert np.array_equal(lazy["w"][:, [0, 1, 4, 5, 6, 7]], params["w"][:, [0, 1, 4, 5, 6, 7]])
+    assert np.array_equal(lazy["w"][:, 2:4], dense["w"][:, 2:4])  # always touched: the same as Adam
+
+
+def test_lazy_adam_trains_and_resumes(tiny_config, tmp_path, run_cli):
+    """A run with lazy_adam keeps Adam's state in its checkpoint and resumes bit for bit."""
+    overrides = ["train.epochs=2", "train.optimizer=lazy_adam", "train.lr=0.01", "model.output=hsm"]
+    summary = train_mod.run(load_config(tiny_config, overrides), tmp_path / "whole")
+    assert summary["valid_ppl"] < summary["unigram_valid_ppl"]
+    calls = {"n": 0}
+
+    def stop_at_step_30():
+        calls["n"] += 1
+        return signal.SIGINT if calls["n"] == 30 else None
+
+    with pytest.raises(train_mod.Interrupted):
+        train_mod.run(load_config(tiny_config, overrides), tmp_path / "cut", should_stop=stop_at_step_30)
+    code, _, err = run_cli("train", "--out", tmp_path / "cut", "--resume", "-q")
+    assert code == 0, err
+    assert_same_arrays(weights(tmp_path / "whole"), weights(tmp_path / "cut"))

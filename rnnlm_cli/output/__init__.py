@@ -31,9 +31,9 @@ config.py's choices); nothing else in the package names a kind or its arrays.
 
 import numpy as np
 
-from . import classes, softmax
+from . import classes, hsm, softmax
 
-KINDS = {"softmax": softmax, "class": classes}
+KINDS = {"softmax": softmax, "class": classes, "hsm": hsm}
 
 
 def kind(model_cfg):

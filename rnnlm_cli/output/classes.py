@@ -20,9 +20,11 @@ The words are binned by train frequency (class_bounds), walking the vocabulary i
 order, so that each class takes about 1/C of the unigram mass.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
-from .. import layers
+from .. import layers, parallel
 from ..errors import UserError
 
 TIED = "output.W"
@@ -87,47 +89,131 @@ def class_bounds(counts, n_classes):
 def class_output_forward(h, W, b, class_W, class_b, bounds, targets, scale=1.0, need_grad=True, row_loss=None):
     """h: (M, H), W: (H, V), b: (V,), class_W: (H, C), class_b: (C,), bounds: (C + 1,),
     targets: (M,) -> (Σ_t −log P(target_t | h_t), cache for class_output_backward or None).
-    `row_loss` (M,) float64 receives each −log P(target_t | h_t)."""
-    M = h.shape[0]
+
+    The positions are sorted by their target's class; each class's rows of the sorted h are one
+    product with its columns of W, written into one flat array of all the classes' logits, whose
+    ragged rows get their softmax and cross-entropy in a few whole-array passes. The classes are
+    cut into one contiguous run per core, balanced by their positions' work (n_c · |c|)."""
     cls = word_classes(bounds, targets)
     class_logits, _ = layers.affine_forward(h, class_W, None)
     loss, dclass = layers.softmax_cross_entropy(class_logits, cls, scale, need_grad, bias=class_b,
                                                 row_loss=row_loss)  # −log P(c | h)
     order = np.argsort(cls, kind="stable")
-    group_starts = np.flatnonzero(np.concatenate(([True], cls[order][1:] != cls[order][:-1])))
-    groups = []
-    for g0, g1 in zip(group_starts, np.append(group_starts[1:], M)):
-        pos = order[g0:g1]  # the positions whose target is in class c
-        c = cls[pos[0]]
-        a, z = bounds[c], bounds[c + 1]
-        if z - a == 1:
-            continue  # a one-word class: P(w | c, h) = 1, no loss and no gradient
-        hc = h[pos]
-        logits = hc @ W[:, a:z]
-        word_rows = None if row_loss is None else np.empty(len(pos))
-        word_loss, dlogits = layers.softmax_cross_entropy(logits, targets[pos] - a, scale, need_grad, bias=b[a:z],
-                                                          row_loss=word_rows)
-        loss += word_loss  # −log P(w | c, h)
-        if row_loss is not None:
-            row_loss[pos] += word_rows
-        groups.append((pos, a, z, hc, dlogits))
-    return loss, ((h, W, class_W, dclass, groups) if need_grad else None)
+    g = class_groups(cls[order], bounds, targets[order])
+    hs = h[order]  # (M, H): the positions grouped by class
+    logits = np.empty(g.offsets[-1], dtype=np.result_type(h, W))
+    word_rows = None if row_loss is None else np.empty(int(g.rows_before[-1]))
+
+    def forward(g0, g1):
+        for k in range(g0, g1):
+            a, z = g.words[k]
+            block = logits[g.offsets[k]:g.offsets[k + 1]].reshape(-1, z - a)
+            np.matmul(hs[g.rows[k][0]:g.rows[k][1]], W[:, a:z], out=block)
+            block += b[a:z]
+        return segment_cross_entropy(logits, g, g0, g1, scale, need_grad, word_rows)  # −log P(w | c, h)
+
+    # as parallel.matmul: a thread for each MIN_BLOCK outputs times H/64 (none for a batch-1 window)
+    parts = parallel.balanced_ranges(g.work, parallel.parts_for(int(g.offsets[-1]) * max(1, h.shape[1] // 64)))
+    loss += sum(parallel.run([lambda g0=g0, g1=g1: forward(g0, g1) for g0, g1 in parts]))
+    if row_loss is not None and len(word_rows):  # each group row back at its position
+        sorted_row = np.concatenate([np.arange(r0, r1) for r0, r1 in g.rows])
+        row_loss[order[sorted_row]] += word_rows
+    return loss, ((h, hs, order, W, class_W, dclass, logits, g, parts) if need_grad else None)
 
 
 def class_output_backward(cache):
     """-> dh (M, H), dW (ColumnBlocks of (H, ·)), db (ColumnBlocks of (·,)), dclass_W (H, C),
-    dclass_b (C,). Each part is an affine layer's backward (seed 002, eqs. 1-2)."""
-    h, W, class_W, dclass, groups = cache
+    dclass_b (C,). Each part is an affine layer's backward (seed 002, eqs. 1-2), the classes'
+    on the cores as in the forward."""
+    h, hs, order, W, class_W, dclass, dlogits, g, parts = cache
     dh, dclass_W, dclass_b = layers.affine_backward(dclass, (h, class_W))
-    ranges, dW_blocks, db_blocks = [], [], []
-    for pos, a, z, hc, dlogits in groups:
-        ranges.append((a, z))
-        dW_blocks.append(hc.T @ dlogits)  # ∇W[:, c] = Σ h_tᵀ δ_t over the positions of class c
-        db_blocks.append(dlogits.sum(axis=0))
-        dh[pos] += dlogits @ W[:, a:z].T  # δ_h gets the word part too
+    dhs = np.zeros_like(hs)
+
+    def backward(g0, g1):
+        blocks = []
+        for k in range(g0, g1):
+            (a, z), (r0, r1) = g.words[k], g.rows[k]
+            d = dlogits[g.offsets[k]:g.offsets[k + 1]].reshape(-1, z - a)
+            blocks.append((hs[r0:r1].T @ d, d.sum(axis=0)))  # ∇W[:, c] = Σ h_tᵀ δ_t over the positions of c
+            np.matmul(d, W[:, a:z].T, out=dhs[r0:r1])  # δ_h gets the word part too
+        return blocks
+
+    blocks = [pair for run in parallel.run([lambda g0=g0, g1=g1: backward(g0, g1) for g0, g1 in parts])
+              for pair in run]
+    dh[order] += dhs
     H, V = W.shape
-    return (dh, layers.ColumnBlocks(ranges, dW_blocks, (H, V)), layers.ColumnBlocks(ranges, db_blocks, (V,)),
-            dclass_W, dclass_b)
+    ranges = [tuple(r) for r in g.words]
+    return (dh, layers.ColumnBlocks(ranges, [dW for dW, _ in blocks], (H, V)),
+            layers.ColumnBlocks(ranges, [db for _, db in blocks], (V,)), dclass_W, dclass_b)
+
+
+class Groups(NamedTuple):
+    """The classes of a window's sorted positions, one-word classes left out (P(w | c) = 1:
+    no loss, no gradient). Per group k: its words [a, z), its rows [r0, r1) of the sorted
+    positions, the offset of its (r1 − r0, z − a) logits block in the flat array (offsets (K + 1,))
+    and its work (r1 − r0)(z − a). Per row of all the groups, in order (R rows): where it starts in
+    the flat array, its length and where its target's logit is; rows_before[k] the rows of groups < k."""
+    words: np.ndarray
+    rows: np.ndarray
+    offsets: np.ndarray
+    work: np.ndarray
+    row_start: np.ndarray
+    row_len: np.ndarray
+    row_target: np.ndarray
+    rows_before: np.ndarray
+
+
+def class_groups(sorted_cls, bounds, sorted_targets):
+    """Groups of the positions sorted by class: sorted_cls (M,), bounds (C + 1,), their
+    targets (M,) in the same order."""
+    M = len(sorted_cls)
+    first = np.flatnonzero(np.diff(sorted_cls, prepend=-1))  # where each class's run starts
+    rows = np.stack((first, np.append(first[1:], M)[:len(first)]), axis=1)
+    words = np.stack((bounds[sorted_cls[first]], bounds[sorted_cls[first] + 1]), axis=1)
+    keep = words[:, 1] - words[:, 0] > 1
+    rows, words = rows[keep], words[keep]
+    n, width = rows[:, 1] - rows[:, 0], words[:, 1] - words[:, 0]
+    offsets = np.concatenate(([0], np.cumsum(n * width)))
+    rows_before = np.concatenate(([0], np.cumsum(n)))
+    R = int(rows_before[-1])
+    row_len = np.repeat(width, n)
+    within = np.arange(R) - np.repeat(rows_before[:-1], n)  # row index inside its group
+    row_start = np.repeat(offsets[:-1], n) + within * row_len
+    sorted_row = np.repeat(rows[:, 0], n) + within  # the row of the sorted positions
+    row_target = row_start + sorted_targets[sorted_row] - np.repeat(words[:, 0], n)
+    return Groups(words, rows, offsets, n * width, row_start, row_len, row_target, rows_before)
+
+
+def segment_cross_entropy(logits, g, g0, g1, scale, need_grad, row_out=None):
+    """The softmax cross-entropy of the ragged rows of groups g0 … g1 − 1, which fill
+    logits[g.offsets[g0]:g.offsets[g1]] (overwritten by (ŷ − y)·scale, seed 003 eq. 7, when
+    need_grad) -> Σ over those rows of −log softmax(row)[target]. Exponentiated unshifted, then
+    shifted by the row maxima only if a row's sum overflows or underflows (as layers.softmax_cross_entropy).
+    `row_out` (all groups' rows,) float64, if given, receives each row's −log softmax[target]."""
+    lo, rs = g.offsets[g0], slice(g.rows_before[g0], g.rows_before[g1])
+    if g.offsets[g1] == lo:
+        return 0.0
+    z = logits[lo:g.offsets[g1]]
+    starts, lengths, target = g.row_start[rs] - lo, g.row_len[rs], g.row_target[rs] - lo
+    with np.errstate(over="ignore", under="ignore"):
+        picked = z[target].astype(np.float64)
+        e = np.exp(z)
+        sums = np.add.reduceat(e, starts)
+        if not np.all((sums < 1e37) & (sums > 1e-30)):  # overflow or underflow: shift by the row maxima
+            shift = np.maximum.reduceat(z, starts)
+            np.exp(z - np.repeat(shift, lengths), out=e)
+            sums = np.add.reduceat(e, starts)
+            picked -= shift
+    if row_out is None:
+        loss = float(np.log(sums, dtype=np.float64).sum() - picked.sum())
+    else:
+        per_row = row_out[rs]
+        np.subtract(np.log(sums, dtype=np.float64), picked, out=per_row)
+        loss = float(per_row.sum())
+    if need_grad:
+        np.multiply(e, np.repeat((scale / sums).astype(z.dtype), lengths), out=z)  # ŷ · scale
+        z[target] -= scale  # (ŷ − y) · scale
+    return loss
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,7 +221,8 @@ def class_output_backward(cache):
 
 
 def loss_forward(params, model_cfg, h, targets, scale, need_grad=True, workspace=None, row_loss=None):
-    """h: (M, H), targets: (M,) -> (Σ_t −log P(target_t | h_t), cache or None)."""
+    """h: (M, H), targets: (M,) -> (Σ_t −log P(target_t | h_t), cache or None). `row_loss` (M,)
+    float64 receives each target's −log P, from the loss's own kernels."""
     return class_output_forward(h, params["output.W"], params["output.b"], params["output.class_W"],
                                 params["output.class_b"], params[BOUNDS], targets, scale, need_grad, row_loss)
 
@@ -152,11 +239,24 @@ def _class_log_probs(params, h):
 
 
 def target_log_probs(params, h, targets, workspace=None):
-    """h: (M, H), targets: (M,) -> log P(c(w) | h) + log P(w | c(w), h), (M,) float64, from the
-    loss's own kernels (per-row −J_t)."""
-    rows = np.empty(h.shape[0])
-    loss_forward(params, None, h, targets, 1.0, False, workspace, rows)
-    return np.negative(rows, out=rows)
+    """h: (M, H), targets: (M,) -> log P(c(w) | h) + log P(w | c(w), h), (M,) float64: the
+    positions grouped by their target's class as in training (one product with that class's
+    columns each), the log-softmax of the ragged rows in float64."""
+    bounds, W, b = params[BOUNDS], params["output.W"], params["output.b"]
+    cls = word_classes(bounds, targets)
+    out = _class_log_probs(params, h)[np.arange(h.shape[0]), cls]
+    order = np.argsort(cls, kind="stable")
+    g = class_groups(cls[order], bounds, targets[order])
+    hs = h[order]
+    z = np.empty(g.offsets[-1])
+    for k, ((a, e), (r0, r1)) in enumerate(zip(g.words, g.rows)):
+        z[g.offsets[k]:g.offsets[k + 1]] = (hs[r0:r1] @ W[:, a:e] + b[a:e]).astype(np.float64).reshape(-1)
+    if z.size:
+        shift = np.maximum.reduceat(z, g.row_start)
+        log_sums = np.log(np.add.reduceat(np.exp(z - np.repeat(shift, g.row_len)), g.row_start)) + shift
+        rows = np.concatenate([np.arange(r0, r1) for r0, r1 in g.rows])  # each group row's sorted position
+        out[order[rows]] += z[g.row_target] - log_sums
+    return out
 
 
 def log_probs(params, h):
