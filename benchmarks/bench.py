@@ -76,9 +76,13 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def flops_per_token(E, H, V, layers):
-    """(training, evaluation) FLOPs per target token, as in FLOP_NOTE."""
-    rnn = sum((E if l == 0 else H) * H + H * H for l in range(layers))
+GATES = {"elman": 1, "lstm": 4, "gru": 3}  # blocks of H columns in W_x and W_h
+
+
+def flops_per_token(E, H, V, layers, gates=1):
+    """(training, evaluation) FLOPs per target token, as in FLOP_NOTE (an LSTM's matrices have
+    gates = 4 blocks of H columns, a GRU's 3; their elementwise gate work is not counted)."""
+    rnn = sum(gates * ((E if l == 0 else H) * H + H * H) for l in range(layers))
     return 6 * (rnn + H * V) + 7 * V, 2 * (rnn + H * V) + 4 * V
 
 
@@ -142,7 +146,7 @@ def time_training(step, windows, warmup, seconds, max_windows=0):
             **cpu_usage(snap, cpu_snapshot())}
 
 
-def gemm_list(E, H, V, N, T, layers):
+def gemm_list(E, H, V, N, T, layers, gates=1):
     """The matmuls of one training window: (name, m, k, n, A transposed, B transposed, count),
     each computing an (m, n) product of an (m, k) and a (k, n) operand, laid out as rnnlm_cli's
     layers.py lays them out (.T = a transposed view, passed to BLAS without copying)."""
@@ -150,14 +154,15 @@ def gemm_list(E, H, V, N, T, layers):
     out = [("logits h@W", M, H, V, False, False, 1),
            ("dh dlogits@W.T", M, V, H, False, True, 1),
            ("dW h.T@dlogits", H, M, V, True, False, 1)]
+    G = gates * H
     for l in range(layers):
         D = E if l == 0 else H
-        out += [(f"L{l} x@W_x", M, D, H, False, False, 1),
-                (f"L{l} step h@W_h", N, H, H, False, False, T),
-                (f"L{l} step g@W_h.T", N, H, H, False, True, T),
-                (f"L{l} dW_x x.T@dz", D, M, H, True, False, 1),
-                (f"L{l} dW_h h.T@dz", H, M, H, True, False, 1),
-                (f"L{l} dx dz@W_x.T", M, H, D, False, True, 1)]
+        out += [(f"L{l} x@W_x", M, D, G, False, False, 1),
+                (f"L{l} step h@W_h", N, H, G, False, False, T),
+                (f"L{l} step g@W_h.T", N, G, H, False, True, T),
+                (f"L{l} dW_x x.T@dz", D, M, G, True, False, 1),
+                (f"L{l} dW_h h.T@dz", H, M, G, True, False, 1),
+                (f"L{l} dx dz@W_x.T", M, G, D, False, True, 1)]
     return out
 
 
@@ -430,6 +435,7 @@ def make_spec(args, config_path, sets, config):
     return {"config": config_path, "sets": sets, "train_path": config.data.train,
             "valid_path": config.data.valid, "tokenizer": config.data.tokenizer,
             "emb": E, "hidden": H, "layers": L, "activation": m.activation, "loss": m.loss,
+            "cell": m.cell, "gates": GATES[m.cell], "dropout": m.dropout, "output": m.output,
             "batch": t.batch_size, "bptt": t.bptt, "lr": t.lr, "clip": t.clip_norm,
             "optimizer": t.optimizer, "dtype": t.dtype, "seed": t.seed, "threads": args.threads,
             "warmup": args.warmup, "train_seconds": args.train_seconds, "train_windows": args.train_windows,
@@ -441,8 +447,10 @@ def make_spec(args, config_path, sets, config):
 def torch_unsupported(config):
     """Why the PyTorch peer cannot run this config (None when it can)."""
     m, t = config.model, config.train
-    if m.activation not in ("tanh", "relu"):
+    if m.cell == "elman" and m.activation not in ("tanh", "relu"):
         return f"nn.RNN has no {m.activation} activation"
+    if m.tie_weights:
+        return "the peer has untied weights only"
     if m.loss != "cross_entropy" or t.optimizer != "sgd":
         return "the peer implements cross_entropy with sgd only"
     if config.data.tokenizer != "whitespace":
@@ -553,7 +561,7 @@ def machine_info():
 
 def figures(r, spec):
     """The headline figures of one ours/torch worker result."""
-    train_flops, eval_flops = flops_per_token(spec["emb"], spec["hidden"], r["vocab"], spec["layers"])
+    train_flops, eval_flops = flops_per_token(spec["emb"], spec["hidden"], r["vocab"], spec["layers"], spec["gates"])
     return {"train_tok_s": r["train"]["tok_s"], "train_tok_s_median_window": r["train"]["tok_s_median_window"],
             "eval1_tok_s": r["eval1"]["tok_s"], "evalb_tok_s": r["evalb"]["tok_s"],
             "peak_rss_mb": r["peak_rss_mb"], "rss_train_mb": r["rss_train_mb"],
@@ -613,7 +621,7 @@ def report(summary, spec, runs, machine, help_times):
              f"numpy BLAS at run time: {_blas_line(runs['ours'][0].get('blas'))}; "
              f"OPENBLAS_CORETYPE/L2_SIZE in this shell: {machine['openblas_env']}",
              f"rnnlm_cli measured: {_source_line(runs['ours'][0].get('source'))}",
-             f"model: E={spec['emb']} H={spec['hidden']} L={spec['layers']} {spec['activation']} "
+             f"model: {_cell_line(spec)} E={spec['emb']} H={spec['hidden']} L={spec['layers']} "
              f"V={runs['ours'][0]['vocab']} N={spec['batch']} T={spec['bptt']} {spec['optimizer']} "
              f"{spec['dtype']}; threads {spec['threads']}; {len(runs['ours'])} interleaved repeat(s)",
              "", f"{'median of repeats':<34}{'ours':>12}{'torch':>12}{'ours/torch':>12}"]
@@ -637,9 +645,16 @@ def report(summary, spec, runs, machine, help_times):
         f"{kind} {[round(r['loadavg_before'], 1) for r in runs[kind]]}" for kind in ("gemm", "ours", "torch")
         if runs[kind]))
     lines.append("help: " + "; ".join(f"{k} {v * 1000:.0f} ms" for k, v in help_times.items()))
-    lines.append(f"train FLOPs/token {flops_per_token(spec['emb'], spec['hidden'], runs['ours'][0]['vocab'], spec['layers'])[0] / 1e6:.3f} M. "
+    lines.append(f"train FLOPs/token {flops_per_token(spec['emb'], spec['hidden'], runs['ours'][0]['vocab'], spec['layers'], spec['gates'])[0] / 1e6:.3f} M. "
                  + FLOP_NOTE)
     return "\n".join(lines)
+
+
+def _cell_line(spec):
+    cell = spec.get("cell", "elman")
+    name = f"elman {spec['activation']}" if cell == "elman" else cell
+    name += f", {spec.get('output', 'softmax')} output"
+    return name + (f", dropout {spec['dropout']}" if spec.get("dropout") else "")
 
 
 def _fmt(fmt, value):
@@ -702,7 +717,7 @@ def main(argv=None):
     config_path, sets, config = bench_config(args)
     spec = make_spec(args, config_path, sets, config)
     spec["gemms"] = gemm_list(spec["emb"], spec["hidden"], _vocab_size_hint(config), spec["batch"],
-                              spec["bptt"], spec["layers"])
+                              spec["bptt"], spec["layers"], spec["gates"])
     env = child_env(args)
     if args.profile:
         run_worker("profile", spec, env, echo=True, quiet_wait=args.quiet_wait)

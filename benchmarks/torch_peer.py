@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The PyTorch peer of benchmarks/bench.py: rnnlm's model in PyTorch, timed the same way.
 
-Adapted from the reference word_language_model baseline (pytorch/examples, dropout 0, untied
-weights): embedding (V, E) -> nn.RNN (tanh or relu, H, L layers) -> linear H -> V -> full-softmax
-cross-entropy; truncated BPTT over `batch` contiguous streams with the hidden state carried and
+Adapted from the reference word_language_model baseline (pytorch/examples, untied weights):
+embedding (V, E) -> dropout -> nn.RNN (tanh or relu) / nn.LSTM / nn.GRU (H, L layers, dropout
+between layers) -> dropout -> linear H -> V -> full-softmax cross-entropy (dropout as rnnlm's
+model.dropout: on the non-recurrent connections); truncated BPTT over `batch` contiguous streams with the hidden state carried and
 detached; clip_grad_norm_ then plain SGD (p -= lr * grad). The vocabulary is every word of the
 training file plus <eos> (and <unk> when absent), as rnnlm builds it with vocab.min_count = 1.
 
@@ -58,25 +59,37 @@ def windows(data, bptt):
 
 
 class RNNLM(nn.Module):
-    """Embedding -> nn.RNN -> linear, initialized as pytorch/examples does."""
+    """Embedding -> nn.RNN/LSTM/GRU -> linear, initialized as pytorch/examples does."""
 
-    def __init__(self, ntoken, emb, hid, nlayers, nonlinearity):
+    def __init__(self, ntoken, emb, hid, nlayers, nonlinearity, cell="elman", dropout=0.0):
         super().__init__()
-        self.nlayers, self.hid = nlayers, hid
+        self.nlayers, self.hid, self.cell = nlayers, hid, cell
         self.encoder = nn.Embedding(ntoken, emb)
-        self.rnn = nn.RNN(emb, hid, nlayers, nonlinearity=nonlinearity)
+        self.drop = nn.Dropout(dropout)
+        between = dropout if nlayers > 1 else 0.0
+        if cell == "lstm":
+            self.rnn = nn.LSTM(emb, hid, nlayers, dropout=between)
+        elif cell == "gru":
+            self.rnn = nn.GRU(emb, hid, nlayers, dropout=between)
+        else:
+            self.rnn = nn.RNN(emb, hid, nlayers, nonlinearity=nonlinearity, dropout=between)
         self.decoder = nn.Linear(hid, ntoken)
         nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
         nn.init.zeros_(self.decoder.bias)
         nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
 
     def forward(self, inp, hidden):
-        out, hidden = self.rnn(self.encoder(inp), hidden)
-        logits = self.decoder(out)
+        out, hidden = self.rnn(self.drop(self.encoder(inp)), hidden)
+        logits = self.decoder(self.drop(out))
         return logits.view(-1, logits.size(-1)), hidden
 
     def init_hidden(self, bsz):
-        return next(self.parameters()).new_zeros(self.nlayers, bsz, self.hid)
+        zeros = next(self.parameters()).new_zeros(self.nlayers, bsz, self.hid)
+        return (zeros, zeros.clone()) if self.cell == "lstm" else zeros
+
+
+def detach(hidden):
+    return tuple(h.detach() for h in hidden) if isinstance(hidden, tuple) else hidden.detach()
 
 
 def train_stepper(model, spec):
@@ -88,7 +101,7 @@ def train_stepper(model, spec):
         if new_epoch:
             state["hidden"] = model.init_hidden(spec["batch"])
         model.zero_grad(set_to_none=True)
-        logits, hidden = model(x, state["hidden"].detach())
+        logits, hidden = model(x, detach(state["hidden"]))
         loss = F.cross_entropy(logits, y.reshape(-1))
         loss.backward()
         if spec["clip"] is not None:
@@ -149,7 +162,8 @@ def run(spec):
     w2i.setdefault("<unk>", len(w2i))
     valid_ids = read_ids(spec["valid_path"], w2i, grow=False)
     load_seconds = time.perf_counter() - t0
-    model = RNNLM(len(w2i), spec["emb"], spec["hidden"], spec["layers"], spec["activation"])
+    model = RNNLM(len(w2i), spec["emb"], spec["hidden"], spec["layers"], spec["activation"],
+                  spec.get("cell", "elman"), spec.get("dropout", 0.0))
     rss_loaded = peak_rss_mb()
     train_data = batchify(train_ids, spec["batch"])
     step = train_stepper(model, spec)

@@ -35,13 +35,15 @@ def activation_forward(z, name):
 
 
 def sigmoid_(z):
-    """σ(z) in place on z (a view is fine) and return it: σ(z) = ½(1 + tanh(z/2)), one ufunc
-    and no overflow in exp for large |z|."""
-    z *= 0.5
-    np.tanh(z, out=z)
+    """σ(z) in place on z (a view is fine) and return it: σ(z) = 1 / (1 + e^{−z}). e^{−z}
+    overflows to inf for z ≲ −88 (float32), which gives σ = 0 exactly, as it should. Written with
+    exp, not as ½(1 + tanh(z/2)): numpy's exp is ~3× faster than its tanh here, and the result is
+    accurate relative to σ also where σ is tiny."""
+    with np.errstate(over="ignore"):
+        np.negative(z, out=z)
+        np.exp(z, out=z)
     z += 1.0
-    z *= 0.5
-    return z
+    return np.reciprocal(z, out=z)
 
 
 def activation_grad(h, name):

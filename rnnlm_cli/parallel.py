@@ -15,11 +15,14 @@ results are identical run to run (for a given number of threads).
 
 import ctypes
 import os
+import threading
+import types
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 MIN_BLOCK = 1 << 16  # elements: below this, a thread costs more than it saves
+MIN_STEP_WORK = 1 << 20  # multiply-adds a step: below this, a barrier a step costs more than it saves
 
 _pool = None
 _workers = None
@@ -123,6 +126,35 @@ def by_streams(loop, N):
     """Run loop(start, stop) for each block of streams, in parallel: for a recurrent layer's loop
     over a window, whose rows (streams) never mix, so the hand-off is once per window."""
     run([lambda s=s, e=e: loop(s, e) for s, e in stream_blocks(N)])
+
+
+def unit_blocks(H, work):
+    """[(start, stop)]: the H hidden units of a gated layer cut into one block per thread, or one
+    block when `work` (multiply-adds of one step's recurrent product) is too small to pay for a
+    meeting of the threads at every time step."""
+    parts = workers() if work >= MIN_STEP_WORK else 1
+    return ranges(H, min(parts, H)) or [(0, 0)]
+
+
+_ALONE = types.SimpleNamespace(wait=lambda: None)  # the barrier of a loop that runs alone
+
+
+def in_lockstep(loop, blocks):
+    """Run loop(start, stop, barrier) for each block at once, one thread each, all sharing one
+    threading.Barrier that the loops meet at every time step. If one loop fails the barrier is
+    broken, so that the others stop waiting (and fail too) instead of hanging."""
+    if len(blocks) == 1:  # nobody to wait for: a barrier of one still costs ~10 µs a step
+        return [loop(*blocks[0], _ALONE)]
+    barrier = threading.Barrier(len(blocks))
+
+    def guarded(s, e):
+        try:
+            return loop(s, e, barrier)
+        except BaseException:
+            barrier.abort()
+            raise
+
+    return run([lambda s=s, e=e: guarded(s, e) for s, e in blocks])
 
 
 def matmul(a, b, out=None):

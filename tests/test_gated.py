@@ -2,6 +2,8 @@
 float64, every forward against a naive loop written from the formulas, dtypes, and (when torch is
 importable) the gate order against torch.nn.LSTM / torch.nn.GRU."""
 
+import threading
+
 import numpy as np
 import pytest
 from conftest import num_grad_of
@@ -343,24 +345,73 @@ def test_gru_matches_torch():
                              (db_x, gru.bias_ih_l0.grad), (db_h, gru.bias_hh_l0.grad)])
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_streams_split_over_threads_give_the_same_results(monkeypatch, threads):
-    """The recurrent loops run one block of streams per thread: 1 thread (one block) and 3
-    (uneven blocks) must give what the machine's default split gives, forward and backward."""
+@pytest.mark.parametrize("threads", [2, 3])
+def test_units_split_over_threads_give_the_same_results(monkeypatch, threads):
+    """The recurrent loops run one block of hidden units per thread, the threads meeting at
+    every step: 2 and 3 threads (uneven blocks of H = 4 units) must give what one thread gives,
+    forward and backward, with and without sentence resets."""
     from rnnlm_cli import parallel
 
     rng = np.random.default_rng(31)
     lstm_args, gru_args = lstm_problem(32), gru_problem(33)
     dh = rng.normal(size=(T, N, H))
+    keep = (rng.random((T, N, 1)) > 0.3).astype(np.float64)
 
-    def run_both():
-        h, c_last, cache = gated.lstm_forward(*lstm_args)
-        lstm_out = [h, c_last, *gated.lstm_backward(dh, cache, dc_last=c_last)]
-        g, cache = gated.gru_forward(*gru_args)
-        return lstm_out + [g, *gated.gru_backward(dh, cache)]
+    def run_all():
+        out = []
+        for k in (None, keep):
+            h, c_last, cache = gated.lstm_forward(*lstm_args, keep=k)
+            out += [h, c_last, *gated.lstm_backward(dh, cache, dc_last=c_last)]
+            g, cache = gated.gru_forward(*gru_args, keep=k)
+            out += [g, *gated.gru_backward(dh, cache)]
+        return out
 
-    default = run_both()
+    monkeypatch.setattr(parallel, "MIN_STEP_WORK", 0)  # split even these tiny layers
+    monkeypatch.setattr(parallel, "_workers", 1)
+    one = run_all()
     monkeypatch.setattr(parallel, "_workers", threads)
-    assert len(parallel.stream_blocks(N)) == min(threads, N)
-    for a, b in zip(run_both(), default):
+    monkeypatch.setattr(parallel, "_pool", None)  # a pool with `threads` workers
+    assert len(parallel.unit_blocks(H, 1)) == threads
+    for a, b in zip(run_all(), one):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("failing", ["pool thread", "calling thread"])
+def test_a_failing_thread_does_not_hang_the_others(monkeypatch, failing):
+    """A loop that fails in one thread breaks the barrier: the call raises and the other thread
+    is released, instead of waiting forever for the failed one at the next time step."""
+    from rnnlm_cli import parallel
+
+    monkeypatch.setattr(parallel, "MIN_STEP_WORK", 0)
+    monkeypatch.setattr(parallel, "_workers", 2)
+    monkeypatch.setattr(parallel, "_pool", None)
+    barriers = []
+
+    class Recorded(threading.Barrier):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            barriers.append(self)
+
+    monkeypatch.setattr(parallel.threading, "Barrier", Recorded)
+    columns = gated._gate_columns
+    bad_start = 0 if failing == "pool thread" else H // 2  # the last block runs on the caller
+
+    def one_block_fails(W, gates, s, e, transpose=False):
+        if s == bad_start:
+            raise MemoryError("planted")
+        return columns(W, gates, s, e, transpose)
+
+    monkeypatch.setattr(gated, "_gate_columns", one_block_fails)
+    raised = []
+
+    def call():
+        try:
+            gated.lstm_forward(*lstm_problem(34))
+        except (MemoryError, threading.BrokenBarrierError) as e:
+            raised.append(e)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(timeout=60)
+    assert not caller.is_alive(), "a thread still waits at the barrier"
+    assert raised and barriers and barriers[0].broken
