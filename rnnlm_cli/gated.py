@@ -15,20 +15,29 @@ and the weight gradients are single matrix products over all T·N positions afte
 Every function keeps the dtype of its inputs (float32 in, float32 everywhere). Every backward
 here is checked against central differences in tests/test_gated.py.
 
-Each recurrent loop runs one block of hidden units per core (parallel.in_lockstep): a step's
-product with W_h is the only place units mix, so each core computes its units' columns of
-h_{t-1} W_h (backwards: its units' part of γ_t W_hᵀ) and their elementwise gate arithmetic, and
-the cores meet once a step, before the product that reads every unit. Measured here: one
-(20, 650) × (650, 1300) product per core runs 1.7× faster than the (10, 650) × (650, 2600) of a
-split by streams, whose few rows use BLAS's kernels badly. Each block is computed by the same
-thread with the same operations every time (deterministic). Small layers (a step's product
-under parallel.MIN_STEP_WORK) run in one block: there a meeting a step costs more than it saves.
+Each recurrent loop runs on every core (parallel.gated_blocks, parallel.in_lockstep). Big
+layers are cut by hidden units: a step's product with W_h is the only place units mix, so each
+core computes its units' columns of h_{t-1} W_h (backwards: its units' part of γ_t W_hᵀ) and
+their elementwise gate arithmetic, and the cores meet once a step, before the product that reads
+every unit. Measured here: one (20, 650) × (650, 1300) product per core runs 1.7× faster than
+the (10, 650) × (650, 2600) of a split by streams, whose few rows use BLAS's kernels badly.
+Small layers are cut by streams, which never mix: no meeting at all, which matters more there.
+Each block is computed by the same thread with the same operations every time (deterministic).
 """
 
 import numpy as np
 
 from . import parallel
-from .layers import previous_states, sigmoid_
+from .layers import previous_states, sigmoid_unguarded_ as sigmoid_
+
+
+def _overflow_quiet(loop):
+    """loop, run under np.errstate(over="ignore"), entered once a window by each thread instead
+    of once a gate a step: e^{−a} in σ overflows to inf for a ≲ −88, which gives σ = 0 exactly."""
+    def quiet(*args):
+        with np.errstate(over="ignore"):
+            return loop(*args)
+    return quiet
 
 
 # --------------------------------------------------------------------------------------------
@@ -43,9 +52,11 @@ def _gate_columns(W, gates, s, e, transpose=False):
     gate, in gate order: (·, gates, e − s) flattened to (·, gates·(e − s)); or, transposed, W's
     rows s:e as a contiguous (gates·H, e − s) for the product γ_t W_hᵀ of those units. One copy
     a window per thread: a strided view runs the per-step product ~15% slower."""
+    H = W.shape[1] // gates
+    if (s, e) == (0, H):  # all units: W itself
+        return W.T if transpose else W
     if transpose:
         return np.ascontiguousarray(W[s:e].T)
-    H = W.shape[1] // gates
     return np.ascontiguousarray(W.reshape(W.shape[0], gates, H)[:, :, s:e]).reshape(W.shape[0], -1)
 
 
@@ -71,30 +82,38 @@ def lstm_forward(x, h0, c0, W_x, W_h, b, keep=None):
     c = np.empty((T, N, H), dtype=dtype)
     tanh_c = np.empty((T, N, H), dtype=dtype)
 
-    def loop(s, e, barrier):  # hidden units s:e of every stream through the window
+    def loop(streams, units, barrier):  # streams p:q, hidden units s:e, through the window
+        (p, q), (s, e) = streams, units
         W_hk = _gate_columns(W_h, 4, s, e)  # (H, 4(e − s)): the columns of units s:e
-        rec = np.empty((N, 4, e - s), dtype=dtype)  # h_{t-1} W_h for units s:e, every step
-        prev_h, prev_c = h0, c0[:, s:e]
+        rec = np.empty((q - p, 4, e - s), dtype=dtype)  # h_{t-1} W_h for units s:e, every step
+        rec2 = rec.reshape(q - p, -1)
+        # this block's views, made once: in the loop, every Python operation holds the GIL that
+        # the other thread's loop needs between its numpy calls
+        gates_k, c_k, tanh_c_k, h_k, h_rows = G[:, p:q, :, s:e], c[:, p:q, s:e], tanh_c[:, p:q, s:e], \
+            h[:, p:q, s:e], h[:, p:q]
+        keep_k = None if keep is None else keep[:, p:q]
+        wait = barrier.wait
+        prev_h, prev_c = h0[p:q], c0[p:q, s:e]
         for t in range(T):
-            if keep is not None:  # h_{t-1}, c_{t-1} → 0 where the stream resets                (R1)
-                prev_h, prev_c = prev_h * keep[t], prev_c * keep[t]
-            np.matmul(prev_h, W_hk, out=rec.reshape(N, -1))
-            a = G[t, :, :, s:e]
+            if keep_k is not None:  # h_{t-1}, c_{t-1} → 0 where the stream resets              (R1)
+                prev_h, prev_c = prev_h * keep_k[t], prev_c * keep_k[t]
+            np.matmul(prev_h, W_hk, out=rec2)
+            a = gates_k[t]
             a += rec  # a_t                                                              (L1)
             sigmoid_(a[:, :2])  # i_t, f_t                                               (L2)
             np.tanh(a[:, 2], out=a[:, 2])  # g_t
             sigmoid_(a[:, 3])  # o_t
             i, f, g, o = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
-            ct, tc = c[t, :, s:e], tanh_c[t, :, s:e]
+            ct, tc = c_k[t], tanh_c_k[t]
             np.multiply(f, prev_c, out=ct)
             np.multiply(i, g, out=tc)  # tc as scratch for i ∘ g
             ct += tc  # c_t = f_t ∘ c_{t-1} + i_t ∘ g_t                                 (L3)
             np.tanh(ct, out=tc)
-            np.multiply(o, tc, out=h[t, :, s:e])  # h_t = o_t ∘ tanh(c_t)                (L4)
-            barrier.wait()  # every unit of h_t is written before any thread reads it
-            prev_h, prev_c = h[t], ct
+            np.multiply(o, tc, out=h_k[t])  # h_t = o_t ∘ tanh(c_t)                      (L4)
+            wait()  # every unit of h_t is written before any thread reads it
+            prev_h, prev_c = h_rows[t], ct
 
-    parallel.in_lockstep(loop, parallel.unit_blocks(H, N * H * 4 * H))
+    parallel.in_lockstep(_overflow_quiet(loop), parallel.gated_blocks(N, H, N * H * 4 * H))
     c_last = c[-1].copy()
     return h, c_last, (x, h0, c0, W_x, W_h, gates, c, tanh_c, h, keep)
 
@@ -122,17 +141,18 @@ def lstm_backward(dh, cache, dc_last=None):
     dnext = np.empty((N, H), dtype=dtype)  # ε_1 = ∂J/∂h_0, filled at the end
     kappa = np.empty((N, H), dtype=dtype)  # κ_1 ∘ f_1 = ∂J/∂c_0, filled at the end
 
-    def loop(s, e, barrier):  # units s:e: their local derivatives, then backwards in time
-        i, f, g, o = (G[:, :, k, s:e] for k in range(4))
-        K = da.reshape(T, N, 4, H)[:, :, :, s:e]
-        tc = tanh_c[:, :, s:e]
+    def loop(streams, units, barrier):  # streams p:q, units s:e: local derivatives, then back in time
+        (p, q), (s, e) = streams, units
+        i, f, g, o = (G[:, p:q, k, s:e] for k in range(4))
+        K = da.reshape(T, N, 4, H)[:, p:q, :, s:e]
+        tc = tanh_c[:, p:q, s:e]
         np.multiply(i, i, out=K[:, :, 0])
         np.subtract(i, K[:, :, 0], out=K[:, :, 0])  # σ' = σ − σ²
         K[:, :, 0] *= g  # K^i = ∂c_t/∂a^i = g_t ∘ σ'(a^i)                               (L8)
         np.multiply(f, f, out=K[:, :, 1])
         np.subtract(f, K[:, :, 1], out=K[:, :, 1])
-        K[0, :, 1] *= c_first[:, s:e]
-        K[1:, :, 1] *= c_rest[:, :, s:e]  # K^f = ∂c_t/∂a^f = c_{t-1} ∘ σ'(a^f)         (L8)
+        K[0, :, 1] *= c_first[p:q, s:e]
+        K[1:, :, 1] *= c_rest[:, p:q, s:e]  # K^f = ∂c_t/∂a^f = c_{t-1} ∘ σ'(a^f)       (L8)
         np.multiply(g, g, out=K[:, :, 2])
         np.subtract(1.0, K[:, :, 2], out=K[:, :, 2])
         K[:, :, 2] *= i  # K^g = ∂c_t/∂a^g = i_t ∘ (1 − g_t²)                             (L8)
@@ -143,27 +163,30 @@ def lstm_backward(dh, cache, dc_last=None):
         np.subtract(1.0, K_c, out=K_c)
         K_c *= o  # ∂h_t/∂c_t = o_t ∘ (1 − tanh² c_t)                                      (L7)
         W_hT = _gate_columns(W_h, 4, s, e, transpose=True)  # (4H, e − s)
-        eta = np.empty((N, e - s), dtype=dtype)  # η_t
-        eps = np.zeros((N, e - s), dtype=dtype)  # ε_{t+1} = γ_{t+1} W_hᵀ, zero after the last step
-        kap = np.zeros((N, e - s), dtype=dtype)  # κ_{t+1} ∘ f_{t+1}, then κ_t
+        eta = np.empty((q - p, e - s), dtype=dtype)  # η_t
+        eps = np.zeros((q - p, e - s), dtype=dtype)  # ε_{t+1} = γ_{t+1} W_hᵀ, zero after the last step
+        kap = np.zeros((q - p, e - s), dtype=dtype)  # κ_{t+1} ∘ f_{t+1}, then κ_t
         if dc_last is not None:
-            kap += dc_last[:, s:e]  # κ_{T+1} ∘ f_{T+1} := ∂J/∂c_T from beyond the window    (L7)
+            kap += dc_last[p:q, s:e]  # κ_{T+1} ∘ f_{T+1} := ∂J/∂c_T from beyond the window  (L7)
+        dh_k, da_rows, kap_row = dh[:, p:q, s:e], da[:, p:q], kap[:, None, :]  # views made once
+        keep_k = None if keep is None else keep[:, p:q]
+        wait = barrier.wait
         for t in reversed(range(T)):
             Kt = K[t]
-            np.add(dh[t, :, s:e], eps, out=eta)  # η_t = dh_t + ε_{t+1}                     (L5)
+            np.add(dh_k[t], eps, out=eta)  # η_t = dh_t + ε_{t+1}                           (L5)
             Kt[:, 3] *= eta  # γ^o_t = η_t ∘ tanh(c_t) ∘ σ'(a^o)                             (L6)
             eta *= K_c[t]
             kap += eta  # κ_t = κ_{t+1} ∘ f_{t+1} + η_t ∘ o_t ∘ (1 − tanh² c_t)             (L7)
-            Kt[:, :3] *= kap[:, None, :]  # [γ^i γ^f γ^g]_t = κ_t ∘ [K^i K^f K^g]_t         (L8)
+            Kt[:, :3] *= kap_row  # [γ^i γ^f γ^g]_t = κ_t ∘ [K^i K^f K^g]_t                 (L8)
             kap *= f[t]  # ∂J/∂c_{t-1} through step t = κ_t ∘ f_t                            (L9)
-            barrier.wait()  # every unit's γ_t is written before any thread reads it
-            np.matmul(da[t], W_hT, out=eps)  # ε_t = γ_t W_hᵀ, units s:e                    (L10)
-            if keep is not None:  # no gradient crosses a reset                               (R2)
-                kap *= keep[t]
-                eps *= keep[t]
-        dnext[:, s:e], kappa[:, s:e] = eps, kap
+            wait()  # every unit's γ_t is written before any thread reads it
+            np.matmul(da_rows[t], W_hT, out=eps)  # ε_t = γ_t W_hᵀ, units s:e               (L10)
+            if keep_k is not None:  # no gradient crosses a reset                             (R2)
+                kap *= keep_k[t]
+                eps *= keep_k[t]
+        dnext[p:q, s:e], kappa[p:q, s:e] = eps, kap
 
-    parallel.in_lockstep(loop, parallel.unit_blocks(H, N * H * 4 * H))
+    parallel.in_lockstep(_overflow_quiet(loop), parallel.gated_blocks(N, H, N * H * 4 * H))
     da2 = da.reshape(T * N, 4 * H)
     dW_x = parallel.matmul(x.reshape(T * N, D).T, da2)  # ∇W_x = Σ_t x_tᵀ γ_t              (L11)
     dW_h = h_first.T @ da[0]  # ∇W_h = Σ_t h_{t-1}ᵀ γ_t                                     (L12)
@@ -198,33 +221,37 @@ def gru_forward(x, h0, W_x, W_h, b_x, b_h, keep=None):
     h = np.empty((T, N, H), dtype=dtype)
     v_n = np.empty((T, N, H), dtype=dtype)  # v^n_t = h_{t-1} W_h^n + b_h^n, kept for backward
 
-    def loop(s, e, barrier):  # hidden units s:e of every stream through the window
+    def loop(streams, units, barrier):  # streams p:q, hidden units s:e, through the window
+        (p, q), (s, e) = streams, units
         W_hk = _gate_columns(W_h, 3, s, e)  # (H, 3(e − s)): the columns of units s:e
         b_hk = b_h.reshape(3, H)[:, s:e]
-        rec = np.empty((N, 3, e - s), dtype=dtype)  # v_t for units s:e, every step
-        prev = h0
+        rec = np.empty((q - p, 3, e - s), dtype=dtype)  # v_t for units s:e, every step
+        rec2, rec_n = rec.reshape(q - p, -1), rec[:, 2]
+        gates_k, v_n_k, h_k, h_rows = G[:, p:q, :, s:e], v_n[:, p:q, s:e], h[:, p:q, s:e], h[:, p:q]
+        keep_k = None if keep is None else keep[:, p:q]  # views made once (see lstm_forward)
+        wait = barrier.wait
+        prev = h0[p:q]
         for t in range(T):
-            if keep is not None:
-                prev = prev * keep[t]  # h_{t-1} → 0 where the stream resets                   (R1)
-            np.matmul(prev, W_hk, out=rec.reshape(N, -1))
+            if keep_k is not None:
+                prev = prev * keep_k[t]  # h_{t-1} → 0 where the stream resets                 (R1)
+            np.matmul(prev, W_hk, out=rec2)
             rec += b_hk  # v_t                                                            (G1)
-            a = G[t, :, :, s:e]
+            a = gates_k[t]
             a[:, :2] += rec[:, :2]
             sigmoid_(a[:, :2])  # r_t, z_t                                               (G2)
             r, z, n = a[:, 0], a[:, 1], a[:, 2]
-            rec_n = rec[:, 2]
-            v_n[t, :, s:e] = rec_n
+            v_n_k[t] = rec_n
             rec_n *= r
             n += rec_n
             np.tanh(n, out=n)  # n_t = tanh(u^n + r_t ∘ v^n)                              (G3)
-            ht = h[t, :, s:e]
+            ht = h_k[t]
             np.subtract(prev[:, s:e], n, out=ht)
             ht *= z
             ht += n  # h_t = n_t + z_t ∘ (h_{t-1} − n_t)                                  (G4)
-            barrier.wait()  # every unit of h_t is written before any thread reads it
-            prev = h[t]
+            wait()  # every unit of h_t is written before any thread reads it
+            prev = h_rows[t]
 
-    parallel.in_lockstep(loop, parallel.unit_blocks(H, N * H * 3 * H))
+    parallel.in_lockstep(_overflow_quiet(loop), parallel.gated_blocks(N, H, N * H * 3 * H))
     return h, (x, h0, W_x, W_h, gates, v_n, h, keep)
 
 
@@ -245,39 +272,43 @@ def gru_backward(dh, cache):
     dv = np.empty_like(gates)  # γ^v_t = ∂J/∂v_t
     dnext = np.empty((N, H), dtype=dtype)  # ε_1 = ∂J/∂h_0, filled at the end
 
-    def loop(s, e, barrier):  # units s:e: their local derivatives, then backwards in time
-        r, z, n = (G[:, :, k, s:e] for k in range(3))
-        K = du.reshape(T, N, 3, H)[:, :, :, s:e]
-        DV = dv.reshape(T, N, 3, H)[:, :, :, s:e]
+    def loop(streams, units, barrier):  # streams p:q, units s:e: local derivatives, then back in time
+        (p, q), (s, e) = streams, units
+        r, z, n = (G[:, p:q, k, s:e] for k in range(3))
+        K = du.reshape(T, N, 3, H)[:, p:q, :, s:e]
+        DV = dv.reshape(T, N, 3, H)[:, p:q, :, s:e]
         np.multiply(n, n, out=K[:, :, 2])
         np.subtract(1.0, K[:, :, 2], out=K[:, :, 2])
         K[:, :, 2] *= 1.0 - z  # K^n = (1 − z_t) ∘ (1 − n_t²)                              (G6)
         np.multiply(r, r, out=K[:, :, 0])
         np.subtract(r, K[:, :, 0], out=K[:, :, 0])  # σ' = σ − σ²
-        K[:, :, 0] *= v_n[:, :, s:e]
+        K[:, :, 0] *= v_n[:, p:q, s:e]
         K[:, :, 0] *= K[:, :, 2]  # K^r = K^n ∘ v^n_t ∘ r_t(1 − r_t)                       (G8)
         np.multiply(z, z, out=K[:, :, 1])
         np.subtract(z, K[:, :, 1], out=K[:, :, 1])
-        K[0, :, 1] *= h_first[:, s:e] - n[0]
-        K[1:, :, 1] *= h_rest[:, :, s:e] - n[1:]  # K^z = (h_{t-1} − n_t) ∘ z_t(1 − z_t)   (G7)
+        K[0, :, 1] *= h_first[p:q, s:e] - n[0]
+        K[1:, :, 1] *= h_rest[:, p:q, s:e] - n[1:]  # K^z = (h_{t-1} − n_t) ∘ z_t(1 − z_t) (G7)
         W_hT = _gate_columns(W_h, 3, s, e, transpose=True)  # (3H, e − s)
-        eta = np.empty((N, e - s), dtype=dtype)  # η_t
-        eps = np.zeros((N, e - s), dtype=dtype)  # ε_{t+1}, zero after the window's last step
+        eta = np.empty((q - p, e - s), dtype=dtype)  # η_t
+        eps = np.zeros((q - p, e - s), dtype=dtype)  # ε_{t+1}, zero after the window's last step
+        dh_k, dv_rows, eta_row = dh[:, p:q, s:e], dv[:, p:q], eta[:, None, :]  # views made once
+        keep_k = None if keep is None else keep[:, p:q]
+        wait = barrier.wait
         for t in reversed(range(T)):
             Kt, dvt = K[t], DV[t]
-            np.add(dh[t, :, s:e], eps, out=eta)  # η_t = dh_t + ε_{t+1}                     (G5)
-            Kt *= eta[:, None, :]  # [γ^r γ^z γ^n]_t = η_t ∘ [K^r K^z K^n]_t                (G6-G8)
+            np.add(dh_k[t], eps, out=eta)  # η_t = dh_t + ε_{t+1}                           (G5)
+            Kt *= eta_row  # [γ^r γ^z γ^n]_t = η_t ∘ [K^r K^z K^n]_t                        (G6-G8)
             dvt[:, :2] = Kt[:, :2]  # γ^v_r = γ^u_r, γ^v_z = γ^u_z                         (G9)
             np.multiply(Kt[:, 2], r[t], out=dvt[:, 2])  # γ^v_n = r_t ∘ γ^u_n             (G9)
-            barrier.wait()  # every unit's γ^v_t is written before any thread reads it
-            np.matmul(dv[t], W_hT, out=eps)
+            wait()  # every unit's γ^v_t is written before any thread reads it
+            np.matmul(dv_rows[t], W_hT, out=eps)
             eta *= z[t]
             eps += eta  # ε_t = γ^v_t W_hᵀ + η_t ∘ z_t                                      (G10)
-            if keep is not None:
-                eps *= keep[t]  # no gradient crosses a reset                                 (R2)
-        dnext[:, s:e] = eps
+            if keep_k is not None:
+                eps *= keep_k[t]  # no gradient crosses a reset                               (R2)
+        dnext[p:q, s:e] = eps
 
-    parallel.in_lockstep(loop, parallel.unit_blocks(H, N * H * 3 * H))
+    parallel.in_lockstep(_overflow_quiet(loop), parallel.gated_blocks(N, H, N * H * 3 * H))
     du2 = du.reshape(T * N, 3 * H)
     dv2 = dv.reshape(T * N, 3 * H)
     dW_x = parallel.matmul(x.reshape(T * N, D).T, du2)  # ∇W_x = Σ_t x_tᵀ γ^u_t            (G11)

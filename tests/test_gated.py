@@ -345,11 +345,13 @@ def test_gru_matches_torch():
                              (db_x, gru.bias_ih_l0.grad), (db_h, gru.bias_hh_l0.grad)])
 
 
+@pytest.mark.parametrize("split", ["units", "streams"])
 @pytest.mark.parametrize("threads", [2, 3])
-def test_units_split_over_threads_give_the_same_results(monkeypatch, threads):
+def test_loops_split_over_threads_give_the_same_results(monkeypatch, threads, split):
     """The recurrent loops run one block of hidden units per thread, the threads meeting at
-    every step: 2 and 3 threads (uneven blocks of H = 4 units) must give what one thread gives,
-    forward and backward, with and without sentence resets."""
+    every step, or (small layers) one block of streams per thread: 2 and 3 threads (uneven
+    blocks of H = 4 units, N = 3 streams) must give what one thread gives, forward and
+    backward, with and without sentence resets."""
     from rnnlm_cli import parallel
 
     rng = np.random.default_rng(31)
@@ -366,12 +368,14 @@ def test_units_split_over_threads_give_the_same_results(monkeypatch, threads):
             out += [g, *gated.gru_backward(dh, cache)]
         return out
 
-    monkeypatch.setattr(parallel, "MIN_STEP_WORK", 0)  # split even these tiny layers
     monkeypatch.setattr(parallel, "_workers", 1)
     one = run_all()
+    # split these tiny layers by units, or never
+    monkeypatch.setattr(parallel, "MIN_UNIT_SPLIT", 0 if split == "units" else 1 << 62)
     monkeypatch.setattr(parallel, "_workers", threads)
     monkeypatch.setattr(parallel, "_pool", None)  # a pool with `threads` workers
-    assert len(parallel.unit_blocks(H, 1)) == threads
+    blocks = parallel.gated_blocks(N, H, 1)
+    assert len(blocks) == threads and len({b[split == "units"] for b in blocks}) == threads
     for a, b in zip(run_all(), one):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
@@ -382,7 +386,7 @@ def test_a_failing_thread_does_not_hang_the_others(monkeypatch, failing):
     is released, instead of waiting forever for the failed one at the next time step."""
     from rnnlm_cli import parallel
 
-    monkeypatch.setattr(parallel, "MIN_STEP_WORK", 0)
+    monkeypatch.setattr(parallel, "MIN_UNIT_SPLIT", 0)
     monkeypatch.setattr(parallel, "_workers", 2)
     monkeypatch.setattr(parallel, "_pool", None)
     barriers = []
