@@ -237,7 +237,8 @@ def affine_backward(dlogits, cache, out=None):
 # The cross-entropy works through the rows in chunks small enough to stay in cache, on as many
 # threads as there are cores (parallel.map_rows): every pass but the first then hits the cache.
 
-CHUNK_ROWS = 16
+CHUNK_ROWS = 16  # rows per chunk at least (a V = 10k softmax: 640 KB of float32, in cache)
+CHUNK_ELEMENTS = CHUNK_ROWS * 10_000  # a narrow softmax (the class output's C) takes more rows a chunk
 
 
 def softmax_cross_entropy(logits, targets, scale=1.0, need_grad=True, bias=None, row_loss=None):
@@ -259,12 +260,14 @@ def softmax_cross_entropy(logits, targets, scale=1.0, need_grad=True, bias=None,
             row_loss[...] = 0.0
         return 0.0, (logits if need_grad else None)
 
+    chunk = max(CHUNK_ROWS, CHUNK_ELEMENTS // V)  # rows a chunk: the Python loop's cost is per chunk
+
     def rows(a, b):
         loss = 0.0
-        scratch = np.empty((min(CHUNK_ROWS, b - a), V), dtype=logits.dtype)
+        scratch = np.empty((min(chunk, b - a), V), dtype=logits.dtype)
         with np.errstate(over="ignore", under="ignore"):
-            for c in range(a, b, CHUNK_ROWS):
-                d = min(b, c + CHUNK_ROWS)
+            for c in range(a, b, chunk):
+                d = min(b, c + chunk)
                 z, t, e = logits[c:d], targets[c:d], scratch[:d - c]
                 if bias is not None:
                     z += bias

@@ -1,0 +1,60 @@
+"""Time to quality: train a config on Penn Treebank and print, per epoch, the wall time and the
+valid perplexity, and the first wall time at which valid perplexity was <= --target:
+    python benchmarks/time_to_quality.py configs/ptb-fast.yaml --ptb PTB --out /tmp/ttq [--set K=V ...]
+Runs `python -m rnnlm_cli.cli train CONFIG --out DIR` (the rnnlm_cli this file's repository
+holds) in a subprocess, then reads DIR/metrics.jsonl. Wall seconds are the run's own (its epoch
+records: since training started, each epoch's validation included); the process total adds
+start-up and the exact (batch 1) valid and test evaluation at the end."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("config")
+    ap.add_argument("--ptb", required=True, help="folder of ptb.train.txt, ptb.valid.txt, ptb.test.txt")
+    ap.add_argument("--out", required=True, help="run folder (must not exist or be empty)")
+    ap.add_argument("--target", type=float, default=177.0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed on to rnnlm train")
+    args = ap.parse_args()
+    ptb = Path(args.ptb).resolve()
+    cmd = [sys.executable, "-m", "rnnlm_cli.cli", "train", args.config, "--out", args.out, "--quiet"]
+    for split in ("train", "valid", "test"):
+        cmd += ["--set", f"data.{split}={ptb / f'ptb.{split}.txt'}"]
+    for kv in args.set:
+        cmd += ["--set", kv]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env)
+    total = time.perf_counter() - t0
+    records = [json.loads(line) for line in (Path(args.out) / "metrics.jsonl").read_text().splitlines() if line]
+    reached = None
+    print(f"{'epoch':>5} {'tokens':>9} {'wall s':>8} {'valid ppl':>10} {'lr':>9}")
+    for r in records:
+        if r.get("event") != "epoch":
+            continue
+        print(f"{r['epoch']:>5} {r['tokens']:>9} {r['wall_seconds']:>8.1f} {r['valid_ppl']:>10.2f} {r['lr']:>9.3g}"
+              + ("" if r.get("accepted", True) else "  (rejected)"))
+        if reached is None and r["valid_ppl"] <= args.target:
+            reached = r
+    end = next((r for r in records if r.get("event") == "end"), None)
+    if reached:
+        print(f"valid ppl <= {args.target:g}: after {reached['wall_seconds']:.1f} s (epoch {reached['epoch']}, "
+              f"{reached['valid_ppl']:.2f})")
+    else:
+        print(f"valid ppl <= {args.target:g}: not reached")
+    if end:
+        print(f"exact (batch 1): valid {end.get('valid_ppl')}, test {end.get('test_ppl')}")
+    print(f"process wall time: {total:.1f} s (exit {proc.returncode})")
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
