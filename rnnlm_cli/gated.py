@@ -128,8 +128,8 @@ def lstm_backward(dh, cache, dc_last=None):
     derivatives K of (L8)) is computed for all t at once before the loop, so the loop only
     multiplies: γ^o_t = η_t ∘ K^o_t and [γ^i γ^f γ^g]_t = κ_t ∘ [K^i K^f K^g]_t.
     dh0 and dc0 are returned for tests; the model drops them (truncated BPTT)."""
-    # Long on purpose (~65 lines): the per-thread closure computes the local derivatives and runs
-    # the recurrence on the same dozen views of one block of units; split, they would travel too.
+    # Long on purpose (~75 lines): the per-thread closure computes the local derivatives and runs
+    # the recurrence on the same dozen views of one block; split, they would all travel too.
     x, h0, c0, W_x, W_h, gates, c, tanh_c, h, keep = cache
     h_first, h_rest = previous_states(h0, h, keep)  # h_{t-1} and c_{t-1} as step t saw them
     c_first, c_rest = previous_states(c0, c, keep)
@@ -262,6 +262,7 @@ def gru_backward(dh, cache):
     One pass backwards in time (docs/gated-derivation.md §2) carrying one accumulator, η, the
     whole ∂J/∂h_t. Every γ of a step is η_t times a local derivative K computed for all t before
     the loop (G6-G8). dh0 is returned for tests; the model drops it (truncated BPTT)."""
+    # Long on purpose (~65 lines), as lstm_backward: one closure, one block's views.
     x, h0, W_x, W_h, gates, v_n, h, keep = cache
     h_first, h_rest = previous_states(h0, h, keep)  # h_{t-1} as step t saw it
     T, N, D = x.shape
