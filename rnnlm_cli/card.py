@@ -75,6 +75,9 @@ def _training(config, short, card):
         rows[-1] += (f" It ran {s['epochs']} epochs, {s['steps']:,} steps, {units.count(s['tokens'])} training "
                      f"tokens in {units.seconds(s['train_seconds'])} of training{rate}; final learning rate "
                      f"{s['lr']:g}; {len(h.rollbacks)} rollbacks.")
+    if h.average:
+        rows[-1] += (f" Weights were averaged from epoch {h.average['epoch']} (after step {h.average['step']:,}) on: "
+                     f"validation and the kept model use their running mean.")
     if not h.epochs:
         return rows + ["", "No epoch was finished.", ""]
     rows += ["", f"| epoch | train ppl | valid ppl ({config.train.eval_batch_size} streams) | lr | |",

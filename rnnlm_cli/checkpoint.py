@@ -49,6 +49,9 @@ class Progress:
     rollbacks: int = 0  # divergences rolled back so far
     train_tokens: int = 0  # length of the training stream: resume refuses a changed data.train
     init_from: str | None = None  # the --init model directory the run started from (the model card says so)
+    average_from: int | None = None  # the epoch weight averaging started at (auto: chose to start at)
+    average_step: int | None = None  # the steps before averaging started
+    average_count: int = 0  # the updates averaged so far
 
 
 def stop_reason(stop, train_cfg):
@@ -65,6 +68,7 @@ class TrainingState:
     hidden: np.ndarray
     progress: Progress
     rng: np.random.Generator
+    average: dict | None = None  # the running mean of the weights while averaging (average.py)
 
     @classmethod
     def new(cls, config, params):
@@ -76,8 +80,11 @@ class TrainingState:
                    np.random.default_rng(tc.seed))
 
     def kept(self):
-        """The weights that are the model now (what weights.npz holds)."""
-        return self.best if self.progress.keep == KEEP_BEST and self.best is not None else self.params
+        """The weights that are the model now (what weights.npz holds): the best validated, or
+        the last (averaged while averaging)."""
+        if self.progress.keep == KEEP_BEST and self.best is not None:
+            return self.best
+        return self.average if self.average is not None else self.params
 
     def snapshot(self):
         """A copy that later steps cannot change."""
@@ -85,11 +92,13 @@ class TrainingState:
         rng.bit_generator.state = copy.deepcopy(self.rng.bit_generator.state)
         return TrainingState({k: v.copy() for k, v in self.params.items()}, self.best,
                              {k: v.copy() for k, v in self.opt_state.items()}, self.hidden.copy(),
-                             copy.deepcopy(self.progress), rng)
+                             copy.deepcopy(self.progress), rng,
+                             None if self.average is None else {k: v.copy() for k, v in self.average.items()})
 
     def save(self, out_dir):
         arrays = {f"param.{k}": v for k, v in self.params.items()}
         arrays.update({f"best.{k}": v for k, v in (self.best or {}).items()})
+        arrays.update({f"avg.{k}": v for k, v in (self.average or {}).items()})
         arrays.update({f"opt.{k}": v for k, v in self.opt_state.items()})
         arrays["hidden"] = self.hidden
         meta = {"format_version": modeldir.FORMAT_VERSION, "progress": self.progress.__dict__,
@@ -107,17 +116,23 @@ class TrainingState:
         def part(prefix):
             return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
         params, best, opt_state = part("param."), part("best.") or None, part("opt.")
-        unknown = sorted(k for k in arrays if not k.startswith(("param.", "best.", "opt.")))
+        averaged = part("avg.") or None
+        unknown = sorted(k for k in arrays if not k.startswith(("param.", "best.", "opt.", "avg.")))
         if unknown:
             raise UserError(f"{path}: unexpected arrays {', '.join(unknown)} in a checkpoint")
         modeldir.check_params(params, config, vocab_size, f"{path} (current parameters)")
         if best is not None:
             modeldir.check_params(best, config, vocab_size, f"{path} (best parameters)")
+        if averaged is not None:
+            modeldir.check_params(averaged, config, vocab_size, f"{path} (averaged parameters)")
         _check_opt_state(opt_state, config, params, path)
         want = model.init_state(config.model, config.train.batch_size).shape
         modeldir.check_arrays({"hidden": meta["hidden"]}, {"hidden": want}, path, "array")
         progress = _progress(meta["progress"], path, best is not None)
-        return cls(params, best, opt_state, meta["hidden"], progress, _rng(meta["rng"], path))
+        if (averaged is None) != (progress.average_step is None):
+            raise UserError(f"{path}: corrupted checkpoint (averaging started at step {progress.average_step} but "
+                            f"{'no' if averaged is None else 'an'} average is saved)")
+        return cls(params, best, opt_state, meta["hidden"], progress, _rng(meta["rng"], path), averaged)
 
 
 def _read(path, config, vocab_size):
@@ -125,7 +140,7 @@ def _read(path, config, vocab_size):
     if not path.exists():
         raise UserError(f"{path}: no checkpoint to resume from (was this folder written by rnnlm train?)")
     shapes = list(model.param_shapes(config.model, vocab_size).values())
-    max_bytes = files.npz_size_bound(shapes * 4) + (1 << 20)  # params, best, two optimizer moments, + state
+    max_bytes = files.npz_size_bound(shapes * 5) + (1 << 20)  # params, best, average, two optimizer moments, state
     arrays = files.read_npz(path, "checkpoint", max_bytes=max_bytes)
     meta_array = arrays.pop("meta", None)
     hidden = arrays.pop("hidden", None)
@@ -185,7 +200,8 @@ def _check_opt_state(opt_state, config, params, path):
             raise UserError(f"{path}: optimizer state '{k}' is not a count (shape {v.shape}, dtype {v.dtype})")
 
 
-_COUNTS = ("epoch", "window", "step", "tokens", "epoch_targets", "metrics_bytes", "rollbacks", "train_tokens")
+_COUNTS = ("epoch", "window", "step", "tokens", "epoch_targets", "metrics_bytes", "rollbacks", "train_tokens",
+           "average_count")
 _NUMBERS = ("lr", "train_seconds", "wall_seconds", "epoch_loss_sum", "best_ce", "last_loss")
 
 
@@ -213,6 +229,10 @@ def _progress(raw, source, has_best):
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
                 name == "lr" and value <= 0):
+            raise UserError(f"{source}: corrupted checkpoint (progress.{name} = {str(value)[:40]})")
+    for name in ("average_from", "average_step"):
+        value = getattr(progress, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise UserError(f"{source}: corrupted checkpoint (progress.{name} = {str(value)[:40]})")
     if (not isinstance(progress.history, list) or not isinstance(progress.halving, bool)
             or not isinstance(progress.init_from, (str, type(None)))

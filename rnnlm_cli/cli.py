@@ -603,12 +603,17 @@ def gradcheck_cmd(config_path, overrides, vocab_size, embedding_dim, hidden_dim,
     tolerance = gradcheck.TOLERANCE if tolerance is None else tolerance
     if not tolerance >= 0:  # also NaN
         raise UserError(f"--tolerance {tolerance}: must be a number >= 0")
+    tc = config.train
     results = gradcheck.check_model(model_cfg, vocab_size, batch_size, bptt, seed, samples,
-                                    resets=config.data.independent)
+                                    resets=config.data.independent, ar=tc.ar, tar=tc.tar,
+                                    weight_decay=tc.weight_decay)
     click.echo(f"cell {model_cfg.cell}, activation {model_cfg.activation}, loss {model_cfg.loss}, "
                f"layers {model_cfg.layers}, V={vocab_size} E={embedding_dim} H={hidden_dim} N={batch_size} "
                f"T={bptt}, float64, ε={gradcheck.EPS:g}, non-zero carried state"
                f"{', sentence resets at <eos>' if config.data.independent else ''}")
+    regularizers = _regularizers(model_cfg, tc)
+    if regularizers:
+        click.echo(f"regularizers (masks held fixed): {regularizers}")
     width = max(len(k) for k, _, _ in results)
     failed = False
     for key, err, checked in results:
@@ -619,6 +624,17 @@ def gradcheck_cmd(config_path, overrides, vocab_size, embedding_dim, hidden_dim,
     click.echo(f"worst {worst:.2e}, tolerance {tolerance:.0e}: {'FAILED' if failed else 'passed'}")
     if failed:
         sys.exit(1)
+
+
+def _regularizers(m, tc):
+    """The regularizers a gradcheck includes, in words (empty when none)."""
+    from .regularize import dropout_probs
+    parts = [f"dropout {name} {p:g}" for name, p in dropout_probs(m).items() if p > 0]
+    parts += ["locked"] if m.dropout_locked and parts else []
+    parts += [f"{name} {value:g}" for name, value in (("dropout_embedding", m.dropout_embedding),
+                                                      ("weight_drop", m.weight_drop), ("ar", tc.ar), ("tar", tc.tar),
+                                                      ("weight_decay", tc.weight_decay)) if value]
+    return ", ".join(parts)
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,10 +20,13 @@ import yaml
 from .errors import UserError, open_failed
 
 
-def _key(default, *, choices=None, low=None, high=None, low_open=False, nullable=False, many=False, doc=""):
+def _key(default, *, choices=None, low=None, high=None, low_open=False, nullable=False, many=False, words=(),
+         doc=""):
     """A config key: its default, the allowed choices or numeric range, and a one-line doc.
-    `many`: a string key that also takes a non-empty list of strings."""
-    meta = dict(choices=choices, low=low, high=high, low_open=low_open, nullable=nullable, many=many, doc=doc)
+    `many`: a string key that also takes a non-empty list of strings; `words`: the strings a
+    number key also takes (train.average: auto)."""
+    meta = dict(choices=choices, low=low, high=high, low_open=low_open, nullable=nullable, many=many, words=words,
+                doc=doc)
     return field(default=default, metadata=meta)
 
 
@@ -64,7 +67,20 @@ class ModelConfig:
                            "hsm: hierarchical softmax over a Huffman tree of the train frequencies (exact)")
     classes: int | None = _key(None, low=1, nullable=True, doc="class output: number of classes (null: about √V)")
     dropout: float = _key(0.0, low=0.0, high=0.95,
-                          doc="dropout on the non-recurrent connections (Zaremba et al.), training only")
+                          doc="dropout on the non-recurrent connections (Zaremba et al.), training only: before "
+                              "the output layer, and the default of dropout_input and dropout_between")
+    dropout_input: float | None = _key(None, low=0.0, high=0.95, nullable=True,
+                                       doc="dropout on the embedding output (null: model.dropout)")
+    dropout_between: float | None = _key(None, low=0.0, high=0.95, nullable=True,
+                                         doc="dropout between recurrent layers (null: model.dropout)")
+    dropout_locked: bool = _key(False, doc="variational (locked) dropout: one mask per stream per window, the "
+                                           "same at every time step, for the three dropouts above")
+    dropout_embedding: float = _key(0.0, low=0.0, high=0.95,
+                                    doc="word-type dropout: each window drops every word id's embedding row with "
+                                        "this probability (all its occurrences), survivors scaled by 1/(1-p)")
+    weight_drop: float = _key(0.0, low=0.0, high=0.95,
+                              doc="DropConnect on every layer's W_h: one mask over its entries per window, shared "
+                                  "by every stream and step, survivors scaled by 1/(1-p)")
     tie_weights: bool = _key(False, doc="output.W is embedding transposed (needs embedding_dim = hidden_dim)")
     init: str = _key("torch", choices=("torch", "uniform"),
                      doc="torch: recurrent weights ±1/sqrt(H), the rest ±init_scale; uniform: all ±init_scale")
@@ -101,6 +117,17 @@ class TrainConfig:
     log_every: int = _key(100, low=1, doc="steps between metrics.jsonl records of train loss")
     keep_checkpoint: bool = _key(True, doc="keep checkpoint.npz when the run completes (it lets --resume "
                                            "train on; eval and sample never need it)")
+    ar: float = _key(0.0, low=0.0, doc="activation regularization: ar · mean of the squared top-layer outputs "
+                                       "after their dropout, added to the objective (not to logged losses)")
+    tar: float = _key(0.0, low=0.0, doc="temporal activation regularization: tar · mean of (h_t − h_{t−1})² of the "
+                                        "top layer's outputs before dropout, added to the objective")
+    weight_decay: float = _key(0.0, low=0.0, doc="L2 weight decay: weight_decay · θ added to every trained "
+                                                 "array's gradient before clipping, every step")
+    average: int | None = _key(None, low=1, nullable=True, words=("auto",),
+                               doc="weight averaging: from the start of this epoch (auto: once valid perplexity "
+                                   "is no better than the best before the last `nonmono` epochs) the running mean "
+                                   "of the weights after each update is validated, kept and evaluated (null: off)")
+    nonmono: int = _key(5, low=1, doc="average auto: the epochs a non-improving validation looks back past")
     adam_beta1: float = _key(0.9, low=0.0, high=1.0, doc="adam: decay of the first moment")
     adam_beta2: float = _key(0.999, low=0.0, high=1.0, doc="adam: decay of the second moment")
     adam_eps: float = _key(1e-8, low=0.0, low_open=True, doc="adam: denominator guard")
@@ -188,7 +215,8 @@ def _suggest(name: str, options) -> str:
 
 
 def _type_name(f) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[_base_type(f)]
+    name = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[_base_type(f)]
+    return name + "".join(f" or {word}" for word in f.metadata["words"])
 
 
 def _base_type(f) -> type:
@@ -218,6 +246,8 @@ def _check_value(where: str, f, value):
             if not isinstance(item, str) or not item or "\x00" in item:
                 raise UserError(f"{where}[{i}]: expected a path (a non-empty string), got {_show(item)}")
         return list(value)
+    if isinstance(value, str) and value in meta["words"]:
+        return value
     if value is None:
         if meta["nullable"]:
             return None
@@ -459,6 +489,15 @@ def describe_keys() -> str:
     return "\n".join(rows)
 
 
+def _dropout_words(m) -> str:
+    """`dropout 0.5` as before the per-place keys; `dropout 0.4 (input 0.3, between 0.2, locked)`."""
+    places = [f"{name} {p:g}" for name, p in (("input", m.dropout_input), ("between", m.dropout_between))
+              if p is not None and p != m.dropout] + (["locked"] if m.dropout_locked else [])
+    if not m.dropout and not any(p for p in (m.dropout_input, m.dropout_between)):
+        return ""
+    return f"dropout {m.dropout:g}" + (f" ({', '.join(places)})" if places else "")
+
+
 def short_form(config: Config) -> dict:
     """The config in four lines, {"data", "vocab", "model", "train"}: what `rnnlm info` and the
     model card print (config.yaml has every key)."""
@@ -467,8 +506,9 @@ def short_form(config: Config) -> dict:
         "; sentences independent" if d.independent else "")
     vocab = f"min_count {v.min_count}" + (f", max_size {v.max_size}" if v.max_size else "")
     cell = m.cell + (f" ({m.activation})" if m.cell == "elman" else "")
-    extras = [f"{m.classes} classes" if m.classes else "", f"dropout {m.dropout:g}" if m.dropout else "",
-              "tied weights" if m.tie_weights else "",
+    extras = [f"{m.classes} classes" if m.classes else "", _dropout_words(m),
+              f"embedding dropout {m.dropout_embedding:g}" if m.dropout_embedding else "",
+              f"weight drop {m.weight_drop:g}" if m.weight_drop else "", "tied weights" if m.tie_weights else "",
               f"forget bias {m.forget_bias:g}" if m.cell == "lstm" and m.forget_bias else ""]
     model = (f"{cell}, {m.layers} layer{'s' if m.layers > 1 else ''}, E {m.embedding_dim}, H {m.hidden_dim}, "
              f"output {m.output}, loss {m.loss}" + "".join(f", {x}" for x in extras if x))
@@ -477,5 +517,9 @@ def short_form(config: Config) -> dict:
                 "halving": f"halving schedule (×{t.lr_decay:g})"}[t.schedule]
     train = (f"{t.optimizer} lr {t.lr:g}, clip {'none' if t.clip_norm is None else f'{t.clip_norm:g}'}, {schedule}, "
              f"batch {t.batch_size} × bptt {t.bptt}, {t.epochs} epochs"
-             + (f", max_steps {t.max_steps}" if t.max_steps else "") + f", seed {t.seed}, {t.dtype}")
+             + (f", max_steps {t.max_steps}" if t.max_steps else "") + f", seed {t.seed}, {t.dtype}"
+             + "".join(f", {name} {value:g}" for name, value in (("ar", t.ar), ("tar", t.tar),
+                                                                  ("weight decay", t.weight_decay)) if value)
+             + (f", averaging from epoch {t.average}" if isinstance(t.average, int) else
+                f", averaging auto (nonmono {t.nonmono})" if t.average == "auto" else ""))
     return {"data": data, "vocab": vocab, "model": model, "train": train}

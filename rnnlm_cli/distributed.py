@@ -261,18 +261,3 @@ def gather_hidden(w, hidden, start, stop):
     w.comm.Allgather(mine, parts)
     np.moveaxis(hidden, axis, 0)[...] = parts.reshape(-1, *mine.shape[1:])
 
-
-class StreamBlockGenerator(np.random.Generator):
-    """A Generator sharing the run's bit generator whose `random` draws the array of the whole
-    batch (its stream axis, 1 of the time-major (T, N, ·) arrays dropout masks, has N entries)
-    and returns this rank's block: the masks of one process, the generator's state too."""
-
-    def __init__(self, bit_generator, batch_size, start, stop):
-        super().__init__(bit_generator)
-        self.batch_size, self.start, self.stop = batch_size, start, stop
-
-    def random(self, size=None, dtype=np.float64, out=None):
-        if size is None or out is not None or len(size) < 2:
-            raise UserError("internal: the stream-block generator draws time-major masks only")
-        full = (size[0], self.batch_size, *size[2:])
-        return super().random(full, dtype=dtype)[:, self.start:self.stop]

@@ -19,7 +19,7 @@ import dataclasses
 
 import numpy as np
 
-from . import model
+from . import model, regularize
 
 TOLERANCE = 1e-6
 EPS = 1e-5
@@ -73,11 +73,14 @@ def random_problem(model_cfg, vocab_size, batch_size, bptt, seed):
 RESET_ID = 1  # <eos>'s id in every vocabulary
 
 
-def check_model(model_cfg, vocab_size=13, batch_size=3, bptt=5, seed=0, samples=40, eps=EPS, resets=False):
+def check_model(model_cfg, vocab_size=13, batch_size=3, bptt=5, seed=0, samples=40, eps=EPS, resets=False,
+                ar=0.0, tar=0.0, weight_decay=0.0):
     """[(key, worst relative error, entries checked)] for every parameter of the model.
-    With dropout, every evaluation draws the same masks (a generator seeded afresh each time).
-    With resets (data.independent), about a third of the inputs are <eos>, where the state is
-    replaced by zero: the reset mask is exercised in every layer."""
+    With regularizers, the masks of the window (dropout of every kind, embedding rows, W_h
+    entries) are drawn once and held fixed for every evaluation of J; `ar`, `tar` add AR and
+    TAR to J, `weight_decay` λ adds λ/2 ‖θ‖² over the trained arrays (whose gradient is the
+    λθ that training adds). With resets (data.independent), about a third of the inputs are
+    <eos>, where the state is replaced by zero: the reset mask is exercised in every layer."""
     model_cfg = dataclasses.replace(model_cfg)
     params, inputs, targets, state = random_problem(model_cfg, vocab_size, batch_size, bptt, seed)
     reset_at = None
@@ -85,22 +88,25 @@ def check_model(model_cfg, vocab_size=13, batch_size=3, bptt=5, seed=0, samples=
         reset_at = RESET_ID
         rng = np.random.default_rng(seed + 3)
         inputs = np.where(rng.random(inputs.shape) < 0.35, RESET_ID, inputs)
+    masks = regularize.draw_masks(np.random.default_rng(seed + 7), model_cfg, bptt, batch_size, vocab_size,
+                                  "float64")
+    trained = model.trainable(params, model_cfg)
+    _, grads, _ = model.loss_and_grads(params, model_cfg, inputs, targets, state.copy(), masks, reset_at, ar, tar)
+    if weight_decay:
+        grads = regularize.add_weight_decay(grads, params, weight_decay)
 
-    def masks():
-        return np.random.default_rng(seed + 7) if model_cfg.dropout > 0 else None
-
-    _, grads, _ = model.loss_and_grads(params, model_cfg, inputs, targets, state.copy(), masks(), reset_at)
-
-    def loss():
-        return model.forward(params, model_cfg, inputs, targets, state.copy(), need_grad=False,
-                             dropout_rng=masks(), reset_at=reset_at)[0]
+    def objective():
+        loss, _, cache = model.forward(params, model_cfg, inputs, targets, state.copy(), masks=masks,
+                                       reset_at=reset_at, ar=ar, tar=tar)
+        decay = 0.5 * weight_decay * sum(float(np.vdot(params[k], params[k])) for k in trained)
+        return loss + model.penalty(cache) + decay
 
     rng = np.random.default_rng(seed + 1)
     results = []
-    for key in model.trainable(params, model_cfg):
+    for key in trained:
         value, grad = params[key], grads[key]
         grad = grad.dense() if hasattr(grad, "dense") else grad
         idx = sample_indices(value.size, samples, rng)
-        numeric = numerical_gradient(loss, value, idx, eps)
+        numeric = numerical_gradient(objective, value, idx, eps)
         results.append((key, rel_error(grad.reshape(-1)[idx], numeric), len(idx)))
     return results

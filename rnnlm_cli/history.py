@@ -28,6 +28,7 @@ class History:
     rollbacks: list = field(default_factory=list)  # the rollback records, positioned
     diverged: dict | None = None
     interrupted: dict | None = None
+    average: dict | None = None  # where weight averaging began: {epoch, step, tokens, seconds}
     end: dict | None = None
 
 
@@ -103,7 +104,7 @@ def _take(h, record, last, pending, tokens_per_step):
         return point, point
     if kind == "rollback":
         return _rollback(h, record, last, pending, tokens_per_step), None
-    if kind in ("diverged", "interrupted"):
+    if kind in ("diverged", "interrupted", "average"):
         setattr(h, kind, _placed(record, last, tokens_per_step))
     elif kind == "end":
         h.end = dict(record, seconds=_number(record, "train_seconds", nullable=True))

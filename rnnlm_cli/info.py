@@ -97,6 +97,7 @@ def summarize(model_dir):
         "unigram_valid_ppl": end.get("unigram_valid_ppl", info.get("unigram_valid_ppl")),
         "tokens_per_sec": _tokens_per_sec(h), "wall_seconds": end.get("wall_seconds"),
         "stop_reason": end.get("stop_reason"),
+        "average_from": {"epoch": h.average["epoch"], "step": h.average["step"]} if h.average else None,
         "resume_from": {"epoch": progress.epoch, "step": progress.step} if progress is not None else None,
     }
     return {k: json_safe(v) for k, v in summary.items()}
@@ -142,6 +143,10 @@ def describe(s):
     exact = f"; kept model {units.ppl(s['valid_ppl'])} (exact)" if s["valid_ppl"] is not None else ""
     unigram = f"; unigram {units.ppl(s['unigram_valid_ppl'])}" if s["unigram_valid_ppl"] is not None else ""
     lines.append(f"valid    {best}{exact}{unigram}")
+    if s["average_from"] is not None:
+        a = s["average_from"]
+        lines.append(f"average  weights averaged from epoch {a['epoch']} (after step {a['step']}): validation and the "
+                     f"kept model use the running mean")
     pending = s["test_ppl"] is None and s["status"] in ("training", "interrupted")
     lines.append(f"test     {units.ppl(s['test_ppl'])}" + (" until the run ends (rnnlm eval DIR: the kept model's)"
                                                           if pending else ""))

@@ -12,13 +12,14 @@ Public inputs and targets are (N, T) as the data loader yields them; inside, eve
 time-major (T, N, ·) so that one time step is a contiguous block.
 
 Dropout (Zaremba et al. 2014) acts on the non-recurrent connections only: the embedding output,
-between layers, and before the output layer. It is on when `forward` gets a `dropout_rng`
-(training) and off otherwise (evaluation, sampling).
+between layers, and before the output layer; the other regularizers (regularize.py) drop
+embedding rows and W_h entries and add AR/TAR. They act when `forward` gets `masks` (training)
+and never otherwise (evaluation, scoring, sampling).
 """
 
 import numpy as np
 
-from . import gated, layers, output
+from . import gated, layers, output, regularize
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 GATES = {"elman": 1, "lstm": 4, "gru": 3}
@@ -136,16 +137,6 @@ def _layer_backward(cell, dh, cache, grads, l):
     return dx
 
 
-def _dropout(x, p, rng, caches):
-    """Inverted dropout when training (rng given); caches collects its masks for backward."""
-    if rng is None or p == 0.0:
-        caches.append(None)
-        return x
-    out, cache = gated.dropout_forward(x, p, rng)
-    caches.append(cache)
-    return out
-
-
 def reset_mask(ids, reset_at, dtype):
     """keep (T, N, 1): 0 where ids (T, N) is the token `reset_at` (the state is replaced by zero
     before reading it: every sentence starts from <eos> and the zero state), else 1; None when
@@ -155,46 +146,66 @@ def reset_mask(ids, reset_at, dtype):
     return (ids != reset_at).astype(dtype)[:, :, None]
 
 
-def hidden_forward(params, model_cfg, ids, state, dropout_rng=None, reset_at=None):
+def hidden_forward(params, model_cfg, ids, state, masks=None, reset_at=None):
     """ids: (T, N) ints, state: carried state -> top hidden states (T, N, H) (after dropout),
-    new state, caches. `reset_at` (a token id, <eos>) resets each layer's state (an LSTM's cell
-    too) before every step that reads it."""
+    new state, caches. `masks` (regularize.draw_masks, training only) drops what they say:
+    dropout after the embedding, between layers and before the output, embedding rows, W_h
+    entries. `reset_at` (a token id, <eos>) resets each layer's state (an LSTM's cell too)
+    before every step that reads it."""
+    masks = masks or {}
     x, emb_cache = layers.embedding_forward(ids, params["embedding"])
+    emb_scale = None
+    if "embedding" in masks:  # word-type dropout: row w scaled by s_w, the same at every position
+        emb_scale = regularize.embedding_scales(ids, masks["embedding"])
+        x *= emb_scale
     keep = reset_mask(ids, reset_at, x.dtype)
-    drop_caches, layer_caches = [], []
-    x = _dropout(x, model_cfg.dropout, dropout_rng, drop_caches)
+    run_params = regularize.dropped_weights(params, masks, model_cfg.layers)
+    drop_masks, layer_caches = [masks.get("input")], []
+    x = regularize.dropout_forward(x, drop_masks[0])[0]
     new_state = np.empty_like(state)
     for l in range(model_cfg.layers):
-        x, new_state[l], cache = _layer_forward(model_cfg.cell, x, state[l], params, l, model_cfg.activation, keep)
+        x, new_state[l], cache = _layer_forward(model_cfg.cell, x, state[l], run_params, l, model_cfg.activation,
+                                                keep)
         layer_caches.append(cache)
-        x = _dropout(x, model_cfg.dropout, dropout_rng, drop_caches)
-    return x, new_state, (emb_cache, layer_caches, drop_caches)
+        raw = x
+        drop_masks.append(masks.get("output" if l == model_cfg.layers - 1 else f"between.{l}"))
+        x = regularize.dropout_forward(x, drop_masks[-1])[0]
+    return x, new_state, (emb_cache, layer_caches, drop_masks, emb_scale, masks, raw)
 
 
-def forward(params, model_cfg, inputs, targets, state, need_grad=True, workspace=None, dropout_rng=None,
-            reset_at=None, row_loss=None, scale=None):
+def forward(params, model_cfg, inputs, targets, state, need_grad=True, workspace=None, masks=None,
+            reset_at=None, row_loss=None, scale=None, ar=0.0, tar=0.0):
     """inputs, targets: (N, T) ints; state: carried from the previous window -> (loss, new_state,
     cache).
 
     loss is the mean per-target loss over the N·T targets (J = 1/T Σ_t J(t), averaged over the
     streams too). cache is None when need_grad is False (evaluation). With a `workspace` dict
-    the big arrays live in it and are overwritten by the next call. `dropout_rng` (a numpy
-    Generator) turns dropout on; `reset_at` (the <eos> id) resets the state at every sentence
+    the big arrays live in it and are overwritten by the next call. `masks`
+    (regularize.draw_masks) turn the regularizers' dropping on; `ar`, `tar` add AR and TAR to
+    the objective that backward differentiates (not to the returned loss: see penalty());
+    `reset_at` (the <eos> id) resets the state at every sentence
     start (hidden_forward). `row_loss` (N, T) float64, if given, receives each target's loss
     (cross-entropy: −log P(target | history)). `scale` replaces the gradient's
     1/(N·T) (a data-parallel run holds part of the streams and divides by the whole window's
     target count)."""
     N, T = inputs.shape
-    top, new_state, caches = hidden_forward(params, model_cfg, inputs.T, state, dropout_rng, reset_at)
+    top, new_state, caches = hidden_forward(params, model_cfg, inputs.T, state, masks, reset_at)
     M = T * N
+    scale = 1.0 / M if scale is None else scale
     rows = None if row_loss is None else np.empty(M)  # time-major, as the positions are
     loss_sum, out_cache = output.loss_forward(params, model_cfg, top.reshape(M, top.shape[2]),
-                                              targets.T.reshape(-1), 1.0 / M if scale is None else scale,
-                                              need_grad, workspace, rows)
+                                              targets.T.reshape(-1), scale, need_grad, workspace, rows)
     if row_loss is not None:
         row_loss[...] = rows.reshape(T, N).T
-    cache = (caches, out_cache, model_cfg) if need_grad else None
+    reg = regularize.activation_penalty(top, caches[-1], ar, tar, scale) if (ar or tar) and need_grad else None
+    cache = (caches, out_cache, model_cfg, top, reg) if need_grad else None
     return loss_sum / M, new_state, cache
+
+
+def penalty(cache):
+    """The AR + TAR term of the objective a forward with need_grad added (0.0 without them):
+    objective = loss + penalty(cache); logs and perplexities use the loss alone."""
+    return 0.0 if cache[4] is None else cache[4][0]
 
 
 def backward(cache, workspace=None, sparse_embedding=False):
@@ -204,18 +215,24 @@ def backward(cache, workspace=None, sparse_embedding=False):
 
     sparse_embedding=True returns the embedding's gradient as layers.SparseRows (the rows of the
     words in the window), which optim applies without touching the other rows (untied only)."""
-    (emb_cache, layer_caches, drop_caches), out_cache, model_cfg = cache
+    (emb_cache, layer_caches, drop_masks, emb_scale, masks, raw), out_cache, model_cfg, top, reg = cache
     dtop, grads = output.loss_backward(model_cfg, out_cache, workspace)
+    c_ar, c_tar = (0.0, 0.0) if reg is None else reg[1]
     # the word matrix's gradient joins the embedding's (tied), or goes last beside it: the order
     # of `grads` is the order the global gradient norm is summed in
     word_key = output.word_matrix_key(model_cfg)
     dW = grads.pop(word_key, None)
     T, N = emb_cache[0].shape
-    dx = dtop.reshape(T, N, dtop.shape[1])
+    dx = regularize.ar_backward(dtop.reshape(T, N, dtop.shape[1]), top, c_ar)  # ∂/∂(m ∘ h) of J + AR
     for l in reversed(range(model_cfg.layers)):
-        dx = _undrop(dx, drop_caches[l + 1])
+        dx = regularize.dropout_backward(dx, drop_masks[l + 1])
+        if l == model_cfg.layers - 1:
+            dx = regularize.tar_backward(dx, raw, c_tar)
         dx = _layer_backward(model_cfg.cell, dx, layer_caches[l], grads, l)
-    dx = _undrop(dx, drop_caches[0])
+    regularize.undrop_weight_grads(grads, masks, model_cfg.layers)
+    dx = regularize.dropout_backward(dx, drop_masks[0])
+    if emb_scale is not None:  # ∂J/∂e_w = Σ over w's positions of s_w · ∂J/∂x_t             (R2)
+        dx = dx * emb_scale
     if model_cfg.tie_weights:  # both uses of the one array: the input lookup (scatter) and dWᵀ
         grads["embedding"] = layers.embedding_backward(dx, emb_cache)
         grads["embedding"] += (dW.dense() if hasattr(dW, "dense") else dW).T
@@ -226,14 +243,10 @@ def backward(cache, workspace=None, sparse_embedding=False):
     return grads
 
 
-def _undrop(dx, cache):
-    return dx if cache is None else gated.dropout_backward(dx, cache)
-
-
-def loss_and_grads(params, model_cfg, inputs, targets, state, dropout_rng=None, reset_at=None):
+def loss_and_grads(params, model_cfg, inputs, targets, state, masks=None, reset_at=None, ar=0.0, tar=0.0):
     """One window: (mean loss, grads, new state)."""
-    loss, new_state, cache = forward(params, model_cfg, inputs, targets, state, dropout_rng=dropout_rng,
-                                     reset_at=reset_at)
+    loss, new_state, cache = forward(params, model_cfg, inputs, targets, state, masks=masks, reset_at=reset_at,
+                                     ar=ar, tar=tar)
     return loss, backward(cache), new_state
 
 

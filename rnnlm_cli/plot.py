@@ -4,7 +4,7 @@ The top panel has, per run, the training perplexity (exp of the logged window lo
 by a centred moving average over the logged steps, the raw points faint behind it) and the
 valid perplexity after each epoch (a hollow marker: an epoch the schedule rejected); the steps a
 rollback undid are dotted, a rollback is an ✕ at the top edge, a learning-rate cut a dotted
-vertical line. The bottom panel is the learning rate. The x axis is training tokens, training
+vertical line, the start of weight averaging a dash-dotted one. The bottom panel is the learning rate. The x axis is training tokens, training
 time (validation excluded) or epochs. Runs are told apart by colour; the legend names each
 (with its exact valid and test perplexity when the run finished, else its status).
 
@@ -221,6 +221,9 @@ def _draw_events(top, h, x, colour, seen):
         top.plot([x(r)], [0.97], transform=edge, marker="X", ms=9, color=colour, markeredgecolor="black",
                  markeredgewidth=0.5, clip_on=False, zorder=5)
         seen.add("rollback")
+    if h.average:  # weight averaging begins: validation from here on is of the running mean
+        top.axvline(x(h.average), color=colour, lw=1.2, ls="-.", alpha=0.8, zorder=1)
+        seen.add("average")
     if h.diverged:
         top.plot([x(h.diverged)], [0.97], transform=edge, marker="X", ms=14, color=colour, markeredgecolor="red",
                  markeredgewidth=1.5, clip_on=False, zorder=5)
@@ -271,7 +274,8 @@ def _style_handles(seen):
               ("undone", dict(color=grey, lw=1, ls=":"), "steps undone by a rollback"),
               ("rollback", dict(color=grey, lw=0, marker="X", ms=9, markeredgecolor="black"), "rollback"),
               ("diverged", dict(color=grey, lw=0, marker="X", ms=12, markeredgecolor="red"), "diverged"),
-              ("cut", dict(color=grey, lw=1, ls=(0, (2, 2)), marker="v", ms=6), "lr cut")]
+              ("cut", dict(color=grey, lw=1, ls=(0, (2, 2)), marker="v", ms=6), "lr cut"),
+              ("average", dict(color=grey, lw=1.2, ls="-."), "weight averaging begins")]
     return [Line2D([], [], label=label, **style) for key, style, label in styles if key in seen]
 
 

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, card, corpus, data, distributed, evaluate, files, history, lock, model, modeldir, optim
-from . import schedule
+from . import __version__, average, card, corpus, data, distributed, evaluate, files, history, lock, model, modeldir
+from . import optim, regularize, schedule
 from .config import changed_keys
 from .checkpoint import KEEP_BEST, KEEP_LAST, STOP_EPOCHS, STOP_MAX_STEPS, STOP_SCHEDULE, TrainingState, stop_reason
 from .errors import Diverged, UserError, WriteError
@@ -68,21 +68,31 @@ class SilentReporter:
 # One step: the gradient of a window, then the update
 
 
-def window_gradient(params, model_cfg, inputs, targets, hidden, workspace=None, rng=None, reset_at=None,
-                    scale=None):
+def window_gradient(params, model_cfg, inputs, targets, hidden, workspace=None, masks=None, reset_at=None,
+                    scale=None, ar=0.0, tar=0.0):
     """Forward and one-pass backward over one window -> (mean loss, grads, new hidden state).
-    `workspace`: a dict kept across calls, holding the big scratch arrays; `rng` draws the
-    dropout masks; `reset_at` (the <eos> id, data.independent) resets the state at each
-    sentence start; `scale` replaces the gradient's 1/(N·T) (see model.forward)."""
-    dropout_rng = rng if model_cfg.dropout > 0 else None
+    `workspace`: a dict kept across calls, holding the big scratch arrays; `masks`: the
+    window's dropout and weight-drop masks (regularize.draw_masks); `reset_at` (the <eos> id,
+    data.independent) resets the state at each sentence start; `scale` replaces the gradient's
+    1/(N·T) (see model.forward); `ar`, `tar`: train.ar, train.tar (the loss returned is the
+    cross-entropy alone)."""
     loss, new_hidden, cache = model.forward(params, model_cfg, inputs, targets, hidden, workspace=workspace,
-                                            dropout_rng=dropout_rng, reset_at=reset_at, scale=scale)
+                                            masks=masks, reset_at=reset_at, scale=scale, ar=ar, tar=tar)
     return loss, model.backward(cache, workspace, sparse_embedding=True), new_hidden
 
 
+def window_masks(rng, config, inputs, vocab_size):
+    """The masks of a window of inputs (N, T) for the whole batch, drawn from the run's generator
+    (None when nothing is dropped: nothing is drawn)."""
+    return regularize.draw_masks(rng, config.model, inputs.shape[1], config.train.batch_size, vocab_size,
+                                 config.train.dtype)
+
+
 def apply_gradient(params, grads, opt_state, lr, train_cfg):
-    """Clip the global norm to train.clip_norm and update params in place -> the norm before
-    clipping."""
+    """Add train.weight_decay's λθ, clip the global norm to train.clip_norm and update params
+    in place -> the norm before clipping."""
+    if train_cfg.weight_decay:
+        grads = regularize.add_weight_decay(grads, params, train_cfg.weight_decay)
     norm = optim.global_norm(grads)
     optim.update(train_cfg.optimizer, params, grads, opt_state, lr, train_cfg,
                  grad_scale=optim.clip_factor(norm, train_cfg.clip_norm))
@@ -393,16 +403,22 @@ def _train_epoch(r, state):
     """The windows of the current epoch from progress.window on, to its end or to max_steps
     (then progress.stop says so). Checkpoints every checkpoint_every steps and on a signal."""
     p, tc, m = state.progress, r.config.train, r.config.model
+    if average.begin_epoch(state, tc):
+        _append_metric(r, state, {"event": "average", "epoch": p.epoch, "step": p.step, "tokens": p.tokens})
+        r.reporter.info(f"weight averaging from epoch {p.epoch} (step {p.step}) on")
+    trained = model.trainable(state.params, m)
     r.reporter.epoch_start(p.epoch, data.num_windows(r.batches, tc.bptt), p.window)
     t0 = time.perf_counter()
     try:
         for inputs, targets in data.iter_windows(r.batches, tc.bptt, start=p.window):
+            masks = window_masks(state.rng, r.config, inputs, r.vocab_size)
             if r.world.size == 1:
                 loss, grads, state.hidden = window_gradient(state.params, m, inputs, targets, state.hidden,
-                                                            r.workspace, state.rng, r.reset_at)
+                                                            r.workspace, masks, r.reset_at, ar=tc.ar, tar=tc.tar)
             else:  # this process's streams, then the gradient summed over the processes
-                loss, grads = _distributed_gradient(r, state, inputs, targets)
+                loss, grads = _distributed_gradient(r, state, inputs, targets, masks)
             norm = apply_gradient(state.params, grads, state.opt_state, p.lr, tc)
+            average.update(state, trained)
             if not math.isfinite(loss) or not math.isfinite(norm):
                 p.step += 1
                 raise _Diverging(f"loss {loss}, gradient norm {norm}")
@@ -429,16 +445,17 @@ def _train_epoch(r, state):
         p.train_seconds += time.perf_counter() - t0
 
 
-def _distributed_gradient(r, state, inputs, targets):
+def _distributed_gradient(r, state, inputs, targets, masks):
     """This process's block of streams through window_gradient, its gradient scaled by the whole
     window's target count, then the sum over the processes -> (the window's mean loss, grads);
-    the block's new carried state goes into its part of state.hidden."""
-    (a, b), N = r.block, r.config.train.batch_size
+    the block's new carried state goes into its part of state.hidden. `masks` are the whole
+    batch's (every process draws them alike): the block takes its part."""
+    (a, b), N, tc = r.block, r.config.train.batch_size, r.config.train
     n_total = targets.shape[1] * N
-    rng = distributed.StreamBlockGenerator(state.rng.bit_generator, N, a, b) if r.config.model.dropout else None
     loss, grads, new_hidden = window_gradient(state.params, r.config.model, inputs, targets,
-                                              np.ascontiguousarray(state.hidden[..., a:b, :]), r.workspace, rng,
-                                              r.reset_at, scale=1.0 / n_total)
+                                              np.ascontiguousarray(state.hidden[..., a:b, :]), r.workspace,
+                                              regularize.stream_block(masks, a, b), r.reset_at,
+                                              scale=1.0 / n_total, ar=tc.ar, tar=tc.tar)
     state.hidden[..., a:b, :] = new_hidden
     loss_sum, grads = distributed.allreduce_gradient(r.world, loss * targets.size, grads, r.workspace)
     return loss_sum / n_total, grads
@@ -489,8 +506,8 @@ def _end_of_epoch(r, state):
     """Valid perplexity, the schedule's decision, the kept model, a fresh hidden state."""
     p, tc = state.progress, r.config.train
     _check_finite(r, state, "at the end of the epoch")
-    total, count = evaluate.evaluate_ids(state.params, r.config.model, r.streams["valid"][0], tc.eval_batch_size,
-                                         tc.bptt, r.reset_at)
+    total, count = evaluate.evaluate_ids(average.weights(state), r.config.model, r.streams["valid"][0],
+                                         tc.eval_batch_size, tc.bptt, r.reset_at)
     ce = distributed.bcast(r.world, total / count)  # rank 0's figure: every process decides alike
     if not math.isfinite(ce):  # checked before anything is written or changed
         raise _Diverging(f"valid cross-entropy {ce}")
@@ -500,15 +517,21 @@ def _end_of_epoch(r, state):
               "valid_ce": ce, "valid_ppl": evaluate.perplexity(ce), "lr": p.lr,
               "tokens_per_sec": p.tokens / p.train_seconds if p.train_seconds else None,
               "accepted": decision.accept, "wall_seconds": time.perf_counter() - r.t_start}
+    if state.average is not None:
+        record["averaged"] = p.average_count
     p.halving = decision.halving
     if decision.stop:
         p.stop = STOP_SCHEDULE
     if decision.accept:
         p.best_ce, p.keep = ce, KEEP_BEST
-        state.best = {k: v.copy() for k, v in state.params.items()}
+        state.best = {k: v.copy() for k, v in average.weights(state).items()}
         modeldir.save_weights(r.out_dir, state.best)
+    elif decision.reject and state.average is not None:
+        average.restart_at(state, state.best)  # the best is an average: both go on from it
     elif decision.reject:
         state.params = {k: v.copy() for k, v in state.best.items()}  # reject the epoch (Mikolov)
+    if average.auto_trigger(tc, p, evaluate.perplexity(ce)):
+        p.average_from = p.epoch + 1
     p.lr = decision.lr
     _append_metric(r, state, record)
     r.reporter.epoch_end(record)
@@ -562,7 +585,7 @@ def _give_up(r, state, reason):
 def _interrupt(r, state, signum):
     p = state.progress
     if p.keep == KEEP_LAST:  # nothing validated yet: let eval/sample use the current weights
-        modeldir.save_weights(r.out_dir, state.params)
+        modeldir.save_weights(r.out_dir, state.kept())
     _append_metric(r, state, {"event": "interrupted", "epoch": p.epoch, "step": p.step, "signal": signum})
     modeldir.write_info(r.out_dir, status="interrupted", step=p.step, epoch=p.epoch)
     raise Interrupted(signum)

@@ -264,13 +264,20 @@ def test_two_ranks_roll_back_and_give_up_like_one_process(setup, tmp_path):
     assert json.loads((tmp_path / "two" / "info.json").read_text())["status"] == "diverged"
 
 
-@pytest.mark.parametrize("cfg", [dict(cell="elman"), dict(cell="lstm", dropout=0.3, layers=2),
-                                 dict(cell="gru", output="class", tie_weights=True, embedding_dim=10, dropout=0.2)])
-def test_blocks_of_streams_sum_to_the_batch_gradient(cfg):
+@pytest.mark.parametrize("cfg", [
+    dict(cell="elman"), dict(cell="lstm", dropout=0.3, layers=2),
+    dict(cell="gru", output="class", tie_weights=True, embedding_dim=10, dropout=0.2),
+    dict(cell="lstm", layers=2, dropout=0.3, dropout_input=0.2, dropout_between=0.1, dropout_locked=True,
+         dropout_embedding=0.2, weight_drop=0.4, tie_weights=True),
+    dict(cell="elman", layers=2, dropout_embedding=0.3, weight_drop=0.2, output="hsm"),
+    dict(cell="gru", layers=2, dropout_locked=True, dropout=0.3, weight_drop=0.3, output="class")])
+@pytest.mark.parametrize("ar,tar", [(0.0, 0.0), (2.0, 1.0)])
+def test_blocks_of_streams_sum_to_the_batch_gradient(cfg, ar, tar):
     """The decomposition a data-parallel run relies on, without MPI: the gradients of K blocks of
-    streams, each scaled by 1 / the whole window's target count, and drawn with the block's part
-    of the whole batch's dropout masks (StreamBlockGenerator), sum to the batch's gradient."""
-    from rnnlm_cli import distributed, model, train
+    streams, each scaled by 1 / the whole window's target count, each with its block of the whole
+    batch's masks (regularize.stream_block: per-stream dropout cut, embedding rows and W_h
+    entries whole), with AR and TAR, sum to the batch's gradient."""
+    from rnnlm_cli import model, regularize, train
     from rnnlm_cli.config import ModelConfig
     m = ModelConfig(**{"embedding_dim": 10, "hidden_dim": 10, **cfg})
     V, N, T = 30, 6, 5
@@ -278,20 +285,18 @@ def test_blocks_of_streams_sum_to_the_batch_gradient(cfg):
     rng = np.random.default_rng(0)
     inputs, targets = rng.integers(0, V, (N, T)), rng.integers(0, V, (N, T))
     hidden = rng.normal(size=model.init_state(m, N, "float64").shape)
+    masks = regularize.draw_masks(np.random.default_rng(7), m, T, N, V, "float64")
 
     def dense(g):
         return g.dense() if hasattr(g, "dense") else g
-    loss, full, _ = train.window_gradient(params, m, inputs, targets, hidden, {}, np.random.default_rng(7))
+    loss, full, _ = train.window_gradient(params, m, inputs, targets, hidden, {}, masks, ar=ar, tar=tar)
     for K in (2, 3):
-        summed, loss_sum, gen = None, 0.0, np.random.default_rng(7)
+        summed, loss_sum = None, 0.0
         for k in range(K):
             a, b = k * N // K, (k + 1) * N // K
-            state = gen.bit_generator.state
-            block_rng = distributed.StreamBlockGenerator(gen.bit_generator, N, a, b)
             part_loss, grads, _ = train.window_gradient(params, m, inputs[a:b], targets[a:b], hidden[..., a:b, :],
-                                                        {}, block_rng, scale=1.0 / (N * T))
-            if k < K - 1:
-                gen.bit_generator.state = state  # every rank starts from the same generator state
+                                                        {}, regularize.stream_block(masks, a, b),
+                                                        scale=1.0 / (N * T), ar=ar, tar=tar)
             loss_sum += part_loss * (b - a) * T
             summed = ({key: dense(g) for key, g in grads.items()} if summed is None
                       else {key: summed[key] + dense(g) for key, g in grads.items()})

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from rnnlm_cli import gradcheck, layers, model
+from rnnlm_cli import gradcheck, layers, model, regularize
 from rnnlm_cli.config import ModelConfig
 
 GRID = list(itertools.product(["sigmoid", "tanh", "relu"], ["cross_entropy", "squared_error"], [1, 3]))
@@ -86,7 +86,7 @@ def test_seed_002_closed_forms_on_a_worked_case():
     np.testing.assert_allclose(grads["rnn.0.W_x"], e.T @ delta_h, atol=1e-14)
     np.testing.assert_allclose(grads["embedding"][word], (delta_h @ I.T)[0], atol=1e-14)
     # ∇h_{t-1} = δ_h Hᵀ: what rnn_backward hands back for the carried state
-    top, _, (_, layer_caches, _) = model.hidden_forward(params, m, np.array([[word]]), h_prev[None].copy())
+    top, _, (_, layer_caches, *_) = model.hidden_forward(params, m, np.array([[word]]), h_prev[None].copy())
     _, dh0, _, _, _ = layers.rnn_backward((delta_o @ U.T)[None], layer_caches[0])
     np.testing.assert_allclose(dh0, delta_h @ Hm.T, atol=1e-14)
 
@@ -134,7 +134,7 @@ def test_float32_stays_float32():
     assert all(p.dtype == np.float32 for p in params.values())
     assert all(g.dtype == np.float32 for g in grads.values())
     assert new_state.dtype == np.float32
-    (_, rnn_caches, _), (_, dlogits), _ = cache  # the softmax output layer's cache: (affine cache, dlogits)
+    (_, rnn_caches, *_), (_, dlogits), *_ = cache  # the softmax output layer's cache: (affine cache, dlogits)
     assert dlogits.dtype == np.float32 and all(c[2].dtype == np.float32 for c in rnn_caches)
 
 
@@ -178,7 +178,8 @@ def test_dropout_is_seeded_training_only():
     params, inputs, targets, state = gradcheck.random_problem(m, 11, 3, 5, seed=8)
 
     def loss(rng):
-        return model.forward(params, m, inputs, targets, state.copy(), need_grad=False, dropout_rng=rng)[0]
+        masks = None if rng is None else regularize.draw_masks(rng, m, 5, 3, 11, "float64")
+        return model.forward(params, m, inputs, targets, state.copy(), need_grad=False, masks=masks)[0]
     plain = loss(None)
     assert loss(np.random.default_rng(1)) == loss(np.random.default_rng(1))
     assert loss(np.random.default_rng(1)) != plain != loss(np.random.default_rng(2))
