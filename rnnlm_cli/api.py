@@ -4,13 +4,14 @@
     lm = rnnlm_cli.load("runs/default")
     lm.score(["and god said", "let there be light"])   # like `rnnlm score --format json`
     lm.evaluate("data/test.txt")                        # like `rnnlm eval --json`
+    lm.evaluate("data/test.txt", cache=500)             # like `rnnlm eval --json --cache 500`
     lm.sample(prompt="and god", words=20, seed=1)        # like `rnnlm sample`
 
 Errors are rnnlm_cli.errors.UserError (bad files, options) with the same one-line messages the
 commands print.
 """
 
-from . import data, mix, modeldir, sample, score
+from . import cache as neural_cache, data, mix, modeldir, sample, score
 from .errors import UserError
 
 
@@ -31,12 +32,15 @@ class LanguageModel:
         return (f"LanguageModel({self.path!r}: {m.cell} {m.layers}x{m.hidden_dim}, output {m.output}, "
                 f"vocabulary {len(self.vocab)})")
 
-    def score(self, sentences, *, carry=False, mix_with=(), weights=None, dynamic=None, batch_size=32):
+    def score(self, sentences, *, carry=False, mix_with=(), weights=None, dynamic=None, batch_size=32, cache=0,
+              cache_theta=1.0, cache_lambda=0.1):
         """One dict per sentence (a string, tokenized like the training data), the same figures
         as `rnnlm score --format json --words`: line, words, targets, oov, logprob (natural log),
         log10prob, perplexity and tokens ([token, logprob] per target, the final <eos>
         included). Independent sentences unless carry=True (one stream, as `--carry`).
-        mix_with: other LanguageModels to interpolate with `weights` (this model's first)."""
+        mix_with: other LanguageModels to interpolate with `weights` (this model's first).
+        cache W > 0 (with carry=True): the neural cache, as `--cache W --cache-theta θ
+        --cache-lambda λ`."""
         if isinstance(sentences, str):
             raise UserError("score: give a list of sentences (a single string would be read as characters)")
         components = [self._parts()] + [other._parts() for other in mix_with]
@@ -44,15 +48,21 @@ class LanguageModel:
                          else [1.0 / len(components)] * len(components))
         if dynamic is not None and not carry:
             raise UserError("score: dynamic needs carry=True (dynamic evaluation reads one stream)")
+        settings = neural_cache.settings(cache, cache_theta, cache_lambda)
+        if settings is not None and not carry:
+            raise UserError("score: cache needs carry=True (the cache remembers the stream read so far; independent "
+                            "sentences have none)")
         lines = [(k + 1, None, data.tokenize(text, self.config.data.tokenizer)) for k, text in enumerate(sentences)]
-        records = (score.score_carried(components, mixed_weights, lines, dynamic) if carry
+        records = (score.score_carried(components, mixed_weights, lines, dynamic, None, settings) if carry
                    else score.score_independent(components, mixed_weights, lines, batch_size))
         return [dict(rec, tokens=[list(pair) for pair in rec["tokens"]]) for rec in records]
 
-    def evaluate(self, path, *, batch_size=1, dynamic=None):
-        """The figures of `rnnlm eval --json` for one text file."""
+    def evaluate(self, path, *, batch_size=1, dynamic=None, cache=0, cache_theta=1.0, cache_lambda=0.1):
+        """The figures of `rnnlm eval --json` for one text file (cache W > 0: with the neural
+        cache, as `--cache W --cache-theta θ --cache-lambda λ`)."""
         components, weights = [self._parts()], [1.0]
-        return mix.evaluate_file(components, weights, path, batch_size, dynamic, None, self.path)
+        settings = neural_cache.settings(cache, cache_theta, cache_lambda)
+        return mix.evaluate_file(components, weights, path, batch_size, dynamic, None, self.path, settings)
 
     def sample(self, prompt="", *, words=50, temperature=1.0, top_k=None, top_p=None, seed=0, count=1,
                stop_at_eos=False):

@@ -331,6 +331,26 @@ def _resume_config(config_path, overrides, out_dir):
 # eval
 
 
+def _cache_options(command):
+    """--cache W, --cache-theta θ, --cache-lambda λ: the neural cache of eval and score --carry."""
+    for option in reversed([
+        click.option("--cache", "cache_window", default=0, show_default=True, type=int, metavar="W",
+                     help="Neural cache (Grave et al. 2017): attend over the last W states of the stream read so "
+                          "far and the words that followed them; 0 is off."),
+        click.option("--cache-theta", default=1.0, show_default=True, type=float, metavar="THETA",
+                     help="The cache's attention sharpness: softmax over i of THETA * h_t.h_i (0 is uniform)."),
+        click.option("--cache-lambda", default=0.1, show_default=True, type=float, metavar="LAMBDA",
+                     help="The cache's share: p = (1 - LAMBDA) p_model + LAMBDA p_cache."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _cache_settings(window, theta, lam):
+    from .cache import settings
+    return settings(window, theta, lam)
+
+
 @cli.command("eval")
 @click.argument("model_dir", type=click.Path(file_okay=False))
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
@@ -346,7 +366,9 @@ def _resume_config(config_path, overrides, out_dir):
               help="Interpolation weights: the model, each --mix model, then --mix-probs; sum 1 (default: equal).")
 @click.option("--mix-probs", "mix_probs", default=None, type=click.Path(dir_okay=False), metavar="FILE",
               help="Interpolate with another LM's per-target probabilities (SRILM -debug 2 output, or one per line).")
-def eval_cmd(model_dir, files, batch_size, as_json, dynamic, mix_dirs, weights, mix_probs):
+@_cache_options
+def eval_cmd(model_dir, files, batch_size, as_json, dynamic, mix_dirs, weights, mix_probs, cache_window, cache_theta,
+             cache_lambda):
     """Cross-entropy, bits per token and perplexity of each FILE (default: the test file).
 
     \b
@@ -355,10 +377,12 @@ def eval_cmd(model_dir, files, batch_size, as_json, dynamic, mix_dirs, weights, 
       rnnlm eval runs/ptb ptb.valid.txt ptb.test.txt --json
       rnnlm eval runs/ptb-lstm ptb.test.txt --dynamic 0.05
       rnnlm eval runs/ptb-lstm ptb.test.txt --mix runs/ptb-elman --weights 0.7,0.3
+      rnnlm eval runs/ptb-lstm ptb.test.txt --cache 500 --cache-theta 0.7 --cache-lambda 0.12
     """
     from . import evaluate, mix
     from .modeldir import weights_note
     _check_dynamic(dynamic)
+    cache = _cache_settings(cache_window, cache_theta, cache_lambda)
     models, mix_weights = mix.load_mixture(model_dir, mix_dirs, weights, mix_probs)
     config, vocab, params = models[0]
     note = weights_note(model_dir)
@@ -367,7 +391,7 @@ def eval_cmd(model_dir, files, batch_size, as_json, dynamic, mix_dirs, weights, 
     if dynamic and batch_size > 1 and any(c.data.independent for c, _, _ in models):
         raise UserError("--dynamic with --batch-size > 1: a model trained with data.independent reads whole "
                         "sentences per stream, which dynamic evaluation does not support; use --batch-size 1")
-    plain = not dynamic and not mix_dirs and mix_probs is None
+    plain = not dynamic and not mix_dirs and mix_probs is None and cache is None
     if not files:
         default = config.data.test or config.data.valid
         if not default:
@@ -382,7 +406,7 @@ def eval_cmd(model_dir, files, batch_size, as_json, dynamic, mix_dirs, weights, 
         if plain:
             result = evaluate.evaluate_file(params, config, vocab, path, batch_size, model_dir)
         else:
-            result = mix.evaluate_file(models, mix_weights, path, batch_size, dynamic, mix_probs, model_dir)
+            result = mix.evaluate_file(models, mix_weights, path, batch_size, dynamic, mix_probs, model_dir, cache)
         if as_json:
             click.echo(json.dumps({k: evaluate.json_safe(v) for k, v in result.items()}))
         elif result["targets"] == 0:  # not an error: its figures are undefined, the other files still count
@@ -425,8 +449,9 @@ def _check_dynamic(dynamic):
               help="Interpolate with another LM's per-target probabilities (SRILM -debug 2 output, or one per line).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
               help="Independent mode: streams of sentences scored at once (the scores do not depend on it).")
+@_cache_options
 def score_cmd(model_dir, files, fmt, words, log_base, nbest, carry, independent, dynamic, mix_dirs, weights,
-              mix_probs, batch_size):
+              mix_probs, batch_size, cache_window, cache_theta, cache_lambda):
     """Score text line by line: one record per input line, in order (empty lines too).
 
     Each FILE (or standard input: no FILE, or -) is read line by line. By default every line is
@@ -439,20 +464,25 @@ def score_cmd(model_dir, files, fmt, words, log_base, nbest, carry, independent,
       rnnlm score runs/ptb nbest.txt --nbest --format kaldi # ID cost (cost = -ln P)
       rnnlm score runs/ptb test.txt --format json --words
       rnnlm score runs/ptb test.txt --carry --dynamic 0.05  # the file as one stream
+      rnnlm score runs/ptb test.txt --carry --cache 500     # with the neural cache
     """
     from . import mix, score
     _check_dynamic(dynamic)
+    cache = _cache_settings(cache_window, cache_theta, cache_lambda)
     if carry and independent:
         raise UserError("--carry and --independent: choose one reading of the file")
     if dynamic is not None and not carry:
         raise UserError("--dynamic needs --carry: dynamic evaluation reads the file as one stream")
+    if cache is not None and not carry:
+        raise UserError(f"--cache {cache_window} needs --carry: the cache remembers the stream read so far, and "
+                        f"independent sentences have no stream before them")
     nbest = nbest or fmt == "kaldi"
     models, mix_weights = mix.load_mixture(model_dir, mix_dirs, weights, mix_probs)
     tokenizer = models[0][0].data.tokenizer
     probs = mix.read_probs(mix_probs) if mix_probs is not None else None
     for path in files or ("-",):
         lines = score.read_lines(path, tokenizer, nbest)
-        records = (score.score_carried(models, mix_weights, lines, dynamic, probs) if carry
+        records = (score.score_carried(models, mix_weights, lines, dynamic, probs, cache) if carry
                    else score.score_independent(models, mix_weights, lines, batch_size, probs))
         _print_records(records, fmt, words, log_base, path)
 

@@ -13,6 +13,9 @@ scored first, then one SGD step at rate LR on that window's mean cross-entropy (
 parameter, the gradient clipped to the model's train.clip_norm) before the next window: the
 model adapts to the text it reads. The caller's parameters are not changed (a copy is
 trained); LR 0 is exactly the static evaluation.
+
+The neural cache (cache.py) reads each stream alongside: stream_log_probs hands it every
+window's top states and gives its per-target log-probabilities apart from the model's.
 """
 
 import dataclasses
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, model, optim
+from . import cache as neural_cache, data, model, optim
 from .errors import UserError
 
 
@@ -49,31 +52,42 @@ def evaluate_ids(params, model_cfg, ids, batch_size=1, bptt=35, reset_at=None):
 
 
 def stream_log_probs(params, model_cfg, ids, bptt=35, batch_size=1, reset_at=None, dynamic=None,
-                     clip_norm=None):
+                     clip_norm=None, cache=None):
     """ids: (S,) token stream -> log P(target | history) of each of its S − 1 targets, float64;
     NaN for the targets a batched carried-state reading does not score (the remainder).
-    `dynamic` LR > 0: dynamic evaluation (above), with the gradient clipped to `clip_norm`."""
+    `dynamic` LR > 0: dynamic evaluation (above), with the gradient clipped to `clip_norm`.
+    `cache` (a cache.Settings): the neural cache of each stream read alongside, from the
+    states the model has when it scores each target; then the result is the pair (the
+    model's log-probs, the cache's log p_cache (θ's shape + (S − 1,), NaN where its stream had
+    read nothing yet)), which cache.mix combines for any λ."""
     model_cfg = dataclasses.replace(model_cfg, loss="cross_entropy")
     logp = np.full(max(len(ids) - 1, 0), np.nan)
+    logp_cache = None if cache is None else np.full(np.shape(cache.theta) + logp.shape, np.nan)
     if len(ids) < 2:
-        return logp
+        return logp if cache is None else (logp, logp_cache)
     streams, index = _streams(ids, batch_size, reset_at)
     if dynamic:
         params = {k: v.copy() for k, v in params.items()}  # the caller's model stays as it is
     state = model.init_state(model_cfg, streams.shape[0], params["embedding"].dtype)
-    workspace, start = {}, 0
+    memory = None if cache is None else neural_cache.empty(streams.shape[0], model_cfg.hidden_dim)
+    workspace, start, top = {}, 0, None
     for inputs, targets in data.iter_windows(streams, bptt):
         rows = np.empty(targets.shape)
-        _, state, cache = model.forward(params, model_cfg, inputs, targets, state, need_grad=bool(dynamic),
-                                        workspace=workspace, reset_at=reset_at, row_loss=rows)
+        if cache is not None:
+            top = np.empty(targets.shape + (model_cfg.hidden_dim,))
+        _, state, grad_cache = model.forward(params, model_cfg, inputs, targets, state, need_grad=bool(dynamic),
+                                             workspace=workspace, reset_at=reset_at, row_loss=rows, top_states=top)
         where = index[:, start:start + targets.shape[1]]
         logp[where[where >= 0]] = -rows[where >= 0]
         start += targets.shape[1]
+        if cache is not None:
+            window_logp, memory = neural_cache.window_log_probs(top, targets, memory, cache.window, cache.theta)
+            logp_cache[..., where[where >= 0]] = window_logp[..., where >= 0]
         if dynamic:
-            grads = model.backward(cache, workspace, sparse_embedding=True)
+            grads = model.backward(grad_cache, workspace, sparse_embedding=True)
             scale = optim.clip_factor(optim.global_norm(grads), clip_norm)
             optim.sgd_update(params, grads, dynamic * scale)
-    return logp
+    return logp if cache is None else (logp, logp_cache)
 
 
 def _streams(ids, batch_size, reset_at):

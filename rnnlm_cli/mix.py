@@ -5,11 +5,12 @@ and, optionally, per-target probabilities of another language model read from a 
 """
 
 import math
+import os
 import re
 
 import numpy as np
 
-from . import data, evaluate, modeldir
+from . import cache as neural_cache, data, evaluate, modeldir
 from .errors import UserError
 
 
@@ -65,24 +66,31 @@ def sole_component(weights):
     return ones[0] if ones else None
 
 
-def mixed_log_probs(models, weights, ids, batch_size, reset_all, dynamic=None, extra_probs=None):
+def mixed_log_probs(models, weights, ids, batch_size, reset_all, dynamic=None, extra_probs=None, cache=None):
     """ids: (S,) a token stream -> (S − 1,) float64 natural log of Σ_k w_k P_k(target) for each
     target, over `models` [(config, vocab, params)] and, when given, `extra_probs` (S − 1,) of
     another LM (its weight last in `weights`). Components with weight 0 are skipped, so a weight
     of 1 gives exactly that model's figures. `reset_all`: reset every model at each <eos>
-    (independent reading); otherwise only models trained with data.independent reset."""
-    parts = []
-    for (config, vocab, params), w in zip(models, weights):
-        if w == 0:
+    (independent reading); otherwise only models trained with data.independent reset.
+    `cache` (a cache.Settings): the pair (that mixture, the neural cache's log p_cache from the
+    first model's states), for cache.mix (the cache mixes last)."""
+    parts, logp_cache = [], None
+    for k, ((config, vocab, params), w) in enumerate(zip(models, weights)):
+        reads_cache = cache is not None and k == 0
+        if w == 0 and not reads_cache:
             continue
         reset_at = vocab.eos_id if reset_all else evaluate.reset_id(config, vocab)
         logp = evaluate.stream_log_probs(params, config.model, ids, config.train.bptt, batch_size, reset_at,
-                                         dynamic, config.train.clip_norm)
-        parts.append(math.log(w) + logp)
+                                         dynamic, config.train.clip_norm, cache if reads_cache else None)
+        if reads_cache:
+            logp, logp_cache = logp
+        if w > 0:
+            parts.append(math.log(w) + logp)
     if extra_probs is not None and weights[-1] > 0:
         with np.errstate(divide="ignore"):
             parts.append(math.log(weights[-1]) + np.log(extra_probs))
-    return parts[0] if len(parts) == 1 else np.logaddexp.reduce(np.stack(parts), axis=0)
+    mixed = parts[0] if len(parts) == 1 else np.logaddexp.reduce(np.stack(parts), axis=0)
+    return mixed if cache is None else (mixed, logp_cache)
 
 
 def _is_number(text):
@@ -121,13 +129,36 @@ def read_probs(path):
         yield p
 
 
-def evaluate_file(models, weights, path, batch_size=1, dynamic=None, probs_path=None, model_dir="model"):
-    """eval's figures of a file under the mixture (and/or with dynamic evaluation). All the
-    weight on one model, without dynamic evaluation, gives exactly that model's own figures."""
+def evaluate_file(models, weights, path, batch_size=1, dynamic=None, probs_path=None, model_dir="model", cache=None):
+    """eval's figures of a file under the mixture (and/or with dynamic evaluation, and/or the
+    neural cache, a cache.Settings). All the weight on one model, without dynamic evaluation
+    or cache, gives exactly that model's own figures."""
     sole = sole_component(weights)
-    if not dynamic and sole is not None and sole < len(models):
+    if not dynamic and cache is None and sole is not None and sole < len(models):
         config, vocab, params = models[sole]
         return evaluate.evaluate_file(params, config, vocab, path, batch_size, model_dir)
+    ids, stats, logp, logp_cache = file_log_probs(models, weights, path, batch_size, dynamic, probs_path, cache)
+    if cache is not None:
+        logp = neural_cache.mix(logp, logp_cache, cache.lam)
+    scored = ~np.isnan(logp)  # a batched carried reading leaves the remainder unscored
+    total = -float(logp[scored].sum())
+    if cache is not None and cache.lam == 1.0 and total == math.inf:
+        shown = os.fsencode(path).decode("utf-8", "replace")
+        raise UserError(f"--cache-lambda 1: {int(np.isneginf(logp).sum())} target(s) of {shown} are none of the next "
+                        f"words the cache remembers, so they get probability 0 (an infinite cross-entropy); use a "
+                        f"--cache-lambda below 1")
+    result = evaluate.file_result(stats, total, int(scored.sum()), batch_size, path, model_dir)
+    if dynamic:
+        result["dynamic"] = dynamic
+    if cache is not None:
+        result["cache"] = cache.as_json()
+    return result
+
+
+def file_log_probs(models, weights, path, batch_size=1, dynamic=None, probs_path=None, cache=None):
+    """(ids (S,), stats (data.encode_file's), the mixture's log-probs (S − 1,), the cache's log
+    p_cache or None) of a text file: what evaluate_file's figures come from, the cache apart
+    from the rest so that cache.mix can try many λ without reading the file again."""
     config, vocab, _ = models[0]
     ids, stats = data.encode_file(path, vocab, config.data.tokenizer, allow_empty=True)
     extra = None
@@ -137,9 +168,6 @@ def evaluate_file(models, weights, path, batch_size=1, dynamic=None, probs_path=
             raise UserError(f"--mix-probs {probs_path}: {len(extra)} probabilities for the {len(ids) - 1} targets of "
                             f"{path} (one per target: each non-empty line's words and its <eos>)")
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-        logp = mixed_log_probs(models, weights, ids, batch_size, False, dynamic, extra)
-    scored = ~np.isnan(logp)  # a batched carried reading leaves the remainder unscored
-    result = evaluate.file_result(stats, -float(logp[scored].sum()), int(scored.sum()), batch_size, path, model_dir)
-    if dynamic:
-        result["dynamic"] = dynamic
-    return result
+        logp = mixed_log_probs(models, weights, ids, batch_size, False, dynamic, extra, cache)
+    logp, logp_cache = logp if cache is not None else (logp, None)
+    return ids, stats, logp, logp_cache

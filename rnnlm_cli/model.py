@@ -174,7 +174,7 @@ def hidden_forward(params, model_cfg, ids, state, masks=None, reset_at=None):
 
 
 def forward(params, model_cfg, inputs, targets, state, need_grad=True, workspace=None, masks=None,
-            reset_at=None, row_loss=None, scale=None, ar=0.0, tar=0.0):
+            reset_at=None, row_loss=None, scale=None, ar=0.0, tar=0.0, top_states=None):
     """inputs, targets: (N, T) ints; state: carried from the previous window -> (loss, new_state,
     cache).
 
@@ -187,9 +187,12 @@ def forward(params, model_cfg, inputs, targets, state, need_grad=True, workspace
     start (hidden_forward). `row_loss` (N, T) float64, if given, receives each target's loss
     (cross-entropy: −log P(target | history)). `scale` replaces the gradient's
     1/(N·T) (a data-parallel run holds part of the streams and divides by the whole window's
-    target count)."""
+    target count). `top_states` (N, T, H), if given, receives the top layer's states (what
+    predicts each target: the neural cache's keys)."""
     N, T = inputs.shape
     top, new_state, caches = hidden_forward(params, model_cfg, inputs.T, state, masks, reset_at)
+    if top_states is not None:
+        top_states[...] = top.transpose(1, 0, 2)
     M = T * N
     scale = 1.0 / M if scale is None else scale
     rows = None if row_loss is None else np.empty(M)  # time-major, as the positions are

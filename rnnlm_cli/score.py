@@ -10,6 +10,7 @@ Two readings of a file:
 - carried (`carry=True`): the file is one stream as `rnnlm eval --batch-size 1` reads it (a
   leading <eos>, each non-empty line's words and <eos>, empty lines adding nothing); each
   target is credited to its line, so the lines' log-probabilities sum to the file's total.
+  Only this reading takes the neural cache (cache.py): it remembers the stream read so far.
 
 Words outside the vocabulary are scored as <unk> and counted as OOVs. Interpolation: the
 probability of every target is Σ_k w_k P_k(target | history) over the models (same vocabulary)
@@ -21,7 +22,7 @@ import math
 
 import numpy as np
 
-from . import data, evaluate, mix
+from . import cache as neural_cache, data, evaluate, mix
 from .errors import UserError
 
 LINES_PER_BLOCK = 4096  # independent lines scored in one batched pass (bounds the memory)
@@ -92,9 +93,10 @@ def _independent_block(models, weights, block, batch_size, vocab, extra_probs):
         start += n
 
 
-def score_carried(models, weights, lines, dynamic=None, extra_probs=None):
+def score_carried(models, weights, lines, dynamic=None, extra_probs=None, cache=None):
     """Yield a record per line, the file read as one stream with carried state (as `eval
-    --batch-size 1`): an empty line gets 0 targets; the log-probabilities sum to the file's."""
+    --batch-size 1`): an empty line gets 0 targets; the log-probabilities sum to the file's.
+    `cache` (a cache.Settings): the neural cache over the stream, mixed last."""
     config, vocab, _ = models[0]
     lines = list(lines)
     encoded = [_encode(tokens, vocab) for _, _, tokens in lines]
@@ -105,7 +107,9 @@ def score_carried(models, weights, lines, dynamic=None, extra_probs=None):
             stream.append(vocab.eos_id)
     stream = np.array(stream, dtype=np.int64)
     extra = None if extra_probs is None else _take(extra_probs, len(stream) - 1)
-    logp = mix.mixed_log_probs(models, weights, stream, 1, False, dynamic, extra)
+    logp = mix.mixed_log_probs(models, weights, stream, 1, False, dynamic, extra, cache)
+    if cache is not None:
+        logp = neural_cache.mix(*logp, cache.lam)
     start = 0
     for (lineno, ident, tokens), (ids, oov) in zip(lines, encoded):
         n = len(ids) + 1 if ids else 0

@@ -163,7 +163,7 @@ def _links(path):
 
 
 @pytest.mark.parametrize("page", ["README.md", "data/README.md", "benchmarks/README.md", "docs/derivation.md",
-                                  "docs/gated-derivation.md", "docs/model-directory.md"])
+                                  "docs/gated-derivation.md", "docs/model-directory.md", "docs/test-time.md"])
 def test_pages_link_only_to_files_in_the_repository(page):
     path = REPO / page
     for link in _links(path):
