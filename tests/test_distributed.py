@@ -103,6 +103,12 @@ CASES = {
                             "model.embedding_dim=12", "train.optimizer=adam", "train.lr=0.01", "model.dropout=0.2"],
     "elman-sgd-clipped-class": ["model.output=class", "train.clip_norm=0.05", "train.batch_size=6"],
     "lstm-independent-sentences": ["model.cell=lstm", "data.independent=true", "train.optimizer=adam", "train.lr=0.01"],
+    "awd-lstm-averaged": ["model.cell=lstm", "model.layers=2", "model.dropout=0.3", "model.dropout_input=0.2",
+                          "model.dropout_between=0.1", "model.dropout_locked=true", "model.dropout_embedding=0.1",
+                          "model.weight_drop=0.3", "train.ar=2", "train.tar=1", "train.weight_decay=1e-4",
+                          "train.average=2", "model.tie_weights=true", "model.embedding_dim=12"],
+    "awd-gru-class-auto": ["model.cell=gru", "model.output=class", "model.weight_drop=0.2", "model.dropout=0.2",
+                           "model.dropout_embedding=0.2", "train.average=auto", "train.nonmono=1", "train.ar=1"],
 }
 
 
