@@ -234,7 +234,7 @@ def backward(cache, workspace=None, sparse_embedding=False):
         dx = _layer_backward(model_cfg.cell, dx, layer_caches[l], grads, l)
     regularize.undrop_weight_grads(grads, masks, model_cfg.layers)
     dx = regularize.dropout_backward(dx, drop_masks[0])
-    if emb_scale is not None:  # ∂J/∂e_w = Σ over w's positions of s_w · ∂J/∂x_t             (R2)
+    if emb_scale is not None:  # ∂J/∂e_w = Σ over w's positions of s_w · ∂J/∂x_t             (A1)
         dx = dx * emb_scale
     if model_cfg.tie_weights:  # both uses of the one array: the input lookup (scatter) and dWᵀ
         grads["embedding"] = layers.embedding_backward(dx, emb_cache)

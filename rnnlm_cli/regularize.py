@@ -19,7 +19,7 @@ draws exactly what it drew before they existed (its weights are bit-identical).
     "weight.{l}"   (H, G·H)           rnn.{l}.W_h, shared by every stream and step
 
 A mask array holds m / (1 − p) (0 or the scale), ready to multiply. Every backward formula is
-derived in docs/derivation.md, "Regularizers" (R·), and checked in tests/test_regularize.py.
+derived in docs/derivation.md, "Regularizers" (A·), and checked in tests/test_regularize.py.
 """
 
 import numpy as np
@@ -109,7 +109,7 @@ def embedding_scales(ids, mask):
 
 # --------------------------------------------------------------------------------------------
 # Weight drop (DropConnect on W_h): the layer runs with W̃_h = W_h ∘ S, S (H, G·H) the scaled mask;
-# ∂J/∂W_h = ∂J/∂W̃_h ∘ S (R3), as each entry of W_h reaches J only through its entry of W̃_h.
+# ∂J/∂W_h = ∂J/∂W̃_h ∘ S (A2), as each entry of W_h reaches J only through its entry of W̃_h.
 
 
 def dropped_weights(params, masks, layers):
@@ -119,21 +119,21 @@ def dropped_weights(params, masks, layers):
         return params
     out = dict(params)
     for l in range(layers):
-        out[f"rnn.{l}.W_h"] = params[f"rnn.{l}.W_h"] * masks[f"weight.{l}"]  # W̃_h = W_h ∘ S  (R3)
+        out[f"rnn.{l}.W_h"] = params[f"rnn.{l}.W_h"] * masks[f"weight.{l}"]  # W̃_h = W_h ∘ S  (A2)
     return out
 
 
 def undrop_weight_grads(grads, masks, layers):
-    """∂J/∂W_h = ∂J/∂W̃_h ∘ S for every layer, in place (R3)."""
+    """∂J/∂W_h = ∂J/∂W̃_h ∘ S for every layer, in place (A2)."""
     if masks and "weight.0" in masks:
         for l in range(layers):
-            grads[f"rnn.{l}.W_h"] *= masks[f"weight.{l}"]  #                                  (R3)
+            grads[f"rnn.{l}.W_h"] *= masks[f"weight.{l}"]  #                                  (A2)
 
 
 # --------------------------------------------------------------------------------------------
 # AR and TAR (Merity et al. 2017). With `scale` = 1 / (T · N) for the whole batch's N streams:
-#   AR  = α · mean((m ∘ h)²)           = α · scale / H · Σ (m ∘ h)²                         (R4)
-#   TAR = β · mean((h_t − h_{t−1})²)   = β · scale · T / ((T − 1) H) · Σ_{t≥1} (h_t − h_{t−1})²  (R5)
+#   AR  = α · mean((m ∘ h)²)           = α · scale / H · Σ (m ∘ h)²                         (A3)
+#   TAR = β · mean((h_t − h_{t−1})²)   = β · scale · T / ((T − 1) H) · Σ_{t≥1} (h_t − h_{t−1})²  (A4)
 # over every position and unit of the window (t from the window's second step for TAR).
 
 
@@ -153,19 +153,19 @@ def activation_penalty(dropped, raw, ar, tar, scale):
 
 
 def ar_backward(ddropped, dropped, c_ar):
-    """∂(AR)/∂(m ∘ h) = 2 c_ar · (m ∘ h), added to ddropped in place (R4)."""
+    """∂(AR)/∂(m ∘ h) = 2 c_ar · (m ∘ h), added to ddropped in place (A3)."""
     if c_ar:
-        ddropped += dropped.dtype.type(2 * c_ar) * dropped  #                                (R4)
+        ddropped += dropped.dtype.type(2 * c_ar) * dropped  #                                (A3)
     return ddropped
 
 
 def tar_backward(draw, raw, c_tar):
     """∂(TAR)/∂h_t = 2 c_tar · ((h_t − h_{t−1}) − (h_{t+1} − h_t)), the first term for t ≥ 1
-    and the second for t ≤ T − 2 (the window's ends have one neighbour), added in place (R5)."""
+    and the second for t ≤ T − 2 (the window's ends have one neighbour), added in place (A4)."""
     if c_tar:
         diff = raw[1:] - raw[:-1]
         diff *= raw.dtype.type(2 * c_tar)
-        draw[1:] += diff  #                                                                     (R5)
+        draw[1:] += diff  #                                                                     (A4)
         draw[:-1] -= diff
     return draw
 
@@ -175,13 +175,13 @@ def tar_backward(draw, raw, c_tar):
 
 
 def add_weight_decay(grads, params, weight_decay):
-    """{key: g + λ θ} (R6). A sparse gradient (layers.SparseRows: the embedding rows or hsm nodes
+    """{key: g + λ θ} (A5). A sparse gradient (layers.SparseRows: the embedding rows or hsm nodes
     of a window's words; layers.ColumnBlocks: the class output's columns) is made dense first:
     every row decays every step, touched or not, exactly as a dense L2 term asks; the caller's
     arrays are not changed."""
     out = {}
     for key, g in grads.items():
         g = g.dense().astype(params[key].dtype, copy=False) if hasattr(g, "dense") else g.copy()
-        g += params[key].dtype.type(weight_decay) * params[key]  # ∇(J + λ/2 ‖θ‖²) = g + λθ   (R6)
+        g += params[key].dtype.type(weight_decay) * params[key]  # ∇(J + λ/2 ‖θ‖²) = g + λθ   (A5)
         out[key] = g
     return out
