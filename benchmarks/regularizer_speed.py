@@ -58,7 +58,7 @@ def run_windows(config, params, batches, vocab_size, n_windows, start):
     state = checkpoint.TrainingState.new(config, {k: v.copy() for k, v in params.items()})
     average.begin_epoch(state, tc)
     trained = model.trainable(state.params, m)
-    workspace = {}
+    workspace, scratch = {}, {}
     windows = data.iter_windows(batches, tc.bptt, start=start)
     t0 = time.perf_counter()
     for _, (inputs, targets) in zip(range(n_windows), windows):
@@ -66,7 +66,7 @@ def run_windows(config, params, batches, vocab_size, n_windows, start):
         _, grads, state.hidden = train.window_gradient(state.params, m, inputs, targets, state.hidden, workspace,
                                                        masks, ar=tc.ar, tar=tc.tar)
         train.apply_gradient(state.params, grads, state.opt_state, tc.lr, tc)
-        average.update(state, trained)
+        average.update(state, trained, scratch)
     return time.perf_counter() - t0
 
 

@@ -43,18 +43,23 @@ def begin_epoch(state, train_cfg):
     return True
 
 
-def update(state, keys):
-    """After an update: θ̄ ← θ̄ + (θ − θ̄) / k for the trained arrays `keys` (buffers never move)."""
+def update(state, keys, scratch=None):
+    """After an update: θ̄ ← θ̄ + (θ − θ̄) / k for the trained arrays `keys` (buffers never move).
+    `scratch`: a dict kept across calls for the difference arrays (no allocation per step)."""
     if state.average is None:
         return
     state.progress.average_count += 1
     k = state.progress.average_count
+    scratch = {} if scratch is None else scratch
     for key in keys:
         mean, theta = state.average[key], state.params[key]
         if k == 1:
             np.copyto(mean, theta)  # θ̄_1 = θ_1 exactly
             continue
-        delta = theta - mean
+        delta = scratch.get(key)
+        if delta is None or delta.shape != mean.shape or delta.dtype != mean.dtype:
+            delta = scratch[key] = np.empty_like(mean)
+        np.subtract(theta, mean, out=delta)
         delta *= mean.dtype.type(1.0 / k)
         mean += delta
 

@@ -26,6 +26,7 @@ import math
 import os
 import time
 import warnings
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -335,6 +336,7 @@ class _Run:
     block: tuple = None  # (start, stop): the streams this process computes
     t_start: float = 0.0  # perf_counter() when this process started the run (or its resume)
     wall_before: float = 0.0  # wall seconds of the parts of the run before this --resume
+    average_scratch: dict = dataclasses.field(default_factory=dict)  # average.update's difference arrays
 
 
 class _Diverging(Exception):
@@ -418,7 +420,7 @@ def _train_epoch(r, state):
             else:  # this process's streams, then the gradient summed over the processes
                 loss, grads = _distributed_gradient(r, state, inputs, targets, masks)
             norm = apply_gradient(state.params, grads, state.opt_state, p.lr, tc)
-            average.update(state, trained)
+            average.update(state, trained, r.average_scratch)
             if not math.isfinite(loss) or not math.isfinite(norm):
                 p.step += 1
                 raise _Diverging(f"loss {loss}, gradient norm {norm}")
