@@ -10,6 +10,7 @@ import re
 import numpy as np
 
 from . import data, evaluate, modeldir
+from . import dynamic as dyn
 from .errors import UserError
 
 
@@ -70,14 +71,16 @@ def mixed_log_probs(models, weights, ids, batch_size, reset_all, dynamic=None, e
     target, over `models` [(config, vocab, params)] and, when given, `extra_probs` (S − 1,) of
     another LM (its weight last in `weights`). Components with weight 0 are skipped, so a weight
     of 1 gives exactly that model's figures. `reset_all`: reset every model at each <eos>
-    (independent reading); otherwise only models trained with data.independent reset."""
+    (independent reading); otherwise only models trained with data.independent reset.
+    `dynamic`: a learning rate (sgd) or the list of each model's dynamic.Plan (dynamic_plans)."""
     parts = []
-    for (config, vocab, params), w in zip(models, weights):
+    plans = dynamic if isinstance(dynamic, list) else [dynamic] * len(models)
+    for (config, vocab, params), w, plan in zip(models, weights, plans):
         if w == 0:
             continue
         reset_at = vocab.eos_id if reset_all else evaluate.reset_id(config, vocab)
         logp = evaluate.stream_log_probs(params, config.model, ids, config.train.bptt, batch_size, reset_at,
-                                         dynamic, config.train.clip_norm)
+                                         plan, config.train.clip_norm)
         parts.append(math.log(w) + logp)
     if extra_probs is not None and weights[-1] > 0:
         with np.errstate(divide="ignore"):
@@ -141,5 +144,13 @@ def evaluate_file(models, weights, path, batch_size=1, dynamic=None, probs_path=
     scored = ~np.isnan(logp)  # a batched carried reading leaves the remainder unscored
     result = evaluate.file_result(stats, -float(logp[scored].sum()), int(scored.sum()), batch_size, path, model_dir)
     if dynamic:
-        result["dynamic"] = dynamic
+        result.update(dyn.report(dynamic[0]) if isinstance(dynamic, list) else {"dynamic": dynamic})
     return result
+
+
+def dynamic_plans(models, settings):
+    """Each model's dynamic.Plan for `settings` (its segment, clip norm, rms statistics: computed
+    once here, for all the files a command reads), or None when there is nothing to adapt."""
+    if settings is None or not settings.lr:
+        return None
+    return [evaluate.dynamic_plan(config, vocab, params, settings) for config, vocab, params in models]

@@ -3,10 +3,14 @@ statistics of the rms rule, the lazy decay of sparse arrays, `--dynamic 0` = sta
 rule's figures unchanged, and the options through `eval`, `score --carry` and the Python API."""
 
 import copy
+import json
+import shutil
 
 import numpy as np
 import pytest
 
+import rnnlm_cli
+from conftest import assert_clean_error, files
 from rnnlm_cli import data, dynamic, evaluate, model, optim, output
 from rnnlm_cli.config import Config, ModelConfig
 from rnnlm_cli.vocab import coverage, vocab_from_tokens
@@ -267,3 +271,92 @@ def test_the_statistics_read_the_head_of_the_training_text(corpus):
     valid, _ = data.encode_file(corpus["valid"], vocab, "whitespace")
     test, _ = data.encode_file(corpus["test"], vocab, "whitespace")
     assert np.array_equal(both, np.concatenate((valid, test[1:])))
+
+
+# --------------------------------------------------------------------------------------------
+# Through the commands and the API
+
+
+RMS = ["--dynamic", "0.002", "--dynamic-rule", "rms", "--dynamic-segment", "5", "--dynamic-decay", "0.05",
+       "--dynamic-stats", "2000"]
+
+
+def test_eval_and_score_with_the_rms_rule(tiny_model, run_cli, tmp_path):
+    model_dir, config_path = tiny_model
+    before = files(model_dir)
+    test = config_path.parent / "test.txt"
+    repeated = tmp_path / "repeated.txt"
+    repeated.write_text(test.read_text() * 4, encoding="utf-8")
+    static = json.loads(run_cli("eval", model_dir, repeated, "--json")[1])
+    code, out, err = run_cli("eval", model_dir, repeated, "--json", *RMS)
+    assert code == 0, err
+    adapted = json.loads(out)
+    assert adapted["perplexity"] < static["perplexity"]  # it learns the text as it reads it
+    assert {k: adapted[k] for k in adapted if k.startswith("dynamic")} == {
+        "dynamic": 0.002, "dynamic_rule": "rms", "dynamic_segment": 5, "dynamic_decay": 0.05,
+        "dynamic_epsilon": 2e-5, "dynamic_stats": 2000, "dynamic_stats_from": str(config_path.parent / "train.txt")}
+    sgd = json.loads(run_cli("eval", model_dir, repeated, "--json", "--dynamic", "0.5")[1])
+    assert sgd["dynamic_rule"] == "sgd" and sgd["dynamic_segment"] == 6 and sgd["dynamic_epsilon"] is None
+    # score --carry: the lines' log-probs sum to eval's total; the API gives the same numbers
+    code, out, err = run_cli("score", model_dir, repeated, "--carry", "--format", "json", *RMS)
+    assert code == 0, err
+    total = -sum(json.loads(line)["logprob"] for line in out.splitlines())
+    assert total == pytest.approx(adapted["cross_entropy"] * adapted["targets"], rel=1e-9)
+    lm = rnnlm_cli.load(model_dir)
+    options = dict(dynamic=0.002, dynamic_rule="rms", dynamic_segment=5, dynamic_decay=0.05, dynamic_stats=2000)
+    assert lm.evaluate(repeated, **options) == adapted
+    lines = repeated.read_text().splitlines()
+    assert [r["logprob"] for r in lm.score(lines, carry=True, **options)] == [
+        json.loads(line)["logprob"] for line in out.splitlines()]
+    # statistics from another text; LR 0 is the static figure, whatever the rule
+    other = json.loads(run_cli("eval", model_dir, repeated, "--json", *RMS, "--dynamic-stats-from", test)[1])
+    assert other["dynamic_stats_from"] == str(test) and other["dynamic_stats"] < 2000
+    zero = json.loads(run_cli("eval", model_dir, repeated, "--json", "--dynamic", "0", "--dynamic-rule", "rms")[1])
+    assert zero == static
+    assert files(model_dir) == before  # the model directory is never modified
+
+
+def test_missing_statistics_text_is_a_one_line_error(tiny_config, tmp_path, run_cli):
+    out = tmp_path / "model"
+    code, _, err = run_cli("train", tiny_config, "--set", "train.max_steps=2", "--out", out, "-q")
+    assert code == 0, err
+    test = tmp_path / "test.txt"
+    code, _, err = run_cli("eval", out, test, *RMS, "--dynamic-stats-from", tmp_path / "nowhere.txt")
+    assert_clean_error(code, err, 2, "--dynamic-stats-from", "nowhere.txt")
+    (tmp_path / "train.txt").unlink()
+    for command in (["eval", out, test], ["score", out, test, "--carry"]):
+        code, _, err = run_cli(*command, *RMS)
+        assert_clean_error(code, err, 2, "--dynamic-stats-from", "train.txt", "data.train")
+    assert run_cli("eval", out, test, "--dynamic", "0.1")[0] == 0  # the sgd rule needs no statistics
+    assert run_cli("eval", out, test, *RMS, "--dynamic-stats-from", test)[0] == 0
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--dynamic-rule", "rms"], "--dynamic-rule: needs --dynamic LR"),
+    (["--dynamic", "0.1", "--dynamic-decay", "2"], "--dynamic-decay"),
+    (["--dynamic", "0.1", "--dynamic-segment", "0"], "--dynamic-segment"),
+    (["--dynamic", "0.1", "--dynamic-rule", "adam"], "--dynamic-rule"),
+    (["--dynamic", "0.1", "--dynamic-epsilon", "0"], "--dynamic-epsilon"),
+])
+def test_bad_dynamic_options_are_one_line_errors(tiny_model, run_cli, args, fragment):
+    model_dir, config_path = tiny_model
+    for command in (["eval"], ["score", "--carry"]):
+        code, _, err = run_cli(*command, model_dir, config_path.parent / "test.txt", *args)
+        assert_clean_error(code, err, 2, fragment)
+
+
+def test_api_refuses_unknown_dynamic_keywords(tiny_model):
+    lm = rnnlm_cli.load(tiny_model[0])
+    with pytest.raises(rnnlm_cli.errors.UserError, match="dynamic_rate"):
+        lm.evaluate(tiny_model[1].parent / "test.txt", dynamic=0.1, dynamic_rate=3)
+    with pytest.raises(rnnlm_cli.errors.UserError, match="needs dynamic=LR"):
+        lm.evaluate(tiny_model[1].parent / "test.txt", dynamic_rule="rms")
+
+
+def test_a_copied_model_directory_finds_its_training_text(tiny_model, tmp_path, run_cli):
+    model_dir, config_path = tiny_model
+    shutil.copytree(config_path.parent, tmp_path / "copy")
+    copied = tmp_path / "copy" / model_dir.name
+    code, out, err = run_cli("eval", copied, tmp_path / "copy" / "test.txt", "--json", *RMS)
+    assert code == 0, err
+    assert json.loads(out)["dynamic_stats_from"] == str(tmp_path / "copy" / "train.txt")
