@@ -161,16 +161,27 @@ def decay_rates(ms, decay):
 def start(params, model_cfg, plan):
     """The adaptation state of a reading: a copy of params to adapt (state["params"]; the
     caller's arrays, θ₀, are never written), the rule's per-entry factors and the stamps of the
-    lazily decayed arrays. rms: step = LR / (MS + ε); with λ > 0, pull = λ r (sgd: λ)."""
+    lazily decayed arrays. rms: step = LR / (MS + ε). With λ > 0, pull = λr (sgd: λ); the dense
+    arrays take the step as θ ← keep ⊙ θ + anchor − step ⊙ g with keep = 1 − pull and
+    anchor = pull ⊙ θ₀ precomputed (no temporary the size of an array per update), the lazy
+    ones use pull."""
     s = plan.settings
     state = {"params": {k: v.copy() for k, v in params.items()}, "theta0": params, "plan": plan,
-             "model_cfg": model_cfg, "n": 0, "step": None, "pull": s.decay, "lazy": {}, "stamp": {}}
+             "model_cfg": model_cfg, "n": 0, "step": None, "pull": None, "keep": None, "anchor": None,
+             "lazy": {}, "stamp": {}}
     if s.rule == "rms":
         state["step"] = {k: (s.lr / (m + s.epsilon)).astype(m.dtype) for k, m in plan.ms.items()}
-        if s.decay > 0:
-            state["pull"] = {k: (s.decay * r).astype(r.dtype) for k, r in decay_rates(plan.ms, s.decay).items()}
     if s.decay > 0:
-        state["lazy"] = lazy_axes(model_cfg)
+        lazy = state["lazy"] = lazy_axes(model_cfg)
+        dense = [k for k in model.trainable(params, model_cfg) if k not in lazy]
+        if s.rule == "rms":
+            pull = {k: (s.decay * r).astype(r.dtype) for k, r in decay_rates(plan.ms, s.decay).items()}
+            state["pull"] = {k: pull[k] for k in lazy}
+            state["keep"] = {k: 1 - pull[k] for k in dense}
+            state["anchor"] = {k: pull[k] * params[k] for k in dense}
+        else:
+            state["pull"], state["keep"] = s.decay, 1.0 - s.decay
+            state["anchor"] = {k: s.decay * params[k] for k in dense}
     return state
 
 
@@ -280,23 +291,23 @@ def _sparse_step(state, key, axis, ids, g, scale):
 
 
 def _dense_step(state, key, g, scale):
-    """The rule on every entry of one array, in blocks over the cores (g consumed)."""
-    p, p0, decay = state["params"][key], state["theta0"][key], state["plan"].settings.decay
-    if key in state["lazy"]:  # a dense gradient for a lazily decayed array: all of it up to date first
+    """The rule on every entry of one array, θ ← keep ⊙ θ + anchor − step ⊙ g (see start), in
+    place, in blocks over the cores (g consumed)."""
+    p, decay = state["params"][key], state["plan"].settings.decay
+    if key in state["lazy"]:  # a dense gradient for a lazily decayed array: a slice for each of its ids
         axis = state["lazy"][key]
-        catch_up(state, key, np.arange(p.shape[axis]))
-        state["stamp"][key][:] = state["n"] + 1
+        _sparse_step(state, key, axis, np.arange(p.shape[axis]), g, scale)
+        return
     g = np.ascontiguousarray(g)
     step = scale if scale is not None else state["step"][key].reshape(-1)
-    pull = state["pull"][key].reshape(-1) if isinstance(state["pull"], dict) else state["pull"]
+    keep = state["keep"][key].reshape(-1) if isinstance(state["keep"], dict) else state["keep"]
+    anchor = state["anchor"][key].reshape(-1) if decay else None
 
     def block(a, b):
         theta, grad = p.reshape(-1)[a:b], g.reshape(-1)[a:b]
-        if decay:
-            back = p0.reshape(-1)[a:b] - theta  # λ r ⊙ (θ₀ − θ), of θ before this step
-            back *= pull if np.isscalar(pull) else pull[a:b]
         grad *= step if np.isscalar(step) else step[a:b]
-        theta -= grad
         if decay:
-            theta += back
+            theta *= keep if np.isscalar(keep) else keep[a:b]
+            theta += anchor[a:b]
+        theta -= grad
     parallel.map_rows(block, p.size, 1)
