@@ -10,6 +10,8 @@ Errors are rnnlm_cli.errors.UserError (bad files, options) with the same one-lin
 commands print.
 """
 
+import dataclasses
+
 from . import data, mix, modeldir, sample, score
 from . import dynamic as dyn
 from .errors import UserError
@@ -94,7 +96,10 @@ class LanguageModel:
         if isinstance(lr, bool) or not isinstance(lr, (int, float)):
             raise UserError(f"dynamic={lr!r}: the learning rate must be a number")
         settings = dyn.check(dyn.Settings(float(lr), **given))
-        key = (settings, tuple(id(params) for _, _, params in components))
+        # the statistics depend on the rule, segment and text only: one computation serves every LR, λ and ε
+        reading = dataclasses.replace(settings, lr=1.0, decay=0.0, epsilon=dyn.Settings.epsilon)
+        key = (reading, tuple(id(params) for _, _, params in components))
         if key not in self._plans:  # the models are kept with their plans, so their ids stay theirs
-            self._plans[key] = ([params for _, _, params in components], mix.dynamic_plans(components, settings))
-        return self._plans[key][1]
+            self._plans[key] = ([params for _, _, params in components], mix.dynamic_plans(components, reading))
+        return [plan._replace(settings=dataclasses.replace(settings, segment=plan.settings.segment))
+                for plan in self._plans[key][1]]

@@ -308,6 +308,9 @@ def test_eval_and_score_with_the_rms_rule(tiny_model, run_cli, tmp_path):
     lines = repeated.read_text().splitlines()
     assert [r["logprob"] for r in lm.score(lines, carry=True, **options)] == [
         json.loads(line)["logprob"] for line in out.splitlines()]
+    other_lr = json.loads(run_cli("eval", model_dir, repeated, "--json", *RMS[2:], "--dynamic", "0.004")[1])
+    assert lm.evaluate(repeated, **dict(options, dynamic=0.004)) == other_lr
+    assert len(lm._plans) == 1  # the statistics, computed once, serve every learning rate
     # statistics from another text; LR 0 is the static figure, whatever the rule
     other = json.loads(run_cli("eval", model_dir, repeated, "--json", *RMS, "--dynamic-stats-from", test)[1])
     assert other["dynamic_stats_from"] == str(test) and other["dynamic_stats"] < 2000
