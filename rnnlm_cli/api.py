@@ -11,8 +11,13 @@ Errors are rnnlm_cli.errors.UserError (bad files, options) with the same one-lin
 commands print.
 """
 
+import dataclasses
+
 from . import cache as neural_cache, data, mix, modeldir, sample, score
+from . import dynamic as dyn
 from .errors import UserError
+
+DYNAMIC_KEYS = ("rule", "segment", "decay", "epsilon", "stats", "stats_from")
 
 
 def load(model_dir):
@@ -26,6 +31,7 @@ class LanguageModel:
     def __init__(self, model_dir):
         self.path = str(model_dir)
         self.config, self.vocab, self.params = modeldir.load_model(model_dir)
+        self._plans = {}
 
     def __repr__(self):
         m = self.config.model
@@ -33,14 +39,16 @@ class LanguageModel:
                 f"vocabulary {len(self.vocab)})")
 
     def score(self, sentences, *, carry=False, mix_with=(), weights=None, dynamic=None, batch_size=32, cache=0,
-              cache_theta=1.0, cache_lambda=0.1):
+              cache_theta=1.0, cache_lambda=0.1, **dynamic_options):
         """One dict per sentence (a string, tokenized like the training data), the same figures
         as `rnnlm score --format json --words`: line, words, targets, oov, logprob (natural log),
         log10prob, perplexity and tokens ([token, logprob] per target, the final <eos>
         included). Independent sentences unless carry=True (one stream, as `--carry`).
         mix_with: other LanguageModels to interpolate with `weights` (this model's first).
         cache W > 0 (with carry=True): the neural cache, as `--cache W --cache-theta θ
-        --cache-lambda λ`."""
+        --cache-lambda λ`. dynamic: the learning rate of dynamic evaluation (carry=True), with
+        the options of `--dynamic-*` as keywords: dynamic_rule, dynamic_segment, dynamic_decay,
+        dynamic_epsilon, dynamic_stats, dynamic_stats_from."""
         if isinstance(sentences, str):
             raise UserError("score: give a list of sentences (a single string would be read as characters)")
         components = [self._parts()] + [other._parts() for other in mix_with]
@@ -53,16 +61,20 @@ class LanguageModel:
             raise UserError("score: cache needs carry=True (the cache remembers the stream read so far; independent "
                             "sentences have none)")
         lines = [(k + 1, None, data.tokenize(text, self.config.data.tokenizer)) for k, text in enumerate(sentences)]
-        records = (score.score_carried(components, mixed_weights, lines, dynamic, None, settings) if carry
+        plans = self._dynamic_plans(components, dynamic, dynamic_options)
+        records = (score.score_carried(components, mixed_weights, lines, plans, None, settings) if carry
                    else score.score_independent(components, mixed_weights, lines, batch_size))
         return [dict(rec, tokens=[list(pair) for pair in rec["tokens"]]) for rec in records]
 
-    def evaluate(self, path, *, batch_size=1, dynamic=None, cache=0, cache_theta=1.0, cache_lambda=0.1):
-        """The figures of `rnnlm eval --json` for one text file (cache W > 0: with the neural
-        cache, as `--cache W --cache-theta θ --cache-lambda λ`)."""
+    def evaluate(self, path, *, batch_size=1, dynamic=None, cache=0, cache_theta=1.0, cache_lambda=0.1,
+                 **dynamic_options):
+        """The figures of `rnnlm eval --json` for one text file; cache W > 0: with the neural
+        cache, as `--cache W --cache-theta θ --cache-lambda λ`; dynamic and the dynamic_*
+        keywords as in `score`."""
         components, weights = [self._parts()], [1.0]
         settings = neural_cache.settings(cache, cache_theta, cache_lambda)
-        return mix.evaluate_file(components, weights, path, batch_size, dynamic, None, self.path, settings)
+        plans = self._dynamic_plans(components, dynamic, dynamic_options)
+        return mix.evaluate_file(components, weights, path, batch_size, plans, None, self.path, settings)
 
     def sample(self, prompt="", *, words=50, temperature=1.0, top_k=None, top_p=None, seed=0, count=1,
                stop_at_eos=False):
@@ -74,3 +86,29 @@ class LanguageModel:
 
     def _parts(self):
         return self.config, self.vocab, self.params
+
+    def _dynamic_plans(self, components, lr, options):
+        """The models' dynamic.Plans for these settings (None: static), the rms statistics
+        computed once per model and settings and kept for the next call."""
+        given = {}
+        for keyword, value in options.items():
+            if not keyword.startswith("dynamic_") or keyword[len("dynamic_"):] not in DYNAMIC_KEYS:
+                raise UserError(f"unexpected keyword {keyword!r} (dynamic evaluation takes "
+                                f"{', '.join('dynamic_' + k for k in DYNAMIC_KEYS)})")
+            if value is not None:
+                given[keyword[len("dynamic_"):]] = value
+        if lr is None:
+            if given:
+                raise UserError(f"dynamic_{next(iter(given))}: needs dynamic=LR (the learning rate of dynamic "
+                                f"evaluation)")
+            return None
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+            raise UserError(f"dynamic={lr!r}: the learning rate must be a number")
+        settings = dyn.check(dyn.Settings(float(lr), **given))
+        # the statistics depend on the rule, segment and text only: one computation serves every LR, λ and ε
+        reading = dataclasses.replace(settings, lr=1.0, decay=0.0, epsilon=dyn.Settings.epsilon)
+        key = (reading, tuple(id(params) for _, _, params in components))
+        if key not in self._plans:  # the models are kept with their plans, so their ids stay theirs
+            self._plans[key] = ([params for _, _, params in components], mix.dynamic_plans(components, reading))
+        return [plan._replace(settings=dataclasses.replace(settings, segment=plan.settings.segment))
+                for plan in self._plans[key][1]]

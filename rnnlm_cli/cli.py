@@ -346,9 +346,47 @@ def _cache_options(command):
     return command
 
 
+def _dynamic_options(command):
+    """The --dynamic-* options of eval and score (dynamic evaluation's rule and its settings);
+    the command receives them as **dynamic_options (None where not given)."""
+    options = [
+        click.option("--dynamic-rule", type=click.Choice(["sgd", "rms"]), default=None,
+                     help="With --dynamic: sgd (the default: LR times the clipped gradient) or rms (Krause et al.: "
+                          "the gradient divided by its root mean square over training text)."),
+        click.option("--dynamic-segment", type=click.IntRange(min=1), default=None, metavar="K",
+                     help="With --dynamic: tokens scored between two updates (default: the model's train.bptt)."),
+        click.option("--dynamic-decay", type=click.FloatRange(0, 1), default=None, metavar="LAMBDA",
+                     help="With --dynamic: pull the weights back toward the trained ones by this much at each "
+                          "update (default 0: none)."),
+        click.option("--dynamic-epsilon", type=click.FloatRange(min=0, min_open=True), default=None, metavar="EPS",
+                     help="With --dynamic-rule rms: added to the root mean square (default 2e-5)."),
+        click.option("--dynamic-stats", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="With --dynamic-rule rms: training tokens the root mean squares are computed on "
+                          "(default 100000)."),
+        click.option("--dynamic-stats-from", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+                     help="With --dynamic-rule rms: the text to compute them on (default: the model's training text)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def _cache_settings(window, theta, lam):
     from .cache import settings
     return settings(window, theta, lam)
+
+
+def _dynamic_settings(lr, options):
+    """dynamic.Settings from --dynamic LR and the --dynamic-* options (None without --dynamic)."""
+    from .dynamic import Settings, check
+    given = {key[len("dynamic_"):]: value for key, value in options.items() if value is not None}
+    if lr is None:
+        if given:
+            name = next(iter(given)).replace("_", "-")
+            raise UserError(f"--dynamic-{name}: needs --dynamic LR (the learning rate of dynamic evaluation)")
+        return None
+    _check_dynamic(lr)
+    return check(Settings(lr, **given))
 
 
 @cli.command("eval")
@@ -358,8 +396,8 @@ def _cache_settings(window, theta, lam):
               help="Streams evaluated at once; 1 is exact (one stream, carried state throughout).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file, one per line.")
 @click.option("--dynamic", "dynamic", default=None, type=float, metavar="LR",
-              help="Dynamic evaluation: after scoring each window, one SGD step at rate LR on it (the model "
-                   "directory is not changed); 0 is the static figure.")
+              help="Dynamic evaluation: after scoring each segment, one step at rate LR on it (--dynamic-rule; the "
+                   "model directory is not changed); 0 is the static figure.")
 @click.option("--mix", "mix_dirs", multiple=True, type=click.Path(file_okay=False), metavar="MODEL_DIR",
               help="Interpolate with this model (same vocabulary). Repeatable.")
 @click.option("--weights", default=None, metavar="W0,W1,...",
@@ -367,8 +405,9 @@ def _cache_settings(window, theta, lam):
 @click.option("--mix-probs", "mix_probs", default=None, type=click.Path(dir_okay=False), metavar="FILE",
               help="Interpolate with another LM's per-target probabilities (SRILM -debug 2 output, or one per line).")
 @_cache_options
+@_dynamic_options
 def eval_cmd(model_dir, files, batch_size, as_json, dynamic, mix_dirs, weights, mix_probs, cache_window, cache_theta,
-             cache_lambda):
+             cache_lambda, **dynamic_options):
     """Cross-entropy, bits per token and perplexity of each FILE (default: the test file).
 
     \b
@@ -376,12 +415,13 @@ def eval_cmd(model_dir, files, batch_size, as_json, dynamic, mix_dirs, weights, 
       rnnlm eval runs/default
       rnnlm eval runs/ptb ptb.valid.txt ptb.test.txt --json
       rnnlm eval runs/ptb-lstm ptb.test.txt --dynamic 0.05
+      rnnlm eval runs/ptb-lstm ptb.test.txt --dynamic 0.002 --dynamic-rule rms --dynamic-segment 5
       rnnlm eval runs/ptb-lstm ptb.test.txt --mix runs/ptb-elman --weights 0.7,0.3
       rnnlm eval runs/ptb-lstm ptb.test.txt --cache 500 --cache-theta 0.7 --cache-lambda 0.12
     """
     from . import evaluate, mix
     from .modeldir import weights_note
-    _check_dynamic(dynamic)
+    settings = _dynamic_settings(dynamic, dynamic_options)
     cache = _cache_settings(cache_window, cache_theta, cache_lambda)
     models, mix_weights = mix.load_mixture(model_dir, mix_dirs, weights, mix_probs)
     config, vocab, params = models[0]
@@ -402,6 +442,7 @@ def eval_cmd(model_dir, files, batch_size, as_json, dynamic, mix_dirs, weights, 
                             f"config.yaml's data_from_model_dir points); name the file to evaluate: "
                             f"rnnlm eval {_shown(model_dir)} FILE")
         files = (default,)
+    dynamic = mix.dynamic_plans(models, settings)  # once for all the files (the rms statistics)
     for path in files:
         if plain:
             result = evaluate.evaluate_file(params, config, vocab, path, batch_size, model_dir)
@@ -440,7 +481,7 @@ def _check_dynamic(dynamic):
 @click.option("--carry", is_flag=True, help="Read each file as one stream with carried state (sums to eval's total).")
 @click.option("--independent", is_flag=True, help="Each line a sentence from the zero state (the default).")
 @click.option("--dynamic", "dynamic", default=None, type=float, metavar="LR",
-              help="With --carry: dynamic evaluation (one SGD step at rate LR after each window).")
+              help="With --carry: dynamic evaluation (one step at rate LR after each segment; --dynamic-rule).")
 @click.option("--mix", "mix_dirs", multiple=True, type=click.Path(file_okay=False), metavar="MODEL_DIR",
               help="Interpolate with this model (same vocabulary). Repeatable.")
 @click.option("--weights", default=None, metavar="W0,W1,...",
@@ -450,8 +491,9 @@ def _check_dynamic(dynamic):
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
               help="Independent mode: streams of sentences scored at once (the scores do not depend on it).")
 @_cache_options
+@_dynamic_options
 def score_cmd(model_dir, files, fmt, words, log_base, nbest, carry, independent, dynamic, mix_dirs, weights,
-              mix_probs, batch_size, cache_window, cache_theta, cache_lambda):
+              mix_probs, batch_size, cache_window, cache_theta, cache_lambda, **dynamic_options):
     """Score text line by line: one record per input line, in order (empty lines too).
 
     Each FILE (or standard input: no FILE, or -) is read line by line. By default every line is
@@ -467,7 +509,7 @@ def score_cmd(model_dir, files, fmt, words, log_base, nbest, carry, independent,
       rnnlm score runs/ptb test.txt --carry --cache 500     # with the neural cache
     """
     from . import mix, score
-    _check_dynamic(dynamic)
+    settings = _dynamic_settings(dynamic, dynamic_options)
     cache = _cache_settings(cache_window, cache_theta, cache_lambda)
     if carry and independent:
         raise UserError("--carry and --independent: choose one reading of the file")
@@ -480,6 +522,7 @@ def score_cmd(model_dir, files, fmt, words, log_base, nbest, carry, independent,
     models, mix_weights = mix.load_mixture(model_dir, mix_dirs, weights, mix_probs)
     tokenizer = models[0][0].data.tokenizer
     probs = mix.read_probs(mix_probs) if mix_probs is not None else None
+    dynamic = mix.dynamic_plans(models, settings)
     for path in files or ("-",):
         lines = score.read_lines(path, tokenizer, nbest)
         records = (score.score_carried(models, mix_weights, lines, dynamic, probs, cache) if carry

@@ -534,3 +534,19 @@ def encode_blocks(paths, tokenizer: str, lookup: Callable[[list[str]], list[int]
         if not line_empty:  # the last line has no line ending
             stats["lines"] += 1
             yield np.array([eos], dtype=np.int64)
+
+
+def encode_head(paths, vocab, tokenizer: str, n: int) -> np.ndarray:
+    """The first n ids (fewer if the text is shorter) of the token stream of the files `paths`
+    read as one text, as a training corpus is (<eos>, then each non-empty line's word ids and
+    <eos>; unknown words as <unk>), int64, reading no further than the blocks that hold them."""
+    unk, sentinel = vocab.unk_id, len(vocab)
+    get = {**vocab.index, SENTINEL: sentinel}.get
+    chunks, have = [], 0
+    for ids in encode_blocks(paths, tokenizer, lambda block: [get(w, unk) for w in block], sentinel, vocab.eos_id,
+                             {"words": 0, "lines": 0}):
+        chunks.append(ids[:n - have])
+        have += len(chunks[-1])
+        if have >= n:
+            break
+    return np.concatenate(chunks) if chunks else np.empty(0, np.int64)

@@ -8,11 +8,12 @@ zero state (faster; slightly pessimistic; the < N tokens of remainder are not sc
 sentence resets (`reset_at`, a model trained with data.independent) the pieces are cut at
 sentence starts instead (data.pack_sentences), so every N gives the exact figure.
 
-Dynamic evaluation (`dynamic=LR`, Krause et al. 2018; Mikolov's -dynamic): each window is
-scored first, then one SGD step at rate LR on that window's mean cross-entropy (every trained
-parameter, the gradient clipped to the model's train.clip_norm) before the next window: the
-model adapts to the text it reads. The caller's parameters are not changed (a copy is
-trained); LR 0 is exactly the static evaluation.
+Dynamic evaluation (`dynamic`, Krause et al. 2018; Mikolov's -dynamic; the rules in
+dynamic.py): the stream is read in segments (by default the bptt windows); each is scored
+first, then the model takes one step on that segment's mean cross-entropy before the next: it
+adapts to the text it reads. `dynamic=LR` is the sgd rule (the gradient clipped to the model's
+train.clip_norm); a dynamic.Plan (dynamic_plan) any rule. The caller's parameters are not
+changed (a copy is trained); LR 0 is exactly the static evaluation.
 
 The neural cache (cache.py) reads each stream alongside: stream_log_probs hands it every
 window's top states and gives its per-target log-probabilities apart from the model's.
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cache as neural_cache, data, model, optim
+from . import cache as neural_cache, corpus, data, model
+from . import dynamic as dyn
 from .errors import UserError
 
 
@@ -55,7 +57,8 @@ def stream_log_probs(params, model_cfg, ids, bptt=35, batch_size=1, reset_at=Non
                      clip_norm=None, cache=None):
     """ids: (S,) token stream -> log P(target | history) of each of its S − 1 targets, float64;
     NaN for the targets a batched carried-state reading does not score (the remainder).
-    `dynamic` LR > 0: dynamic evaluation (above), with the gradient clipped to `clip_norm`.
+    `dynamic`: dynamic evaluation (above): a learning rate > 0 (sgd, the gradient clipped to
+    `clip_norm`, in bptt windows) or a dynamic.Plan (its rule, in segments of its K tokens).
     `cache` (a cache.Settings): the neural cache of each stream read alongside, from the
     states the model has when it scores each target; then the result is the pair (the
     model's log-probs, the cache's log p_cache (θ's shape + (S − 1,), NaN where its stream had
@@ -66,16 +69,20 @@ def stream_log_probs(params, model_cfg, ids, bptt=35, batch_size=1, reset_at=Non
     if len(ids) < 2:
         return logp if cache is None else (logp, logp_cache)
     streams, index = _streams(ids, batch_size, reset_at)
-    if dynamic:
-        params = {k: v.copy() for k, v in params.items()}  # the caller's model stays as it is
+    plan = dyn.as_plan(dynamic, bptt, clip_norm)
+    adapting = dyn.start(params, model_cfg, plan) if plan else None  # a copy: the caller's model stays as it is
+    if adapting:
+        params = adapting["params"]
     state = model.init_state(model_cfg, streams.shape[0], params["embedding"].dtype)
     memory = None if cache is None else neural_cache.empty(streams.shape[0], model_cfg.hidden_dim)
     workspace, start, top = {}, 0, None
-    for inputs, targets in data.iter_windows(streams, bptt):
+    for inputs, targets in data.iter_windows(streams, plan.settings.segment if plan else bptt):
+        if adapting:
+            dyn.refresh(adapting, inputs, targets)  # the slices it reads, decayed lazily, up to date
         rows = np.empty(targets.shape)
         if cache is not None:
             top = np.empty(targets.shape + (model_cfg.hidden_dim,))
-        _, state, grad_cache = model.forward(params, model_cfg, inputs, targets, state, need_grad=bool(dynamic),
+        _, state, grad_cache = model.forward(params, model_cfg, inputs, targets, state, need_grad=bool(adapting),
                                              workspace=workspace, reset_at=reset_at, row_loss=rows, top_states=top)
         where = index[:, start:start + targets.shape[1]]
         logp[where[where >= 0]] = -rows[where >= 0]
@@ -83,10 +90,8 @@ def stream_log_probs(params, model_cfg, ids, bptt=35, batch_size=1, reset_at=Non
         if cache is not None:
             window_logp, memory = neural_cache.window_log_probs(top, targets, memory, cache.window, cache.theta)
             logp_cache[..., where[where >= 0]] = window_logp[..., where >= 0]
-        if dynamic:
-            grads = model.backward(grad_cache, workspace, sparse_embedding=True)
-            scale = optim.clip_factor(optim.global_norm(grads), clip_norm)
-            optim.sgd_update(params, grads, dynamic * scale)
+        if adapting:
+            dyn.update(adapting, model.backward(grad_cache, workspace, sparse_embedding=True))
     return logp if cache is None else (logp, logp_cache)
 
 
@@ -170,3 +175,45 @@ def file_result(stats, total, count, batch_size, path, model_dir):
     if batch_size == 1:
         result["targets"] = stats["targets"]
     return result
+
+
+def dynamic_plan(config, vocab, params, settings):
+    """dynamic.Settings as this model applies them -> a dynamic.Plan (None when the learning
+    rate is 0: static): its segment (default train.bptt), its clip norm and, for the rms rule,
+    MS over the first settings.stats targets of its training text (data.train, found as the
+    model directory finds it) or of settings.stats_from."""
+    if settings is None or not settings.lr:
+        return None
+    settings = dataclasses.replace(settings, segment=settings.segment or config.train.bptt)
+    plan = dyn.Plan(settings, config.train.clip_norm)
+    if settings.rule != "rms":
+        return plan
+    paths = _statistics_text(config, settings.stats_from)
+    ids = data.encode_head(paths, vocab, config.data.tokenizer, settings.stats + 1)
+    if len(ids) < 2:
+        raise UserError(f"--dynamic-stats-from: {corpus.describe(paths)} has no tokens to compute the rms rule's "
+                        f"statistics from; give another text")
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        ms, _ = dyn.rms_statistics(params, config.model, ids, settings.segment, reset_id(config, vocab))
+    return plan._replace(ms=ms, stats_targets=len(ids) - 1, stats_from=str(corpus.describe(paths)))
+
+
+def _statistics_text(config, stats_from):
+    """The files of the rms statistics' text: --dynamic-stats-from, else the model's data.train;
+    a missing one is a UserError naming --dynamic-stats-from."""
+    if stats_from is not None:
+        if not os.path.isfile(stats_from):
+            raise UserError(f"--dynamic-stats-from {os.fsencode(stats_from).decode('utf-8', 'replace')}: no such "
+                            f"file (the text the rms rule's statistics are computed from)")
+        return [stats_from]
+    spec = config.data.train
+    try:
+        paths = corpus.files_of(spec) if spec else []
+    except UserError:
+        paths = []
+    missing = next((p for p in paths if not os.path.isfile(p)), None) if paths else (spec or "(none)")
+    if missing is not None:
+        shown = os.fsencode(str(missing)).decode("utf-8", "replace")
+        raise UserError(f"the model's training text {shown} (its config's data.train) is missing, and the rms "
+                        f"rule's statistics are computed from it; name a text with --dynamic-stats-from FILE")
+    return paths

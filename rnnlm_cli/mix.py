@@ -11,6 +11,7 @@ import re
 import numpy as np
 
 from . import cache as neural_cache, data, evaluate, modeldir
+from . import dynamic as dyn
 from .errors import UserError
 
 
@@ -72,16 +73,18 @@ def mixed_log_probs(models, weights, ids, batch_size, reset_all, dynamic=None, e
     another LM (its weight last in `weights`). Components with weight 0 are skipped, so a weight
     of 1 gives exactly that model's figures. `reset_all`: reset every model at each <eos>
     (independent reading); otherwise only models trained with data.independent reset.
+    `dynamic`: a learning rate (sgd) or the list of each model's dynamic.Plan (dynamic_plans).
     `cache` (a cache.Settings): the pair (that mixture, the neural cache's log p_cache from the
     first model's states), for cache.mix (the cache mixes last)."""
     parts, logp_cache = [], None
-    for k, ((config, vocab, params), w) in enumerate(zip(models, weights)):
+    plans = dynamic if isinstance(dynamic, list) else [dynamic] * len(models)
+    for k, ((config, vocab, params), w, plan) in enumerate(zip(models, weights, plans)):
         reads_cache = cache is not None and k == 0
         if w == 0 and not reads_cache:
             continue
         reset_at = vocab.eos_id if reset_all else evaluate.reset_id(config, vocab)
         logp = evaluate.stream_log_probs(params, config.model, ids, config.train.bptt, batch_size, reset_at,
-                                         dynamic, config.train.clip_norm, cache if reads_cache else None)
+                                         plan, config.train.clip_norm, cache if reads_cache else None)
         if reads_cache:
             logp, logp_cache = logp
         if w > 0:
@@ -149,7 +152,7 @@ def evaluate_file(models, weights, path, batch_size=1, dynamic=None, probs_path=
                         f"--cache-lambda below 1")
     result = evaluate.file_result(stats, total, int(scored.sum()), batch_size, path, model_dir)
     if dynamic:
-        result["dynamic"] = dynamic
+        result.update(dyn.report(dynamic[0]) if isinstance(dynamic, list) else {"dynamic": dynamic})
     if cache is not None:
         result["cache"] = cache.as_json()
     return result
@@ -171,3 +174,11 @@ def file_log_probs(models, weights, path, batch_size=1, dynamic=None, probs_path
         logp = mixed_log_probs(models, weights, ids, batch_size, False, dynamic, extra, cache)
     logp, logp_cache = logp if cache is not None else (logp, None)
     return ids, stats, logp, logp_cache
+
+
+def dynamic_plans(models, settings):
+    """Each model's dynamic.Plan for `settings` (its segment, clip norm, rms statistics: computed
+    once here, for all the files a command reads), or None when there is nothing to adapt."""
+    if settings is None or not settings.lr:
+        return None
+    return [evaluate.dynamic_plan(config, vocab, params, settings) for config, vocab, params in models]

@@ -23,6 +23,12 @@ A kind module provides, as plain functions (shapes: M positions, H hidden size, 
     target_log_probs(params, h, targets, workspace)
                                  -> (M,) float64 log P(target | h): eval, score, mixing
     log_probs(params, h)         -> (M, V) float64 log P(w | h) of every word: sampling
+    SPARSE_AXES                  {key: axis} of its trained arrays whose gradient is sparse along
+                                 that axis (layers.SparseRows: rows; ColumnBlocks: columns)
+    touched(params, targets)     -> {key: distinct ids along SPARSE_AXES[key]}: the slices of
+                                 those arrays that the loss of `targets` (M,) reads (and gives a
+                                 gradient to); dynamic evaluation's lazy decay brings them up to
+                                 date before the forward pass
 
 `params` here is the kind's own view: its arrays, with the tied matrix already resolved (see
 `layer_params`). Adding a kind means adding its module and a line in KINDS (and its name to
@@ -80,6 +86,20 @@ def word_matrix_key(model_cfg):
     """The key of the layer's (H, V) word matrix, the one `tie_weights` replaces by the
     embedding transposed (None for a kind without one)."""
     return kind(model_cfg).TIED
+
+
+def sparse_axes(model_cfg):
+    """{key: axis} of the stored output arrays whose gradient is sparse along that axis (a tied
+    matrix is the embedding, whose gradient is then dense)."""
+    k = kind(model_cfg)
+    return {key: axis for key, axis in k.SPARSE_AXES.items() if not (model_cfg.tie_weights and key == k.TIED)}
+
+
+def touched(params, model_cfg, targets):
+    """targets: (M,) -> {key: distinct ids along sparse_axes(model_cfg)[key]} that their loss reads."""
+    k = kind(model_cfg)
+    found = k.touched(layer_params(params, model_cfg), targets)
+    return {key: ids for key, ids in found.items() if not (model_cfg.tie_weights and key == k.TIED)}
 
 
 def layer_params(params, model_cfg):

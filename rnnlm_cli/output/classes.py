@@ -31,6 +31,7 @@ TIED = "output.W"
 BOUNDS = "output.class_bounds"
 BUFFERS = (BOUNDS,)
 WORD_AXES = {"output.W": 1, "output.b": 0}  # the class arrays follow the classes, not the words
+SPARSE_AXES = {"output.W": 1, "output.b": 0}  # a window's gradient: the columns of its targets' classes
 
 
 def n_classes(model_cfg, vocab_size):
@@ -232,6 +233,15 @@ def loss_backward(cache, workspace=None):
     columns only), output.class_W and output.class_b."""
     dh, dW, db, dclass_W, dclass_b = class_output_backward(cache)
     return dh, {"output.W": dW, "output.b": db, "output.class_W": dclass_W, "output.class_b": dclass_b}
+
+
+def touched(params, targets):
+    """targets: (M,) -> {output.W, output.b: the columns (word ids) of the targets' classes},
+    the columns their loss reads, ascending."""
+    bounds = params[BOUNDS]
+    cls = np.unique(word_classes(bounds, targets))
+    cols = np.concatenate([np.arange(bounds[c], bounds[c + 1]) for c in cls]) if cls.size else np.empty(0, np.int64)
+    return {"output.W": cols, "output.b": cols}
 
 
 def _class_log_probs(params, h):

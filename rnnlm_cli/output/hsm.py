@@ -44,6 +44,7 @@ TIED = None  # node vectors are not word vectors: nothing to tie to the embeddin
 VECTORS, BIAS = "output.node_vectors", "output.node_b"
 NODES, CODES, LENGTHS = "output.path_nodes", "output.path_codes", "output.path_lengths"
 BUFFERS = (NODES, CODES, LENGTHS)
+SPARSE_AXES = {VECTORS: 0, BIAS: 0}  # a window's gradient: the rows of the nodes on its targets' paths
 WORD_AXES = {}  # no trained array is indexed by word: the node vectors follow the tree, rebuilt for a new vocabulary
 TOP_NODES = 128  # nodes nearest the root whose gradient is one (M, TOP_NODES) matrix product
 LIGHT_BLOCK = 4 * parallel.MIN_BLOCK  # a gather and a multiply-add per element: a thread needs more of them
@@ -309,6 +310,14 @@ def loss_backward(cache, workspace=None):
     """-> dh (M, H), {output.node_vectors, output.node_b: SparseRows of the touched nodes}."""
     dh, d_vectors, d_bias = hsm_backward(cache, workspace)
     return dh, {VECTORS: d_vectors, BIAS: d_bias}
+
+
+def touched(params, targets):
+    """targets: (M,) -> {output.node_vectors, output.node_b: the nodes on the targets' paths},
+    the rows their loss reads, ascending."""
+    path, _, mask = window_paths(params[NODES], params[CODES], params[LENGTHS], targets)
+    nodes = np.unique(path[mask])
+    return {VECTORS: nodes, BIAS: nodes}
 
 
 def target_log_probs(params, h, targets, workspace=None):

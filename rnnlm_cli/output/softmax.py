@@ -20,6 +20,7 @@ from .. import layers
 TIED = "output.W"
 BUFFERS = ()
 WORD_AXES = {"output.W": 1, "output.b": 0}
+SPARSE_AXES = {}  # every logit has a gradient: output.W and output.b are dense
 CROSS_ENTROPY = types.SimpleNamespace(loss="cross_entropy")  # what log-probabilities are defined by
 
 
@@ -58,6 +59,11 @@ def loss_backward(cache, workspace=None):
     out = (layers.buffer(workspace, "dtop", h.shape, h.dtype), layers.buffer(workspace, "dW", W.shape, W.dtype))
     dh, dW, db = layers.affine_backward(dlogits, affine_cache, out)
     return dh, {"output.W": dW, "output.b": db}
+
+
+def touched(params, targets):
+    """No sparse arrays: nothing to list."""
+    return {}
 
 
 def target_log_probs(params, h, targets, workspace=None):

@@ -1,0 +1,313 @@
+"""Dynamic evaluation: the model keeps learning from the text it scores (Mikolov's -dynamic;
+Krause et al. 2018, "Dynamic evaluation of neural sequence models"). Pure numerics: the update
+rules, the gradient statistics of the RMS rule and the lazy decay of sparse arrays. The stream
+reader (evaluate.stream_log_probs) calls them; the CLI parses the settings; the training text
+the statistics come from is read by evaluate.dynamic_plan.
+
+The text is read in segments of K tokens. Each segment is scored first; then, with θ₀ the
+trained weights and g the gradient of the segment's mean cross-entropy, every trained array
+takes one step:
+
+    sgd:  θ ← θ − LR · clip(g) + λ · (θ₀ − θ)             clip: to the model's train.clip_norm
+    rms:  θ ← θ − LR · g / (MS + ε) + λ · r ⊙ (θ₀ − θ)
+
+MS, per entry, is the root mean square of the gradients of the first N training tokens read in
+segments of K (rms_statistics); r = MS / (the mean over arrays of each array's mean MS), clipped
+to at most 1/λ (decay_rates). With λ = 0 there is no pull back toward θ₀.
+
+Sparse arrays. The embedding (untied) and the output layer's sparse arrays (class columns, hsm
+nodes: output.sparse_axes) get a gradient on a few slices only (rows or columns). With λ = 0
+only those slices change. With λ > 0 the pull back acts on every entry at every update; an
+entry no gradient touches moves by it alone, θ − θ₀ ← (1 − λr)(θ − θ₀) (sgd: r = 1), so after
+k such updates θ − θ₀ has been multiplied by (1 − λr)^k. That is applied lazily: every slice
+keeps the number of updates it has seen (its stamp); before a forward pass reads slices (the
+embedding rows of the segment's inputs, output.touched of its targets) and before a gradient
+moves them, the updates they missed are applied at once (catch_up). A slice never touched by a
+gradient has θ = θ₀ and nothing to decay. current(state) brings every slice up to date.
+
+Shapes: `params`, `grads`, MS, r are dicts keyed as weights.npz, each array shaped as its
+parameter; a gradient is a dense array, a layers.SparseRows (rows along axis 0) or a
+layers.ColumnBlocks (column ranges along the last axis). Float arrays keep the model's dtype.
+"""
+
+import dataclasses
+from typing import NamedTuple
+
+import numpy as np
+
+from . import data, model, optim, output, parallel
+from .errors import UserError
+from .layers import ColumnBlocks, SparseRows
+
+RULES = ("sgd", "rms")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What was asked for: `--dynamic LR` and the `--dynamic-*` options."""
+    lr: float
+    rule: str = "sgd"
+    segment: int | None = None  # K, tokens scored between two updates; None: the model's train.bptt
+    decay: float = 0.0  # λ
+    epsilon: float = 2e-5  # ε (rms)
+    stats: int = 100_000  # N, training tokens (targets) for MS (rms)
+    stats_from: str | None = None  # the text of the statistics; None: the model's data.train
+
+
+class Plan(NamedTuple):
+    """The settings as one model applies them: its segment K filled in, its clip norm (sgd), and
+    for rms MS {key: array} with the number of targets and the text it was computed from."""
+    settings: Settings
+    clip_norm: float | None = None
+    ms: dict | None = None
+    stats_targets: int = 0
+    stats_from: str | None = None
+
+
+def check(settings):
+    """settings, or a UserError naming the option whose value is out of range."""
+    s = settings
+    if not (np.isfinite(s.lr) and s.lr >= 0):
+        raise UserError(f"--dynamic {s.lr}: the learning rate must be a finite number >= 0")
+    if s.rule not in RULES:
+        raise UserError(f"--dynamic-rule {s.rule}: expected one of {', '.join(RULES)}")
+    if s.segment is not None and not (isinstance(s.segment, (int, np.integer)) and s.segment >= 1):
+        raise UserError(f"--dynamic-segment {s.segment}: must be a whole number of tokens >= 1")
+    if not 0.0 <= s.decay <= 1.0:
+        raise UserError(f"--dynamic-decay {s.decay}: must be a number in [0, 1]")
+    if not (np.isfinite(s.epsilon) and s.epsilon > 0):
+        raise UserError(f"--dynamic-epsilon {s.epsilon}: must be a finite number > 0")
+    if not (isinstance(s.stats, (int, np.integer)) and s.stats >= 1):
+        raise UserError(f"--dynamic-stats {s.stats}: must be a whole number of tokens >= 1")
+    return settings
+
+
+def as_plan(dynamic, segment, clip_norm=None):
+    """What a stream reader was given -> a Plan, or None for a static reading: None or LR 0;
+    a number (the learning rate of the sgd rule, in segments of `segment`, clipped to
+    clip_norm: the meaning `dynamic` always had); or a Plan (its segment defaulting to `segment`)."""
+    if isinstance(dynamic, Plan):
+        if not dynamic.settings.lr:
+            return None
+        if dynamic.settings.segment is None:
+            dynamic = dynamic._replace(settings=dataclasses.replace(dynamic.settings, segment=segment))
+        return dynamic
+    if not dynamic:
+        return None
+    return Plan(Settings(float(dynamic), segment=segment), clip_norm)
+
+
+def report(plan):
+    """The settings a reading used, as `eval --json` reports them (epsilon and the statistics:
+    rms only, else None)."""
+    s = plan.settings
+    rms = s.rule == "rms"
+    return {"dynamic": s.lr, "dynamic_rule": s.rule, "dynamic_segment": s.segment, "dynamic_decay": s.decay,
+            "dynamic_epsilon": s.epsilon if rms else None, "dynamic_stats": plan.stats_targets if rms else None,
+            "dynamic_stats_from": plan.stats_from if rms else None}
+
+
+# --------------------------------------------------------------------------------------------
+# The statistics of the RMS rule
+
+
+def rms_statistics(params, model_cfg, ids, segment, reset_at=None):
+    """ids: (S,) a training token stream -> (MS {key: array shaped as params[key]}, windows):
+    MS = √(mean over the windows of g²), g the gradient of each window's mean cross-entropy,
+    the stream read in windows of `segment` tokens with carried state (batch 1, no dropout;
+    `reset_at` as in training). The squares are summed in the model's dtype."""
+    model_cfg = dataclasses.replace(model_cfg, loss="cross_entropy")
+    squares = {k: np.zeros_like(params[k]) for k in model.trainable(params, model_cfg)}
+    state = model.init_state(model_cfg, 1, params["embedding"].dtype)
+    workspace, windows = {}, 0
+    for inputs, targets in data.iter_windows(np.asarray(ids)[None, :], segment):
+        _, state, cache = model.forward(params, model_cfg, inputs, targets, state, workspace=workspace,
+                                        reset_at=reset_at)
+        for key, g in model.backward(cache, workspace, sparse_embedding=True).items():
+            _add_square(squares[key], g)
+        windows += 1
+    for sq in squares.values():
+        sq /= max(windows, 1)
+        np.sqrt(sq, out=sq)
+    return squares, windows
+
+
+def _add_square(total, g):
+    """total += g², only where a sparse gradient has entries (g is consumed)."""
+    if isinstance(g, SparseRows):
+        total[g.ids] += g.rows * g.rows
+    elif isinstance(g, ColumnBlocks):
+        for (a, b), block in zip(g.ranges, g.blocks):
+            total[..., a:b] += block * block
+    else:
+        total += np.multiply(g, g, out=g)
+
+
+def decay_rates(ms, decay):
+    """r = MS / (the mean over arrays of each array's mean MS), clipped to at most 1/λ (λ > 0):
+    each entry's share of the pull back toward θ₀, larger where training gradients are."""
+    mean = float(np.mean([float(m.mean(dtype=np.float64)) for m in ms.values()]))
+    rates = {k: (m / mean).astype(m.dtype) if mean > 0 else np.ones_like(m) for k, m in ms.items()}
+    if decay > 0:
+        for r in rates.values():
+            np.minimum(r, 1.0 / decay, out=r)
+    return rates
+
+
+# --------------------------------------------------------------------------------------------
+# Adapting a copy of the weights, segment by segment
+
+
+def start(params, model_cfg, plan):
+    """The adaptation state of a reading: a copy of params to adapt (state["params"]; the
+    caller's arrays, θ₀, are never written), the rule's per-entry factors and the stamps of the
+    lazily decayed arrays. rms: step = LR / (MS + ε). With λ > 0, pull = λr (sgd: λ); the dense
+    arrays take the step as θ ← keep ⊙ θ + anchor − step ⊙ g with keep = 1 − pull and
+    anchor = pull ⊙ θ₀ precomputed (no temporary the size of an array per update), the lazy
+    ones use pull."""
+    s = plan.settings
+    state = {"params": {k: v.copy() for k, v in params.items()}, "theta0": params, "plan": plan,
+             "model_cfg": model_cfg, "n": 0, "step": None, "pull": None, "keep": None, "anchor": None,
+             "lazy": {}, "stamp": {}}
+    if s.rule == "rms":
+        state["step"] = {k: (s.lr / (m + s.epsilon)).astype(m.dtype) for k, m in plan.ms.items()}
+    if s.decay > 0:
+        lazy = state["lazy"] = lazy_axes(model_cfg)
+        dense = [k for k in model.trainable(params, model_cfg) if k not in lazy]
+        if s.rule == "rms":
+            pull = {k: (s.decay * r).astype(r.dtype) for k, r in decay_rates(plan.ms, s.decay).items()}
+            state["pull"] = {k: pull[k] for k in lazy}
+            state["keep"] = {k: 1 - pull[k] for k in dense}
+            state["anchor"] = {k: pull[k] * params[k] for k in dense}
+        else:
+            state["pull"], state["keep"] = s.decay, 1.0 - s.decay
+            state["anchor"] = {k: s.decay * params[k] for k in dense}
+    return state
+
+
+def lazy_axes(model_cfg):
+    """{key: axis} of the arrays whose gradient is sparse (so decayed lazily): the embedding's
+    rows unless tied (a tied embedding's gradient is dense), the output layer's sparse arrays."""
+    axes = {} if model_cfg.tie_weights else {"embedding": 0}
+    axes.update(output.sparse_axes(model_cfg))
+    return axes
+
+
+def refresh(state, inputs, targets):
+    """Before the forward pass of a segment (inputs, targets: (N, K) ids): bring the slices of
+    the lazily decayed arrays that it reads up to date."""
+    if not state["lazy"]:
+        return
+    reads = output.touched(state["params"], state["model_cfg"], targets.reshape(-1))
+    if "embedding" in state["lazy"]:
+        reads["embedding"] = np.unique(inputs)
+    for key, ids in reads.items():
+        catch_up(state, key, ids)
+
+
+def catch_up(state, key, ids):
+    """Apply to the slices `ids` (distinct, along the key's lazy axis) the pull back of the
+    updates they missed: θ ← θ₀ + (1 − λr)^k ⊙ (θ − θ₀), k = updates done − the slice's stamp."""
+    axis, n = state["lazy"][key], state["n"]
+    p, p0 = state["params"][key], state["theta0"][key]
+    stamp = state["stamp"].setdefault(key, np.zeros(p.shape[axis], np.int64))
+    missed = n - stamp[ids]
+    ids = ids[missed > 0]
+    if not ids.size:
+        return
+    index = _index(axis, ids)
+    shape = [1] * p.ndim
+    shape[axis] = -1
+    factor = np.power(1.0 - _at(state["pull"], key, index), missed[missed > 0].reshape(shape).astype(p.dtype))
+    base = p0[index]
+    p[index] = base + (p[index] - base) * factor
+    stamp[ids] = n
+
+
+def update(state, grads):
+    """One step of the plan's rule on every trained array, in place on state["params"], from
+    `grads` (the segment's gradient, as model.backward gives it; consumed: scaled in place)."""
+    s = state["plan"].settings
+    scale = None  # rms: the per-entry step
+    if s.rule == "sgd":
+        scale = s.lr * optim.clip_factor(optim.global_norm(grads), state["plan"].clip_norm)
+        if not s.decay:
+            optim.sgd_update(state["params"], grads, scale)  # exactly the rule `--dynamic LR` always had
+            state["n"] += 1
+            return
+    for key, g in grads.items():
+        if isinstance(g, (SparseRows, ColumnBlocks)):
+            _sparse_step(state, key, *_slices(g), scale)
+        else:
+            _dense_step(state, key, g, scale)
+    state["n"] += 1
+
+
+def current(state):
+    """The adapted weights with every lazily decayed slice brought up to date (params dict)."""
+    for key, axis in state["lazy"].items():
+        catch_up(state, key, np.arange(state["params"][key].shape[axis]))
+    return state["params"]
+
+
+def _slices(g):
+    """A sparse gradient as (axis, distinct ids along it, the gradient's values at them)."""
+    if isinstance(g, SparseRows):
+        return 0, g.ids, g.rows
+    axis = len(g.shape) - 1
+    if not g.ranges:
+        return axis, np.empty(0, np.int64), np.empty(g.shape[:-1] + (0,))
+    ids = np.concatenate([np.arange(a, b) for a, b in g.ranges])
+    return axis, ids, np.concatenate(g.blocks, axis=-1)
+
+
+def _index(axis, ids):
+    return (slice(None),) * axis + (ids,)
+
+
+def _at(value, key, index):
+    """A per-entry factor at `index` of its key's array, or the scalar it is for every entry."""
+    return value[key][index] if isinstance(value, dict) else value
+
+
+def _sparse_step(state, key, axis, ids, g, scale):
+    """The rule on the slices `ids` of one array (g: the gradient's values there)."""
+    p, decay = state["params"][key], state["plan"].settings.decay
+    lazy = key in state["lazy"]
+    if decay and not lazy:
+        raise ValueError(f"{key}: a sparse gradient for an array that is not decayed lazily")
+    if lazy:
+        catch_up(state, key, ids)
+    index = _index(axis, ids)
+    theta = p[index]
+    if decay:
+        pull = (state["theta0"][key][index] - theta) * _at(state["pull"], key, index)
+    theta -= g * (scale if scale is not None else state["step"][key][index])
+    if decay:
+        theta += pull
+    p[index] = theta
+    if lazy:
+        state["stamp"][key][ids] = state["n"] + 1
+
+
+def _dense_step(state, key, g, scale):
+    """The rule on every entry of one array, θ ← keep ⊙ θ + anchor − step ⊙ g (see start), in
+    place, in blocks over the cores (g consumed)."""
+    p, decay = state["params"][key], state["plan"].settings.decay
+    if key in state["lazy"]:  # a dense gradient for a lazily decayed array: a slice for each of its ids
+        axis = state["lazy"][key]
+        _sparse_step(state, key, axis, np.arange(p.shape[axis]), g, scale)
+        return
+    g = np.ascontiguousarray(g)
+    step = scale if scale is not None else state["step"][key].reshape(-1)
+    keep = state["keep"][key].reshape(-1) if isinstance(state["keep"], dict) else state["keep"]
+    anchor = state["anchor"][key].reshape(-1) if decay else None
+
+    def block(a, b):
+        theta, grad = p.reshape(-1)[a:b], g.reshape(-1)[a:b]
+        grad *= step if np.isscalar(step) else step[a:b]
+        if decay:
+            theta *= keep if np.isscalar(keep) else keep[a:b]
+            theta += anchor[a:b]
+        theta -= grad
+    parallel.map_rows(block, p.size, 1)
