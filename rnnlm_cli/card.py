@@ -95,11 +95,15 @@ def _exp(loss):
 
 def _figures(card):
     s = card["summary"]
-    test = units.ppl(s["test_ppl"]) if s["test_ppl"] is not None else "no test file"
+    skipped = s.get("final_evaluation") == "skipped"
+    test = (units.ppl(s["test_ppl"]) if s["test_ppl"] is not None else "not computed" if skipped
+            else "no test file")
+    note = ([f"The final evaluation was skipped (stopped by a signal): `rnnlm eval {card['out_dir']}` computes the "
+             f"test perplexity, `rnnlm eval {card['out_dir']} VALID_FILE` the valid one.", ""] if skipped else [])
     return ["## Figures", "", "Perplexity of the kept model, exact (one stream, batch 1, every target):", "",
             "| | perplexity |", "| --- | ---: |",
             f"| valid | {units.ppl(s['valid_ppl'])} |", f"| test | {test} |",
-            f"| unigram baseline (valid) | {units.ppl(s['unigram_valid_ppl'])} |", ""]
+            f"| unigram baseline (valid) | {units.ppl(s['unigram_valid_ppl'])} |", ""] + note
 
 
 def _divergence(card):

@@ -126,12 +126,17 @@ class BarReporter:
 
     def info(self, text):
         if not self.quiet:
+            self._close_bar()  # a line printed under an open bar would be glued to it
             click.echo(text, err=True)
 
     def warn(self, text):
         """Warnings show even under --quiet."""
         self._close_bar()
         click.echo(text, err=True)
+
+    def close(self):
+        """Training is over (or stopped within an epoch, at max_steps): the bar goes."""
+        self._close_bar()
 
     def _close_bar(self):
         if self.bar is not None:
@@ -179,7 +184,7 @@ class _Signals:
             raise KeyboardInterrupt
         self.received = signum
         if self.announce:
-            click.echo("\nstopping: saving a checkpoint (Ctrl-C again to abort at once)", err=True)
+            click.echo("\nstopping (Ctrl-C again to abort at once)", err=True)
 
     def __exit__(self, *exc):
         for s, handler in self.old.items():
@@ -243,12 +248,18 @@ def _train(w, config_path, overrides, out_dir, init_dir, init_vocab, resume, dry
             raise UserError("--init-vocab: needs --init MODEL_DIR (the model to fine-tune)")
         return _resume_config(config_path, overrides, out_dir) if resume else _load(config_path, overrides)
     config = distributed.agree(w, setup)
+    if resume and not dry_run:
+        idle = distributed.agree(w, lambda: train_mod.before_resume(config, out_dir, w.size))
+        if idle:  # a complete run that this config would not train further: leave it as it is
+            if w.rank == 0:
+                click.echo(idle, err=True)
+            return
     if dry_run:
         if w.rank == 0:
             click.echo(dump_config(config), nl=False)
             _dry_run_report(config, None if resume else init_dir, init_vocab)
         return
-    from .modeldir import default_out
+    from .modeldir import default_out, resume_command
     out = Path(out_dir) if out_dir else default_out(config_path)
     reporter = (BarReporter(config.train.batch_size, config.train.bptt, sys.stderr.isatty(), quiet) if w.rank == 0
                 else train_mod.SilentReporter())
@@ -258,8 +269,13 @@ def _train(w, config_path, overrides, out_dir, init_dir, init_vocab, resume, dry
                                         resume=resume, reporter=reporter, should_stop=signals,
                                         world=w if w.size > 1 else None)
     except train_mod.Interrupted as e:
-        if w.rank == 0:
-            click.echo(f"interrupted: checkpoint saved; continue with: rnnlm train --out {out} --resume", err=True)
+        reporter.close()
+        if w.rank == 0 and e.final_evaluation:
+            click.echo(f"interrupted: final evaluation skipped; training is complete and the model is saved in "
+                       f"{out}; evaluate it later with: rnnlm eval {out}", err=True)
+        elif w.rank == 0:
+            click.echo(f"interrupted: checkpoint saved; continue with: {resume_command(out, w.size)}",
+                       err=True)
         sys.exit(128 + e.signum)
     if w.rank != 0:
         return
