@@ -65,17 +65,34 @@ def cache_folder(configured=None):
 
 def files_of(spec, key="data.train"):
     """The files of a data key: a path, a glob pattern or a list of them, in order (a pattern's
-    matches sorted). A pattern matching nothing is a UserError naming the key."""
+    matches sorted, folders among them left out; `**` matches any depth of subfolders). A
+    pattern matching no file, or a folder named as a file, is a UserError naming the key."""
     out = []
     for item in [spec] if isinstance(spec, str) else list(spec):
         if glob.has_magic(item):
-            matches = sorted(glob.glob(item))
+            matches = sorted(p for p in glob.glob(item, recursive=True) if not os.path.isdir(p))
             if not matches:
                 raise UserError(f"{key}: {item}: the pattern matches no file")
             out.extend(matches)
+        elif os.path.isdir(item):
+            raise UserError(_folder_error(key, item))
         else:
             out.append(item)
     return out
+
+
+def _folder_error(key, folder):
+    """The message for a folder given as a data file: the glob pattern that names its files."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        names = []
+    txt = sum(1 for n in names if n.endswith(".txt") and os.path.isfile(os.path.join(folder, n)))
+    pattern = os.path.join(folder, "*.txt" if txt else "*")
+    found = f"{txt} .txt files there" if txt else f"{len(names)} entries there"
+    return (f"{key}: {folder} is a folder, not a text file; name its files with a glob pattern: "
+            f"--set '{key}={pattern}' ({found}; '{os.path.join(folder, '**', '*.txt')}' takes the subfolders' "
+            f"too, read in sorted order as one text), or a list of files")
 
 
 def describe(paths):
