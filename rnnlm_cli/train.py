@@ -157,7 +157,8 @@ def check_data(config, init_dir=None, init_vocab=INIT_VOCAB_KEEP):
     if (words + lines + 1) // config.train.batch_size < 2:  # the error batchify gives, on a stand-in
         data.batchify(np.zeros(words + lines + 1, np.int32), config.train.batch_size, source=_train_name(config))
     if init_dir is not None:
-        _, vocab, params = modeldir.load_model(init_dir, config.train.dtype)
+        init_config, vocab, params = modeldir.load_model(init_dir, config.train.dtype)
+        check_init_fits(config, init_config, init_dir, init_vocab)
         modeldir.check_params(params, config, len(vocab), f"--init {init_dir}")
     if init_dir is None or init_vocab == INIT_VOCAB_NEW:
         vocab = build_vocab(counts, config.vocab.min_count, config.vocab.max_size)
@@ -221,7 +222,8 @@ def _from_init(config, init_dir, init_vocab, reporter):
     vocabulary covers the training text poorly); INIT_VOCAB_NEW: a vocabulary built from the
     training text, the shared words' rows copied (model.transfer_vocab)."""
     dtype = config.train.dtype
-    _, old_vocab, old_params = modeldir.load_model(init_dir, dtype)
+    init_config, old_vocab, old_params = modeldir.load_model(init_dir, dtype)
+    check_init_fits(config, init_config, init_dir, init_vocab)
     modeldir.check_params(old_params, config, len(old_vocab), f"--init {init_dir}")
     if init_vocab != INIT_VOCAB_NEW:
         vocab, streams = prepare_data(config, old_vocab)
@@ -236,6 +238,35 @@ def _from_init(config, init_dir, init_vocab, reporter):
                   f"{len(new_ids)} of them in the init model's {len(old_vocab)}: their rows copied, the other "
                   f"{len(vocab) - len(new_ids)} initialized as usual")
     return vocab, streams, model.transfer_vocab(old_params, fresh, config.model, old_ids, new_ids)
+
+
+# The model keys that fix the arrays an --init model must have, and what its weights compute
+INIT_KEYS = ("cell", "activation", "layers", "embedding_dim", "hidden_dim", "output", "classes", "tie_weights")
+
+
+def check_init_fits(config, init_config, init_dir, init_vocab=INIT_VOCAB_KEEP):
+    """--init: the config must describe the --init model's network (INIT_KEYS: cell, sizes,
+    output, ...; the activation of an Elman cell; the classes only when its vocabulary is kept)
+    and, keeping its vocabulary, read text with its tokenizer. Else one UserError naming every
+    key that differs, with both values."""
+    keys = [k for k in INIT_KEYS if not (k == "activation" and config.model.cell != "elman")
+            and not (k == "classes" and init_vocab == INIT_VOCAB_NEW)]
+    differ = [(f"model.{k}", getattr(init_config.model, k), getattr(config.model, k)) for k in keys
+              if getattr(init_config.model, k) != getattr(config.model, k)]
+    if init_vocab != INIT_VOCAB_NEW and init_config.data.tokenizer != config.data.tokenizer:
+        differ.append(("data.tokenizer", init_config.data.tokenizer, config.data.tokenizer))
+    if not differ:
+        return
+    shown = "; ".join(f"{key}: {_yaml_value(there)} there, {_yaml_value(here)} here" for key, there, here in differ)
+    fix = " ".join(f"--set {key}={_yaml_value(there)}" for key, there, _ in differ)
+    vocab = (" (or --init-vocab new: a vocabulary built from this text, read with this tokenizer)"
+             if any(key == "data.tokenizer" for key, _, _ in differ) else "")
+    raise UserError(f"--init {init_dir}: its model does not fit this config: {shown}; fine-tune it with its "
+                    f"settings ({fix}){vocab}, or train a new model without --init")
+
+
+def _yaml_value(value):
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _warn_coverage(config, init_dir, train_stats, reporter):
