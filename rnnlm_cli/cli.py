@@ -449,10 +449,14 @@ def _check_dynamic(dynamic):
               type=click.Choice(["plain", "json", "srilm", "kaldi"]),
               help="plain: one log10 P per line; json: one object per line; srilm: ngram -ppl -debug 1 "
                    "layout; kaldi: 'ID cost', cost = -ln P (implies --nbest).")
-@click.option("--words", is_flag=True, help="Per-word log-probs too (json: tokens; srilm: -debug 2 lines).")
+@click.option("--words", is_flag=True, help="Per-word log-probs too (json: tokens and oov_positions; srilm: -debug 2 "
+                                            "lines, OOVs shown as <unk>).")
 @click.option("--log-base", default="10", show_default=True, type=click.Choice(["10", "e"]),
               help="Base of the plain format's numbers.")
 @click.option("--nbest", is_flag=True, help="The first field of each line is an id: not scored, printed first.")
+@click.option("--keep-sentence-markers", "keep_markers", is_flag=True,
+              help="Score a leading <s> and a trailing </s> as words (by default they are the sentence boundary "
+                   "the model scores anyway, and are dropped).")
 @click.option("--carry", is_flag=True, help="Read each file as one stream with carried state (sums to eval's total).")
 @click.option("--independent", is_flag=True, help="Each line a sentence from the zero state (the default).")
 @click.option("--dynamic", "dynamic", default=None, type=float, metavar="LR",
@@ -466,13 +470,14 @@ def _check_dynamic(dynamic):
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
               help="Independent mode: streams of sentences scored at once (the scores do not depend on it).")
 @_cache_options
-def score_cmd(model_dir, files, fmt, words, log_base, nbest, carry, independent, dynamic, mix_dirs, weights,
-              mix_probs, batch_size, cache_window, cache_theta, cache_lambda):
+def score_cmd(model_dir, files, fmt, words, log_base, nbest, keep_markers, carry, independent, dynamic, mix_dirs,
+              weights, mix_probs, batch_size, cache_window, cache_theta, cache_lambda):
     """Score text line by line: one record per input line, in order (empty lines too).
 
     Each FILE (or standard input: no FILE, or -) is read line by line. By default every line is
     a sentence scored on its own, from the zero state: <eos>, its words, a final <eos> (W + 1
-    targets). Out-of-vocabulary words are scored as <unk> and counted.
+    targets). Out-of-vocabulary words are scored as <unk> and counted (--words marks them). A
+    leading <s> and a trailing </s> (SRILM, Kaldi) are that sentence boundary, not words.
 
     \b
     Examples:
@@ -497,7 +502,7 @@ def score_cmd(model_dir, files, fmt, words, log_base, nbest, carry, independent,
     tokenizer = models[0][0].data.tokenizer
     probs = mix.read_probs(mix_probs) if mix_probs is not None else None
     for path in files or ("-",):
-        lines = score.read_lines(path, tokenizer, nbest)
+        lines = score.read_lines(path, tokenizer, nbest, keep_markers)
         records = (score.score_carried(models, mix_weights, lines, dynamic, probs, cache) if carry
                    else score.score_independent(models, mix_weights, lines, batch_size, probs))
         _print_records(records, fmt, words, log_base, path)
