@@ -48,8 +48,10 @@ def _data(config, card):
     v = config.vocab
     cap = f", at most {v.max_size} in all" if v.max_size else ""
     times = "once" if v.min_count == 1 else f"{v.min_count} times"
-    rows += ["", f"Tokenizer `{d.tokenizer}`. Vocabulary: {card['vocab_size']:,} tokens (`<unk>`, `<eos>` and the "
-                 f"words of the train file seen at least {times}{cap}), in `vocab.txt`."
+    words = (f"the words of the word list `{v.file}` (`vocab.file`)" if v.file
+             else f"the words of the train file seen at least {times}{cap}")
+    rows += ["", f"Tokenizer `{d.tokenizer}`. Vocabulary: {card['vocab_size']:,} tokens (`<unk>`, `<eos>` and "
+                 f"{words}), in `vocab.txt`."
              + (" Sentences are independent: the state is reset to zero at every `<eos>`." if d.independent else ""),
              ""]
     return rows

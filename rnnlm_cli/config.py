@@ -52,6 +52,10 @@ class VocabConfig:
     min_count: int = _key(1, low=1, doc="drop words seen fewer times in train (they become <unk>)")
     max_size: int | None = _key(None, low=3, nullable=True,
                                 doc="cap on the vocabulary size, <unk> and <eos> included")
+    file: str | None = _key(None, nullable=True,
+                            doc="a fixed vocabulary (SRILM's -vocab): a word list, one word per line; each of its "
+                                "words gets an id, in data.train or not, any other word is <unk>; min_count and "
+                                "max_size are not used (null: the vocabulary is built from data.train)")
 
 
 @dataclass
@@ -465,13 +469,15 @@ def override_origins(overrides) -> dict:
 
 
 def resolve_paths(config: Config, base: Path) -> Config:
-    """Make data paths absolute, relative ones against `base` (the config file's folder)."""
+    """Make data paths and vocab.file absolute, relative ones against `base` (the config file's folder)."""
     for key in PATH_KEYS:
         value = getattr(config.data, key)
         if isinstance(value, list):
-            setattr(config.data, key, [_resolved(key, v, base) for v in value])
+            setattr(config.data, key, [_resolved(f"data.{key}", v, base) for v in value])
         elif value is not None:
-            setattr(config.data, key, _resolved(key, value, base))
+            setattr(config.data, key, _resolved(f"data.{key}", value, base))
+    if config.vocab.file is not None:
+        config.vocab.file = _resolved("vocab.file", config.vocab.file, base)
     return config
 
 
@@ -480,7 +486,7 @@ def _resolved(key, value, base):
     try:
         return str(path if path.is_absolute() else (base / path).resolve())
     except (OSError, RuntimeError, ValueError) as e:  # e.g. a symlink loop
-        raise UserError(f"data.{key}: {value}: not a usable path ({e})") from None
+        raise UserError(f"{key}: {value}: not a usable path ({e})") from None
 # A model directory's config.yaml has, besides the four sections, the data paths relative to its
 # own folder (the absolute ones are in `data`): see locate_data.
 RELATIVE_PATHS = "data_from_model_dir"
@@ -609,7 +615,8 @@ def short_form(config: Config) -> dict:
     d, v, m, t = config.data, config.vocab, config.model, config.train
     data = f"train {d.train}, valid {d.valid}, test {d.test or 'none'}; tokenizer {d.tokenizer}" + (
         "; sentences independent" if d.independent else "")
-    vocab = f"min_count {v.min_count}" + (f", max_size {v.max_size}" if v.max_size else "")
+    vocab = (f"fixed, from vocab.file {v.file}" if v.file else
+             f"min_count {v.min_count}" + (f", max_size {v.max_size}" if v.max_size else ""))
     cell = m.cell + (f" ({m.activation})" if m.cell == "elman" else "")
     extras = [f"{m.classes} classes" if m.classes else "", _dropout_words(m),
               f"embedding dropout {m.dropout_embedding:g}" if m.dropout_embedding else "",

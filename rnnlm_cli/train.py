@@ -37,7 +37,7 @@ from .config import changed_keys
 from .checkpoint import KEEP_BEST, KEEP_LAST, STOP_EPOCHS, STOP_MAX_STEPS, STOP_SCHEDULE, TrainingState, read_progress
 from .checkpoint import stop_reason
 from .errors import Diverged, UserError, WriteError
-from .vocab import build_vocab, load_vocab, vocab_from_tokens
+from .vocab import load_vocab, load_word_list, make_vocab, vocab_from_tokens
 
 MAX_ROLLBACKS = 3  # per run (kept across --resume): the next divergence stops training
 RELEASE_EVERY = 200  # windows between releases of the train ids already read (corpus.release)
@@ -121,8 +121,9 @@ def prepare_data(config, vocab=None):
     folder = corpus.cache_folder(d.cache_dir)
     train_files = corpus.files_of(d.train)
     if vocab is None:
+        word_list = load_word_list(config.vocab.file) if config.vocab.file else None  # checked before the text
         vocab, train = corpus.train_corpus(train_files, d.tokenizer, folder, config.vocab.min_count,
-                                           config.vocab.max_size)
+                                           config.vocab.max_size, word_list)
     else:
         train = corpus.encoded(train_files, vocab, d.tokenizer, folder)
     valid = corpus.encoded([d.valid], vocab, d.tokenizer, folder)
@@ -161,7 +162,7 @@ def check_data(config, init_dir=None, init_vocab=INIT_VOCAB_KEEP):
         check_init_fits(config, init_config, init_dir, init_vocab)
         modeldir.check_params(params, config, len(vocab), f"--init {init_dir}")
     if init_dir is None or init_vocab == INIT_VOCAB_NEW:
-        vocab = build_vocab(counts, config.vocab.min_count, config.vocab.max_size)
+        vocab = make_vocab(counts, config.vocab)
     rows = []
     for key, (path, file_counts, words, lines) in found.items():
         oov = sum(n for w, n in file_counts.items() if w not in vocab.index)
@@ -234,7 +235,8 @@ def _from_init(config, init_dir, init_vocab, reporter):
     fresh = model.init_params(config.model, len(vocab), config.train.seed, dtype, counts)
     new_ids = [i for i, w in enumerate(vocab.tokens) if w in old_vocab.index]
     old_ids = [old_vocab.index[vocab.tokens[i]] for i in new_ids]
-    reporter.info(f"--init {init_dir} --init-vocab new: vocabulary {len(vocab)} from {config.data.train}, "
+    source = f"vocab.file {config.vocab.file}" if config.vocab.file else config.data.train
+    reporter.info(f"--init {init_dir} --init-vocab new: vocabulary {len(vocab)} from {source}, "
                   f"{len(new_ids)} of them in the init model's {len(old_vocab)}: their rows copied, the other "
                   f"{len(vocab) - len(new_ids)} initialized as usual")
     return vocab, streams, model.transfer_vocab(old_params, fresh, config.model, old_ids, new_ids)
@@ -255,6 +257,9 @@ def check_init_fits(config, init_config, init_dir, init_vocab=INIT_VOCAB_KEEP):
               if getattr(init_config.model, k) != getattr(config.model, k)]
     if init_vocab != INIT_VOCAB_NEW and init_config.data.tokenizer != config.data.tokenizer:
         differ.append(("data.tokenizer", init_config.data.tokenizer, config.data.tokenizer))
+    if init_vocab != INIT_VOCAB_NEW and config.vocab.file:
+        raise UserError(f"--init {init_dir}: keeps that model's vocabulary, and vocab.file {config.vocab.file} gives "
+                        f"another; to fine-tune with the word list's vocabulary, add --init-vocab new")
     if not differ:
         return
     shown = "; ".join(f"{key}: {_yaml_value(there)} there, {_yaml_value(here)} here" for key, there, here in differ)
@@ -276,7 +281,7 @@ def _warn_coverage(config, init_dir, train_stats, reporter):
     if rate <= POOR_COVERAGE:
         return
     counts, words, lines = data.count_words(config.data.train, config.data.tokenizer)
-    own = build_vocab(counts, config.vocab.min_count, config.vocab.max_size)
+    own = make_vocab(counts, config.vocab)
     own_rate = sum(c for w, c in counts.items() if w not in own.index) / max(1, words + lines)
     if own_rate < rate:
         reporter.warn(f"warning: --init {init_dir}: its vocabulary leaves {rate:.2%} of the targets of "
@@ -351,7 +356,8 @@ def _announce(config, vocab, streams, reporter):
                           f"will be optimistic")
     (train_ids, train_stats), (valid_ids, valid_stats) = streams["train"], streams["valid"]
     unigram = evaluate.unigram_from_counts(streams["train_counts"], train_ids[0], valid_ids)
-    reporter.info(f"vocabulary {len(vocab)} | train {train_stats['targets']} targets | valid "
+    fixed = f" (vocab.file {config.vocab.file})" if config.vocab.file else ""
+    reporter.info(f"vocabulary {len(vocab)}{fixed} | train {train_stats['targets']} targets | valid "
                   f"{valid_stats['targets']} targets ({valid_stats['oov_rate']:.2%} OOV) | unigram valid ppl {unigram:.1f}")
     return unigram
 
