@@ -74,7 +74,7 @@ def _training(config, short, card):
     rows = ["## Training", "", f"{short['train']}."]
     if s is not None:
         rate = f" ({s['tokens_per_sec'] / 1e3:.1f}k tokens/s)" if s.get("tokens_per_sec") else ""
-        rows[-1] += (f" It ran {s['epochs']} epochs, {s['steps']:,} steps, {units.count(s['tokens'])} training "
+        rows[-1] += (f" It ran {s['epochs']} epoch{'' if s['epochs'] == 1 else 's'}, {s['steps']:,} steps, {units.count(s['tokens'])} training "
                      f"tokens in {units.seconds(s['train_seconds'])} of training{rate}; final learning rate "
                      f"{s['lr']:g}; {len(h.rollbacks)} rollbacks.")
     if h.average:

@@ -628,7 +628,7 @@ def short_form(config: Config) -> dict:
                 "plateau": f"plateau schedule (×{t.lr_decay:g})", "constant": "constant lr",
                 "halving": f"halving schedule (×{t.lr_decay:g})"}[t.schedule]
     train = (f"{t.optimizer} lr {t.lr:g}, clip {'none' if t.clip_norm is None else f'{t.clip_norm:g}'}, {schedule}, "
-             f"batch {t.batch_size} × bptt {t.bptt}, {t.epochs} epochs"
+             f"batch {t.batch_size} × bptt {t.bptt}, {t.epochs} epoch{'' if t.epochs == 1 else 's'}"
              + (f", max_steps {t.max_steps}" if t.max_steps else "") + f", seed {t.seed}, {t.dtype}"
              + "".join(f", {name} {value:g}" for name, value in (("ar", t.ar), ("tar", t.tar),
                                                                   ("weight decay", t.weight_decay)) if value)

@@ -134,3 +134,7 @@ def test_a_resume_past_max_steps_has_nothing_to_do(tiny_config, tmp_path, run_cl
 def test_reached_one_epoch_is_singular(tiny_config, tmp_path, run_cli):
     code, stdout, err = run_cli("train", tiny_config, "--set", "train.epochs=1", "--out", tmp_path / "one", "-q")
     assert code == 0 and "| reached 1 epoch |" in stdout and "in 1 epoch |" in stdout, err
+    card = (tmp_path / "one" / "README.md").read_text()
+    assert "(reached 1 epoch)" in card and "It ran 1 epoch," in card and ", 1 epoch, seed" in card, card
+    text = run_cli("info", tmp_path / "one")[1]
+    assert "complete (reached 1 epoch)" in text and "1 epochs" not in text, text
