@@ -13,7 +13,7 @@ commands print.
 
 import dataclasses
 
-from . import cache as neural_cache, data, mix, modeldir, sample, score
+from . import cache as neural_cache, mix, modeldir, sample, score
 from . import dynamic as dyn
 from .errors import UserError
 
@@ -39,11 +39,13 @@ class LanguageModel:
                 f"vocabulary {len(self.vocab)})")
 
     def score(self, sentences, *, carry=False, mix_with=(), weights=None, dynamic=None, batch_size=32, cache=0,
-              cache_theta=1.0, cache_lambda=0.1, **dynamic_options):
+              cache_theta=1.0, cache_lambda=0.1, keep_sentence_markers=False, **dynamic_options):
         """One dict per sentence (a string, tokenized like the training data), the same figures
         as `rnnlm score --format json --words`: line, words, targets, oov, logprob (natural log),
-        log10prob, perplexity and tokens ([token, logprob] per target, the final <eos>
-        included). Independent sentences unless carry=True (one stream, as `--carry`).
+        log10prob, perplexity, tokens ([token, logprob] per target, the final <eos> included)
+        and oov_positions (the indexes in tokens of the words scored as <unk>). A leading <s>
+        and a trailing </s> are dropped unless keep_sentence_markers (as the command's
+        --keep-sentence-markers). Independent sentences unless carry=True (one stream, as `--carry`).
         mix_with: other LanguageModels to interpolate with `weights` (this model's first).
         cache W > 0 (with carry=True): the neural cache, as `--cache W --cache-theta θ
         --cache-lambda λ`. dynamic: the learning rate of dynamic evaluation (carry=True), with
@@ -60,7 +62,8 @@ class LanguageModel:
         if settings is not None and not carry:
             raise UserError("score: cache needs carry=True (the cache remembers the stream read so far; independent "
                             "sentences have none)")
-        lines = [(k + 1, None, data.tokenize(text, self.config.data.tokenizer)) for k, text in enumerate(sentences)]
+        lines = [(k + 1, None, score.line_tokens(text, self.config.data.tokenizer, keep_sentence_markers))
+                 for k, text in enumerate(sentences)]
         plans = self._dynamic_plans(components, dynamic, dynamic_options)
         records = (score.score_carried(components, mixed_weights, lines, plans, None, settings) if carry
                    else score.score_independent(components, mixed_weights, lines, batch_size))

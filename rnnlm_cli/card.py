@@ -48,8 +48,10 @@ def _data(config, card):
     v = config.vocab
     cap = f", at most {v.max_size} in all" if v.max_size else ""
     times = "once" if v.min_count == 1 else f"{v.min_count} times"
-    rows += ["", f"Tokenizer `{d.tokenizer}`. Vocabulary: {card['vocab_size']:,} tokens (`<unk>`, `<eos>` and the "
-                 f"words of the train file seen at least {times}{cap}), in `vocab.txt`."
+    words = (f"the words of the word list `{v.file}` (`vocab.file`)" if v.file
+             else f"the words of the train file seen at least {times}{cap}")
+    rows += ["", f"Tokenizer `{d.tokenizer}`. Vocabulary: {card['vocab_size']:,} tokens (`<unk>`, `<eos>` and "
+                 f"{words}), in `vocab.txt`."
              + (" Sentences are independent: the state is reset to zero at every `<eos>`." if d.independent else ""),
              ""]
     return rows
@@ -72,7 +74,7 @@ def _training(config, short, card):
     rows = ["## Training", "", f"{short['train']}."]
     if s is not None:
         rate = f" ({s['tokens_per_sec'] / 1e3:.1f}k tokens/s)" if s.get("tokens_per_sec") else ""
-        rows[-1] += (f" It ran {s['epochs']} epochs, {s['steps']:,} steps, {units.count(s['tokens'])} training "
+        rows[-1] += (f" It ran {s['epochs']} epoch{'' if s['epochs'] == 1 else 's'}, {s['steps']:,} steps, {units.count(s['tokens'])} training "
                      f"tokens in {units.seconds(s['train_seconds'])} of training{rate}; final learning rate "
                      f"{s['lr']:g}; {len(h.rollbacks)} rollbacks.")
     if h.average:
@@ -95,11 +97,15 @@ def _exp(loss):
 
 def _figures(card):
     s = card["summary"]
-    test = units.ppl(s["test_ppl"]) if s["test_ppl"] is not None else "no test file"
+    skipped = s.get("final_evaluation") == "skipped"
+    test = (units.ppl(s["test_ppl"]) if s["test_ppl"] is not None else "not computed" if skipped
+            else "no test file")
+    note = ([f"The final evaluation was skipped (stopped by a signal): `rnnlm eval {card['out_dir']}` computes the "
+             f"test perplexity, `rnnlm eval {card['out_dir']} VALID_FILE` the valid one.", ""] if skipped else [])
     return ["## Figures", "", "Perplexity of the kept model, exact (one stream, batch 1, every target):", "",
             "| | perplexity |", "| --- | ---: |",
             f"| valid | {units.ppl(s['valid_ppl'])} |", f"| test | {test} |",
-            f"| unigram baseline (valid) | {units.ppl(s['unigram_valid_ppl'])} |", ""]
+            f"| unigram baseline (valid) | {units.ppl(s['unigram_valid_ppl'])} |", ""] + note
 
 
 def _divergence(card):

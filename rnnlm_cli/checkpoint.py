@@ -52,11 +52,13 @@ class Progress:
     average_from: int | None = None  # the epoch weight averaging started at (auto: chose to start at)
     average_step: int | None = None  # the steps before averaging started
     average_count: int = 0  # the updates averaged so far
+    processes: int = 1  # the MPI processes training the run (K of mpiexec -n K): --resume needs as many
 
 
 def stop_reason(stop, train_cfg):
     """The words for a STOP_* value, as the end line and metrics.jsonl print them."""
-    return {STOP_EPOCHS: f"reached {train_cfg.epochs} epochs", STOP_MAX_STEPS: f"reached max_steps {train_cfg.max_steps}",
+    epochs = f"{train_cfg.epochs} epoch{'' if train_cfg.epochs == 1 else 's'}"
+    return {STOP_EPOCHS: f"reached {epochs}", STOP_MAX_STEPS: f"reached max_steps {train_cfg.max_steps}",
             STOP_SCHEDULE: "valid perplexity stopped improving", None: ""}[stop]
 
 
@@ -201,7 +203,7 @@ def _check_opt_state(opt_state, config, params, path):
 
 
 _COUNTS = ("epoch", "window", "step", "tokens", "epoch_targets", "metrics_bytes", "rollbacks", "train_tokens",
-           "average_count")
+           "average_count", "processes")
 _NUMBERS = ("lr", "train_seconds", "wall_seconds", "epoch_loss_sum", "best_ce", "last_loss")
 
 
@@ -221,7 +223,7 @@ def _progress(raw, source, has_best):
     progress = Progress(**raw)
     for name in _COUNTS:
         value = getattr(progress, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "epoch" else 0):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name in ("epoch", "processes") else 0):
             raise UserError(f"{source}: corrupted checkpoint (progress.{name} = {str(value)[:40]})")
     for name in _NUMBERS:
         value = getattr(progress, name)

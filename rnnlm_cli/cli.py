@@ -126,12 +126,17 @@ class BarReporter:
 
     def info(self, text):
         if not self.quiet:
+            self._close_bar()  # a line printed under an open bar would be glued to it
             click.echo(text, err=True)
 
     def warn(self, text):
         """Warnings show even under --quiet."""
         self._close_bar()
         click.echo(text, err=True)
+
+    def close(self):
+        """Training is over (or stopped within an epoch, at max_steps): the bar goes."""
+        self._close_bar()
 
     def _close_bar(self):
         if self.bar is not None:
@@ -179,7 +184,7 @@ class _Signals:
             raise KeyboardInterrupt
         self.received = signum
         if self.announce:
-            click.echo("\nstopping: saving a checkpoint (Ctrl-C again to abort at once)", err=True)
+            click.echo("\nstopping (Ctrl-C again to abort at once)", err=True)
 
     def __exit__(self, *exc):
         for s, handler in self.old.items():
@@ -243,12 +248,18 @@ def _train(w, config_path, overrides, out_dir, init_dir, init_vocab, resume, dry
             raise UserError("--init-vocab: needs --init MODEL_DIR (the model to fine-tune)")
         return _resume_config(config_path, overrides, out_dir) if resume else _load(config_path, overrides)
     config = distributed.agree(w, setup)
+    if resume and not dry_run:
+        idle = distributed.agree(w, lambda: train_mod.before_resume(config, out_dir, w.size))
+        if idle:  # a complete run that this config would not train further: leave it as it is
+            if w.rank == 0:
+                click.echo(idle, err=True)
+            return
     if dry_run:
         if w.rank == 0:
             click.echo(dump_config(config), nl=False)
             _dry_run_report(config, None if resume else init_dir, init_vocab)
         return
-    from .modeldir import default_out
+    from .modeldir import default_out, resume_command
     out = Path(out_dir) if out_dir else default_out(config_path)
     reporter = (BarReporter(config.train.batch_size, config.train.bptt, sys.stderr.isatty(), quiet) if w.rank == 0
                 else train_mod.SilentReporter())
@@ -258,8 +269,13 @@ def _train(w, config_path, overrides, out_dir, init_dir, init_vocab, resume, dry
                                         resume=resume, reporter=reporter, should_stop=signals,
                                         world=w if w.size > 1 else None)
     except train_mod.Interrupted as e:
-        if w.rank == 0:
-            click.echo(f"interrupted: checkpoint saved; continue with: rnnlm train --out {out} --resume", err=True)
+        reporter.close()
+        if w.rank == 0 and e.final_evaluation:
+            click.echo(f"interrupted: final evaluation skipped; training is complete and the model is saved in "
+                       f"{out}; evaluate it later with: rnnlm eval {out}", err=True)
+        elif w.rank == 0:
+            click.echo(f"interrupted: checkpoint saved; continue with: {resume_command(out, w.size)}",
+                       err=True)
         sys.exit(128 + e.signum)
     if w.rank != 0:
         return
@@ -474,10 +490,14 @@ def _check_dynamic(dynamic):
               type=click.Choice(["plain", "json", "srilm", "kaldi"]),
               help="plain: one log10 P per line; json: one object per line; srilm: ngram -ppl -debug 1 "
                    "layout; kaldi: 'ID cost', cost = -ln P (implies --nbest).")
-@click.option("--words", is_flag=True, help="Per-word log-probs too (json: tokens; srilm: -debug 2 lines).")
+@click.option("--words", is_flag=True, help="Per-word log-probs too (json: tokens and oov_positions; srilm: -debug 2 "
+                                            "lines, OOVs shown as <unk>).")
 @click.option("--log-base", default="10", show_default=True, type=click.Choice(["10", "e"]),
               help="Base of the plain format's numbers.")
 @click.option("--nbest", is_flag=True, help="The first field of each line is an id: not scored, printed first.")
+@click.option("--keep-sentence-markers", "keep_markers", is_flag=True,
+              help="Score a leading <s> and a trailing </s> as words (by default they are the sentence boundary "
+                   "the model scores anyway, and are dropped).")
 @click.option("--carry", is_flag=True, help="Read each file as one stream with carried state (sums to eval's total).")
 @click.option("--independent", is_flag=True, help="Each line a sentence from the zero state (the default).")
 @click.option("--dynamic", "dynamic", default=None, type=float, metavar="LR",
@@ -492,13 +512,14 @@ def _check_dynamic(dynamic):
               help="Independent mode: streams of sentences scored at once (the scores do not depend on it).")
 @_cache_options
 @_dynamic_options
-def score_cmd(model_dir, files, fmt, words, log_base, nbest, carry, independent, dynamic, mix_dirs, weights,
-              mix_probs, batch_size, cache_window, cache_theta, cache_lambda, **dynamic_options):
+def score_cmd(model_dir, files, fmt, words, log_base, nbest, keep_markers, carry, independent, dynamic, mix_dirs,
+              weights, mix_probs, batch_size, cache_window, cache_theta, cache_lambda, **dynamic_options):
     """Score text line by line: one record per input line, in order (empty lines too).
 
     Each FILE (or standard input: no FILE, or -) is read line by line. By default every line is
     a sentence scored on its own, from the zero state: <eos>, its words, a final <eos> (W + 1
-    targets). Out-of-vocabulary words are scored as <unk> and counted.
+    targets). Out-of-vocabulary words are scored as <unk> and counted (--words marks them). A
+    leading <s> and a trailing </s> (SRILM, Kaldi) are that sentence boundary, not words.
 
     \b
     Examples:
@@ -524,7 +545,7 @@ def score_cmd(model_dir, files, fmt, words, log_base, nbest, carry, independent,
     probs = mix.read_probs(mix_probs) if mix_probs is not None else None
     dynamic = mix.dynamic_plans(models, settings)
     for path in files or ("-",):
-        lines = score.read_lines(path, tokenizer, nbest)
+        lines = score.read_lines(path, tokenizer, nbest, keep_markers)
         records = (score.score_carried(models, mix_weights, lines, dynamic, probs, cache) if carry
                    else score.score_independent(models, mix_weights, lines, batch_size, probs))
         _print_records(records, fmt, words, log_base, path)

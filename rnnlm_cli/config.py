@@ -52,6 +52,10 @@ class VocabConfig:
     min_count: int = _key(1, low=1, doc="drop words seen fewer times in train (they become <unk>)")
     max_size: int | None = _key(None, low=3, nullable=True,
                                 doc="cap on the vocabulary size, <unk> and <eos> included")
+    file: str | None = _key(None, nullable=True,
+                            doc="a fixed vocabulary (SRILM's -vocab): a word list, one word per line; each of its "
+                                "words gets an id, in data.train or not, any other word is <unk>; min_count and "
+                                "max_size are not used (null: the vocabulary is built from data.train)")
 
 
 @dataclass
@@ -98,9 +102,12 @@ class TrainConfig:
                           doc="sgd: θ ← θ − lr·∇θJ; adam: Kingma & Ba; lazy_adam: adam, but the rows of "
                               "sparse gradients (embedding, class columns, hsm nodes) a window did not touch "
                               "keep their moments and weights (PyTorch's SparseAdam)")
-    lr: float = _key(1.0, low=0.0, low_open=True, doc="learning rate")
-    clip_norm: float | None = _key(5.0, low=0.0, low_open=True, nullable=True,
-                                   doc="clip the global gradient norm to this (null: no clipping)")
+    lr: float = _key(1.0, low=0.0, low_open=True, words=("auto",),
+                     doc="learning rate (auto: the rate measured to work for model.cell and train.optimizer, "
+                         "see the README's table)")
+    clip_norm: float | None = _key(5.0, low=0.0, low_open=True, nullable=True, words=("auto",),
+                                   doc="clip the global gradient norm to this (null: no clipping; auto: by "
+                                       "model.cell and train.optimizer, as train.lr)")
     schedule: str = _key("halving", choices=("halving", "step", "plateau", "constant"),
                          doc="halving: Mikolov's RNNLM schedule (see README); step: ×lr_decay after every "
                              "epoch from decay_start on (Zaremba et al.); plateau: ×lr_decay after an epoch "
@@ -139,6 +146,31 @@ class Config:
     vocab: VocabConfig = field(default_factory=VocabConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        self.auto = {}  # {"train.lr": "lstm, sgd", ...}: the keys `auto` set (resolve_auto), not a config key
+
+
+# `train.lr: auto` and `train.clip_norm: auto`: (model.cell, train.optimizer) -> (lr, clip_norm), the
+# values measured to work with this project's mean-per-target loss (README, "Training": the table
+# and where each figure comes from). Elman with SGD is the built-in config's (configs/default.yaml).
+AUTO_TRAIN = {
+    ("elman", "sgd"): (1.0, 0.5), ("elman", "adam"): (0.002, 0.5), ("elman", "lazy_adam"): (0.002, 0.5),
+    ("lstm", "sgd"): (20.0, 0.25), ("lstm", "adam"): (0.002, 0.25), ("lstm", "lazy_adam"): (0.002, 0.25),
+    ("gru", "sgd"): (20.0, 0.25), ("gru", "adam"): (0.002, 0.25), ("gru", "lazy_adam"): (0.002, 0.25),
+}
+
+
+def resolve_auto(config: Config) -> Config:
+    """train.lr and train.clip_norm `auto` replaced by AUTO_TRAIN's values for the config's cell
+    and optimizer; config.auto records which (dump_config says so in the saved config.yaml)."""
+    t, m = config.train, config.model
+    lr, clip = AUTO_TRAIN[(m.cell, t.optimizer)]
+    for key, value in (("lr", lr), ("clip_norm", clip)):
+        if getattr(t, key) == "auto":
+            setattr(t, key, value)
+            config.auto[f"train.{key}"] = f"{m.cell}, {t.optimizer}"
+    return config
 
 
 SECTION_TYPES = {"data": DataConfig, "vocab": VocabConfig, "model": ModelConfig, "train": TrainConfig}
@@ -183,7 +215,8 @@ ALIASES = {
     "max_iters": "train.max_steps", "max_iter": "train.max_steps", "max_updates": "train.max_steps",
     "grad_clip": "train.clip_norm", "clip": "train.clip_norm", "max_grad_norm": "train.clip_norm",
     "clip_grad_norm": "train.clip_norm", "gradient_clip": "train.clip_norm", "max_norm": "train.clip_norm",
-    "optim": "train.optimizer", "random_seed": "train.seed", "precision": "train.dtype",
+    "optim": "train.optimizer", "type": "model.cell", "model_type": "model.cell", "model": "model.cell",
+    "rnn_cell": "model.cell", "cell": "model.cell", "random_seed": "train.seed", "precision": "train.dtype",
     "beta1": "train.adam_beta1", "beta2": "train.adam_beta2", "eps": "train.adam_eps",
     "min_freq": "vocab.min_count", "min_frequency": "vocab.min_count", "vocab_size": "vocab.max_size",
     "max_vocab": "vocab.max_size", "max_vocab_size": "vocab.max_size",
@@ -276,44 +309,93 @@ def _check_value(where: str, f, value):
     return value
 
 
-def _section_from_dict(name: str, raw, source: str):
+def _section_from_dict(name: str, raw, origin, problems):
+    """The section's dataclass from its raw mapping; every unknown key or bad value is added to
+    `problems` as (origin, message), `origin(key)` naming where the key's value came from."""
     cls = SECTION_TYPES[name]
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise UserError(f"{source}: section '{name}' must be a mapping of keys to values, got {_show(raw)}")
+        problems.append((origin(None), f"section '{name}' must be a mapping of keys to values, got {_show(raw)}"))
+        return cls()
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for key, value in raw.items():
+        full = f"{name}.{key}"
         if key not in fields:
-            raise UserError(f"{source}: unknown key {_show(f'{name}.{key}')}{_suggest(f'{name}.{key}', all_keys())}")
-        values[key] = _check_value(f"{source}: {name}.{key}", fields[key], value)
+            problems.append((origin(full), f"unknown key {_show(full)}{_suggest(full, all_keys())}"))
+            continue
+        try:
+            values[key] = _check_value(full, fields[key], value)
+        except UserError as e:
+            problems.append((origin(full), str(e)))
     return cls(**values)
 
 
-def config_from_dict(raw, source: str = "config") -> Config:
-    """Validate a plain dict (as YAML gives it) into a Config; `source` names it in errors."""
+def _raise_problems(problems):
+    """One UserError for all the problems found, on one line: `ORIGIN: message` for one; for
+    several, each message once, after their common origin when they share one."""
+    if not problems:
+        return
+    if len(problems) == 1:
+        raise UserError(f"{problems[0][0]}: {problems[0][1]}")
+    origins = list(dict.fromkeys(o for o, _ in problems))
+    if len(origins) == 1:
+        raise UserError(f"{origins[0]}: {len(problems)} problems: " + "; ".join(m for _, m in problems))
+    raise UserError(f"{len(problems)} problems in the config: " + "; ".join(
+        f"in {o}: " + "; ".join(m for where, m in problems if where == o) for o in origins))
+
+
+def config_from_dict(raw, source: str = "config", origins=None) -> Config:
+    """Validate a plain dict (as YAML gives it) into a Config, `train.lr` and `train.clip_norm`
+    `auto` resolved (AUTO_TRAIN). `source` names the file in errors; `origins` ({"section.key":
+    "--set 'section.key=value'"}, see override_origins) the values that --set gave, which
+    errors name instead. Every unknown key and bad value is reported at once."""
+    origins = origins or {}
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise UserError(f"{source}: the config must be a mapping with sections data, vocab, model, train")
+
+    def origin(key):  # "section.key", or None for the file itself
+        return origins.get(key, source)
+
+    def section_origin(name):  # an unknown section: the --set that made it, if one did
+        keys = [f"{name}.{k}" for k in raw[name]] if isinstance(raw[name], dict) else []
+        return " ".join(origins[k] for k in keys) if keys and all(k in origins for k in keys) else source
+    problems = []
     for name in raw:
         if name not in SECTION_TYPES:
             meant = key_by_meaning(str(name), all_keys())
             hint = (f" ('{meant}'? keys go inside their section: {meant.split('.')[0]}: {{{meant.split('.')[1]}: ...}})"
                     if meant else _suggest(str(name), SECTION_TYPES))
-            raise UserError(f"{source}: unknown section {_show(str(name))}{hint} (sections: {', '.join(SECTION_TYPES)})")
-    config = Config(**{name: _section_from_dict(name, raw.get(name), source) for name in SECTION_TYPES})
+            problems.append((section_origin(name), f"unknown section {_show(str(name))}{hint} (sections: "
+                                                   f"{', '.join(SECTION_TYPES)})"))
+    sections = {name: _section_from_dict(name, raw.get(name), origin, problems) for name in SECTION_TYPES}
+    _raise_problems(problems)
+    config = Config(**sections)
+    _check_combinations(config, raw, source, origins)
+    return resolve_auto(config)
+
+
+def _check_combinations(config, raw, source, origins):
+    """Keys valid alone but not together; the error names where each of them came from."""
+    def where(*keys):
+        given = [origins[k] for k in keys if k in origins]
+        in_file = any(k not in origins and isinstance(raw.get(k.split(".")[0]), dict)
+                      and k.split(".")[1] in raw[k.split(".")[0]] for k in keys)
+        return ", ".join(([source] if in_file or not given else []) + given)
     m = config.model
     if m.tie_weights and m.embedding_dim != m.hidden_dim:
-        raise UserError(f"{source}: model.tie_weights needs model.embedding_dim = model.hidden_dim "
-                        f"(got {m.embedding_dim} and {m.hidden_dim})")
+        raise UserError(f"{where('model.tie_weights', 'model.embedding_dim', 'model.hidden_dim')}: model.tie_weights "
+                        f"needs model.embedding_dim = model.hidden_dim (got {m.embedding_dim} and {m.hidden_dim})")
     if m.output in ("class", "hsm") and m.loss != "cross_entropy":
-        raise UserError(f"{source}: model.output {m.output} works with model.loss cross_entropy only")
+        raise UserError(f"{where('model.output', 'model.loss')}: model.output {m.output} works with model.loss "
+                        f"cross_entropy only")
     if m.output == "hsm" and m.tie_weights:
-        raise UserError(f"{source}: model.tie_weights cannot be used with model.output hsm (its node vectors "
-                        f"are not word vectors: there is no (H, V) word matrix to tie to the embedding)")
-    return config
+        raise UserError(f"{where('model.output', 'model.tie_weights')}: model.tie_weights cannot be used with "
+                        f"model.output hsm (its node vectors are not word vectors: there is no (H, V) word matrix "
+                        f"to tie to the embedding)")
 
 
 def config_to_dict(config: Config) -> dict:
@@ -321,7 +403,8 @@ def config_to_dict(config: Config) -> dict:
 
 
 def read_yaml(path: Path):
-    """safe_load a YAML file; errors name the file and the line."""
+    """safe_load a YAML file; errors name the file and the line (and, for a file that is not
+    named .yaml/.yml and does not read as a mapping, say it looks like a text corpus)."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -329,14 +412,26 @@ def read_yaml(path: Path):
     except (OSError, ValueError) as e:  # ValueError: a NUL character in the path
         raise open_failed(path, e, "a YAML config file") from None
     try:
-        return yaml.safe_load(text)
+        raw = yaml.safe_load(text)
     except RecursionError:
         raise UserError(f"{path}: YAML nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"{path}:{where}: YAML syntax error: {problem}") from None
+        raise UserError(f"{path}:{where} YAML syntax error: {problem}{_text_hint(path)}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise UserError(f"{path}: the config must be a mapping with sections data, vocab, model, train"
+                        f"{_text_hint(path)}")
+    return raw
+
+
+def _text_hint(path: Path) -> str:
+    """For a config file that is not YAML and not named like it: the way to train on a text file."""
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return ""
+    return (f"; it looks like text, not a config: to train on a text file, name it as data: rnnlm train "
+            f"--set data.train={path} --set data.valid=VALID_FILE")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -356,28 +451,33 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict, overrides) -> dict:
+    """`raw` with the --set overrides put in (unknown keys too: config_from_dict reports them,
+    naming the --set of each, see override_origins)."""
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (raw or {}).items()}
     for text in overrides:
         (section, name), value = parse_override(text)
-        if section not in SECTION_TYPES:
-            raise UserError(f"--set {text!r}: unknown section '{section}'{_suggest(section, SECTION_TYPES)}")
-        if name not in {f.name for f in dataclasses.fields(SECTION_TYPES[section])}:
-            key = f"{section}.{name}"
-            raise UserError(f"--set {_show(text)}: unknown key {_show(key)}{_suggest(key, all_keys())}")
         current = raw.get(section)
         raw[section] = dict(current) if isinstance(current, dict) else {}
         raw[section][name] = value
     return raw
 
 
+def override_origins(overrides) -> dict:
+    """{"section.key": "--set 'section.key=value'"}: where errors say a value came from (the last
+    --set of a key wins, as in apply_overrides)."""
+    return {".".join(parse_override(text)[0]): f"--set {_show(text)}" for text in overrides}
+
+
 def resolve_paths(config: Config, base: Path) -> Config:
-    """Make data paths absolute, relative ones against `base` (the config file's folder)."""
+    """Make data paths and vocab.file absolute, relative ones against `base` (the config file's folder)."""
     for key in PATH_KEYS:
         value = getattr(config.data, key)
         if isinstance(value, list):
-            setattr(config.data, key, [_resolved(key, v, base) for v in value])
+            setattr(config.data, key, [_resolved(f"data.{key}", v, base) for v in value])
         elif value is not None:
-            setattr(config.data, key, _resolved(key, value, base))
+            setattr(config.data, key, _resolved(f"data.{key}", value, base))
+    if config.vocab.file is not None:
+        config.vocab.file = _resolved("vocab.file", config.vocab.file, base)
     return config
 
 
@@ -386,7 +486,7 @@ def _resolved(key, value, base):
     try:
         return str(path if path.is_absolute() else (base / path).resolve())
     except (OSError, RuntimeError, ValueError) as e:  # e.g. a symlink loop
-        raise UserError(f"data.{key}: {value}: not a usable path ({e})") from None
+        raise UserError(f"{key}: {value}: not a usable path ({e})") from None
 # A model directory's config.yaml has, besides the four sections, the data paths relative to its
 # own folder (the absolute ones are in `data`): see locate_data.
 RELATIVE_PATHS = "data_from_model_dir"
@@ -424,11 +524,10 @@ def load_config(path=None, overrides=()) -> Config:
     A model directory's config.yaml is a config too (its RELATIVE_PATHS section applied)."""
     path = Path(path) if path is not None else default_config_path()
     raw = read_yaml(path)
-    if raw is not None and not isinstance(raw, dict):
-        raise UserError(f"{path}: the config must be a mapping with sections data, vocab, model, train")
     relative = raw.pop(RELATIVE_PATHS, None) if raw else None
     raw = apply_overrides(raw, overrides)
-    config = resolve_paths(config_from_dict(raw, source=str(path)), path.resolve().parent)
+    config = resolve_paths(config_from_dict(raw, source=str(path), origins=override_origins(overrides)),
+                           path.resolve().parent)
     if isinstance(relative, dict):  # a path given by --set is the one meant
         overridden = {text.split("=", 1)[0].strip() for text in overrides}
         relative = {k: v for k, v in relative.items() if f"data.{k}" not in overridden}
@@ -454,7 +553,8 @@ def resume_config(saved: Config, given: Config | None, overrides=(), given_sourc
             key = text.split("=", 1)[0].strip()
             if key not in RESUME_KEYS:
                 raise UserError(f"--set {key}: cannot change on --resume (allowed: {', '.join(sorted(RESUME_KEYS))})")
-        return config_from_dict(apply_overrides(config_to_dict(saved), overrides), source=saved_source)
+        return config_from_dict(apply_overrides(config_to_dict(saved), overrides), source=saved_source,
+                                origins=override_origins(overrides))
     old, new = _flat(saved), _flat(given)
     differ = [f"{k} ({_show(old[k])} → {_show(new[k])})" for k in old if k not in RESUME_KEYS and old[k] != new[k]]
     if differ:
@@ -475,7 +575,18 @@ def changed_keys(saved: Config, config: Config) -> dict:
 
 
 def dump_config(config: Config) -> str:
-    return yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=False)
+    """The config as YAML; a value that `auto` chose says so in a comment (`lr: 20.0  # auto: lstm, sgd`)."""
+    text = yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=False)
+    if not config.auto:
+        return text
+    lines, section = [], None
+    for line in text.splitlines():
+        if line and not line.startswith(" "):
+            section = line.rstrip(":")
+        elif f"{section}.{line.strip().split(':', 1)[0]}" in config.auto:
+            line += f"  # auto: {config.auto[section + '.' + line.strip().split(':', 1)[0]]}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def describe_keys() -> str:
@@ -504,7 +615,8 @@ def short_form(config: Config) -> dict:
     d, v, m, t = config.data, config.vocab, config.model, config.train
     data = f"train {d.train}, valid {d.valid}, test {d.test or 'none'}; tokenizer {d.tokenizer}" + (
         "; sentences independent" if d.independent else "")
-    vocab = f"min_count {v.min_count}" + (f", max_size {v.max_size}" if v.max_size else "")
+    vocab = (f"fixed, from vocab.file {v.file}" if v.file else
+             f"min_count {v.min_count}" + (f", max_size {v.max_size}" if v.max_size else ""))
     cell = m.cell + (f" ({m.activation})" if m.cell == "elman" else "")
     extras = [f"{m.classes} classes" if m.classes else "", _dropout_words(m),
               f"embedding dropout {m.dropout_embedding:g}" if m.dropout_embedding else "",
@@ -516,7 +628,7 @@ def short_form(config: Config) -> dict:
                 "plateau": f"plateau schedule (×{t.lr_decay:g})", "constant": "constant lr",
                 "halving": f"halving schedule (×{t.lr_decay:g})"}[t.schedule]
     train = (f"{t.optimizer} lr {t.lr:g}, clip {'none' if t.clip_norm is None else f'{t.clip_norm:g}'}, {schedule}, "
-             f"batch {t.batch_size} × bptt {t.bptt}, {t.epochs} epochs"
+             f"batch {t.batch_size} × bptt {t.bptt}, {t.epochs} epoch{'' if t.epochs == 1 else 's'}"
              + (f", max_steps {t.max_steps}" if t.max_steps else "") + f", seed {t.seed}, {t.dtype}"
              + "".join(f", {name} {value:g}" for name, value in (("ar", t.ar), ("tar", t.tar),
                                                                   ("weight decay", t.weight_decay)) if value)

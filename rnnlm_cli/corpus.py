@@ -38,7 +38,7 @@ import numpy as np
 
 from . import data, files
 from .errors import UserError, WriteError, open_failed
-from .vocab import build_vocab
+from .vocab import build_vocab, vocab_from_list
 
 FORMAT_VERSION = 1
 MAGIC = b"rnnlm token ids\n"
@@ -65,17 +65,34 @@ def cache_folder(configured=None):
 
 def files_of(spec, key="data.train"):
     """The files of a data key: a path, a glob pattern or a list of them, in order (a pattern's
-    matches sorted). A pattern matching nothing is a UserError naming the key."""
+    matches sorted, folders among them left out; `**` matches any depth of subfolders). A
+    pattern matching no file, or a folder named as a file, is a UserError naming the key."""
     out = []
     for item in [spec] if isinstance(spec, str) else list(spec):
         if glob.has_magic(item):
-            matches = sorted(glob.glob(item))
+            matches = sorted(p for p in glob.glob(item, recursive=True) if not os.path.isdir(p))
             if not matches:
                 raise UserError(f"{key}: {item}: the pattern matches no file")
             out.extend(matches)
+        elif os.path.isdir(item):
+            raise UserError(_folder_error(key, item))
         else:
             out.append(item)
     return out
+
+
+def _folder_error(key, folder):
+    """The message for a folder given as a data file: the glob pattern that names its files."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        names = []
+    txt = sum(1 for n in names if n.endswith(".txt") and os.path.isfile(os.path.join(folder, n)))
+    pattern = os.path.join(folder, "*.txt" if txt else "*")
+    found = f"{txt} .txt files there" if txt else f"{len(names)} entries there"
+    return (f"{key}: {folder} is a folder, not a text file; name its files with a glob pattern: "
+            f"--set '{key}={pattern}' ({found}; '{os.path.join(folder, '**', '*.txt')}' takes the subfolders' "
+            f"too, read in sorted order as one text), or a list of files")
 
 
 def describe(paths):
@@ -114,17 +131,23 @@ def ids_dtype(vocab_size):
 # Entry points
 
 
-def train_corpus(paths, tokenizer, folder, min_count=1, max_size=None):
-    """-> (vocab built from the corpus's counts, Encoded): from the cache when it matches, else
-    counted and encoded in one pass over the text and cached."""
+def train_corpus(paths, tokenizer, folder, min_count=1, max_size=None, word_list=None):
+    """-> (vocab built from the corpus's counts, or of the words of `word_list` (vocab.file)
+    ordered by them, Encoded): from the cache when it matches, else counted and encoded in one
+    pass over the text and cached (the ids file is named by the vocabulary's hash: another list
+    is another file)."""
     srcs = sources(paths)
     base = _corpus_name(srcs, tokenizer)
     counted = _read_counts(Path(folder) / f"{base}.counts", srcs, tokenizer)
     if counted is not None:
-        vocab = build_vocab(counted, min_count, max_size)
+        vocab = _vocabulary(counted, min_count, max_size, word_list)
         return vocab, encoded(paths, vocab, tokenizer, folder, srcs=srcs)
     _prepare(folder)
-    return _count_and_encode(paths, srcs, tokenizer, Path(folder), base, min_count, max_size)
+    return _count_and_encode(paths, srcs, tokenizer, Path(folder), base, min_count, max_size, word_list)
+
+
+def _vocabulary(counted, min_count, max_size, word_list):
+    return vocab_from_list(word_list, counted) if word_list is not None else build_vocab(counted, min_count, max_size)
 
 
 def encoded(paths, vocab, tokenizer, folder, allow_empty=False, srcs=None):
@@ -171,7 +194,7 @@ class _FirstSeen(dict):
         return value
 
 
-def _count_and_encode(paths, srcs, tokenizer, folder, base, min_count, max_size):
+def _count_and_encode(paths, srcs, tokenizer, folder, base, min_count, max_size, word_list=None):
     """One pass over the text, cut into parts encoded side by side (one per core, see _parts):
     provisional ids to temporary files while counting; then the vocabulary, the counts cache and
     the ids cache (the provisional ids mapped in chunks)."""
@@ -183,7 +206,7 @@ def _count_and_encode(paths, srcs, tokenizer, folder, base, min_count, max_size)
         words = list(seen)
         counted = Counter(dict(zip(words[1:], counts[1:].tolist())))
         _write_counts(folder / f"{base}.counts", srcs, tokenizer, counted)
-        vocab = build_vocab(counted, min_count, max_size)
+        vocab = _vocabulary(counted, min_count, max_size, word_list)
         table = np.array([vocab.eos_id] + [vocab.index.get(w, vocab.unk_id) for w in words[1:]], dtype=np.int64)
         stats["literal_unk"] = counted.get(vocab.tokens[vocab.unk_id], 0)
         path = folder / f"{base}.{vocab_hash(vocab)[:16]}.ids"

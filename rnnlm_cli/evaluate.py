@@ -31,12 +31,24 @@ from . import dynamic as dyn
 from .errors import UserError
 
 
-def evaluate_ids(params, model_cfg, ids, batch_size=1, bptt=35, reset_at=None):
+class Stopped(Exception):
+    """An evaluation abandoned because its `stop` callable asked (args[0]: what it returned)."""
+
+
+def _poll(stop):
+    """Raise Stopped when `stop` (None, or a callable returning a truthy value to stop) says so."""
+    asked = stop() if stop is not None else None
+    if asked:
+        raise Stopped(asked)
+
+
+def evaluate_ids(params, model_cfg, ids, batch_size=1, bptt=35, reset_at=None, stop=None):
     """ids: (S,) token stream -> (sum of per-target cross-entropies in nats, number of targets).
     Always cross-entropy, whatever loss the model was trained with: perplexity is defined by it.
-    `reset_at` (the <eos> id) resets the state at every sentence start."""
+    `reset_at` (the <eos> id) resets the state at every sentence start. `stop`: polled before
+    every window (a Ctrl-C during training's final evaluation): Stopped when it returns true."""
     if reset_at is not None:
-        logp = stream_log_probs(params, model_cfg, ids, bptt, batch_size, reset_at)
+        logp = stream_log_probs(params, model_cfg, ids, bptt, batch_size, reset_at, stop=stop)
         return -float(logp.sum()), len(logp)
     model_cfg = dataclasses.replace(model_cfg, loss="cross_entropy")
     if len(ids) < 2:
@@ -46,6 +58,7 @@ def evaluate_ids(params, model_cfg, ids, batch_size=1, bptt=35, reset_at=None):
     state = model.init_state(model_cfg, batch_size, params["embedding"].dtype)
     total, count, workspace = 0.0, 0, {}
     for inputs, targets in data.iter_windows(streams, bptt):
+        _poll(stop)
         loss, state, _ = model.forward(params, model_cfg, inputs, targets, state, need_grad=False,
                                        workspace=workspace)
         total += loss * targets.size
@@ -54,7 +67,7 @@ def evaluate_ids(params, model_cfg, ids, batch_size=1, bptt=35, reset_at=None):
 
 
 def stream_log_probs(params, model_cfg, ids, bptt=35, batch_size=1, reset_at=None, dynamic=None,
-                     clip_norm=None, cache=None):
+                     clip_norm=None, cache=None, stop=None):
     """ids: (S,) token stream -> log P(target | history) of each of its S − 1 targets, float64;
     NaN for the targets a batched carried-state reading does not score (the remainder).
     `dynamic`: dynamic evaluation (above): a learning rate > 0 (sgd, the gradient clipped to
@@ -62,7 +75,7 @@ def stream_log_probs(params, model_cfg, ids, bptt=35, batch_size=1, reset_at=Non
     `cache` (a cache.Settings): the neural cache of each stream read alongside, from the
     states the model has when it scores each target; then the result is the pair (the
     model's log-probs, the cache's log p_cache (θ's shape + (S − 1,), NaN where its stream had
-    read nothing yet)), which cache.mix combines for any λ."""
+    read nothing yet)), which cache.mix combines for any λ. `stop`: as evaluate_ids'."""
     model_cfg = dataclasses.replace(model_cfg, loss="cross_entropy")
     logp = np.full(max(len(ids) - 1, 0), np.nan)
     logp_cache = None if cache is None else np.full(np.shape(cache.theta) + logp.shape, np.nan)
@@ -77,6 +90,7 @@ def stream_log_probs(params, model_cfg, ids, bptt=35, batch_size=1, reset_at=Non
     memory = None if cache is None else neural_cache.empty(streams.shape[0], model_cfg.hidden_dim)
     workspace, start, top = {}, 0, None
     for inputs, targets in data.iter_windows(streams, plan.settings.segment if plan else bptt):
+        _poll(stop)
         if adapting:
             dyn.refresh(adapting, inputs, targets)  # the slices it reads, decayed lazily, up to date
         rows = np.empty(targets.shape)

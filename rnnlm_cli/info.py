@@ -35,7 +35,10 @@ def _status(model_dir, info, h):
             name = f"signal {signum}"
         return "interrupted", f"stopped by {name}, checkpoint saved", None
     if recorded == "complete" or (recorded is None and h.end is not None):
-        return "complete", (h.end or info).get("stop_reason") or "", None
+        detail = (h.end or info).get("stop_reason") or ""
+        if (h.end or info).get("final_evaluation") == "skipped":
+            detail += f"{'; ' if detail else ''}final evaluation skipped by a signal: rnnlm eval {model_dir} runs it"
+        return "complete", detail, None
     if recorded == "diverged":
         at = f" at step {h.diverged['step']}" if h.diverged else ""
         return "diverged", (f"{info.get('reason', 'unknown reason')}{at} after {len(h.rollbacks)} rollbacks; "
@@ -96,9 +99,10 @@ def summarize(model_dir):
         "valid_ppl": end.get("valid_ppl"), "test_ppl": end.get("test_ppl"),
         "unigram_valid_ppl": end.get("unigram_valid_ppl", info.get("unigram_valid_ppl")),
         "tokens_per_sec": _tokens_per_sec(h), "wall_seconds": end.get("wall_seconds"),
-        "stop_reason": end.get("stop_reason"),
+        "stop_reason": end.get("stop_reason"), "final_evaluation": end.get("final_evaluation", "done" if end else None),
         "average_from": {"epoch": h.average["epoch"], "step": h.average["step"]} if h.average else None,
-        "resume_from": {"epoch": progress.epoch, "step": progress.step} if progress is not None else None,
+        "resume_from": ({"epoch": progress.epoch, "step": progress.step, "processes": progress.processes}
+                        if progress is not None else None),
     }
     return {k: json_safe(v) for k, v in summary.items()}
 
@@ -148,12 +152,15 @@ def describe(s):
         lines.append(f"average  weights averaged from epoch {a['epoch']} (after step {a['step']}): validation and the "
                      f"kept model use the running mean")
     pending = s["test_ppl"] is None and s["status"] in ("training", "interrupted")
+    skipped = s["test_ppl"] is None and s.get("final_evaluation") == "skipped"
     lines.append(f"test     {units.ppl(s['test_ppl'])}" + (" until the run ends (rnnlm eval DIR: the kept model's)"
-                                                          if pending else ""))
+                                                          if pending else " (final evaluation skipped: rnnlm eval DIR)"
+                                                          if skipped else ""))
     wall = f", {units.seconds(s['wall_seconds'])} wall (the last session)" if s["wall_seconds"] is not None else ""
     lines.append(f"speed    {_maybe(s['tokens_per_sec'], lambda r: f'{r / 1e3:.1f}k tokens/s')}; "
                  f"{_maybe(s['train_seconds'], units.seconds)} training{wall}")
     if s["resume_from"] is not None and s["status"] == "interrupted":
         r = s["resume_from"]
-        lines.append(f"resume   from epoch {r['epoch']}, step {r['step']}: rnnlm train --out {s['dir']} --resume")
+        lines.append(f"resume   from epoch {r['epoch']}, step {r['step']}: "
+                     f"{modeldir.resume_command(s['dir'], r.get('processes', 1))}")
     return lines

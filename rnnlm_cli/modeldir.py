@@ -70,6 +70,11 @@ def create(out):
     return created
 
 
+def resume_command(out_dir, processes=1):
+    """The command that continues the run in out_dir, trained by `processes` MPI processes."""
+    return f"{f'mpiexec -n {processes} ' if processes > 1 else ''}rnnlm train --out {out_dir} --resume"
+
+
 def remove_if_empty(out):
     """Leave no empty folder behind a run that failed before writing anything."""
     try:

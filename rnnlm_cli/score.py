@@ -12,13 +12,16 @@ Two readings of a file:
   target is credited to its line, so the lines' log-probabilities sum to the file's total.
   Only this reading takes the neural cache (cache.py): it remembers the stream read so far.
 
-Words outside the vocabulary are scored as <unk> and counted as OOVs. Interpolation: the
-probability of every target is Σ_k w_k P_k(target | history) over the models (same vocabulary)
-and, optionally, per-target probabilities of another LM read from a file.
+Words outside the vocabulary are scored as <unk> and counted as OOVs (`oov_positions` says
+which). SRILM/Kaldi sentence markers, `<s>` first and `</s>` last on a line, are the sentence
+boundary the model already scores (its <eos>), not words: they are dropped unless asked to be
+kept. Interpolation: the probability of every target is Σ_k w_k P_k(target | history) over the
+models (same vocabulary) and, optionally, per-target probabilities of another LM read from a file.
 """
 
 import json
 import math
+import re
 
 import numpy as np
 
@@ -27,37 +30,52 @@ from .errors import UserError
 
 LINES_PER_BLOCK = 4096  # independent lines scored in one batched pass (bounds the memory)
 LN10 = math.log(10.0)
+_START, _END = re.compile(r"^\s*<s>(?=\s|$)"), re.compile(r"(?:^|(?<=\s))</s>\s*$")
 
 
-def read_lines(path, tokenizer, nbest=False):
+def line_tokens(text, tokenizer, keep_markers=False):
+    """The words of one line as scoring reads it: a leading `<s>` and a trailing `</s>` (the
+    sentence boundary of SRILM and Kaldi text) dropped unless keep_markers, then tokenized."""
+    if not keep_markers:
+        text = _END.sub("", _START.sub("", text, count=1), count=1)
+    return data.tokenize(text, tokenizer)
+
+
+def read_lines(path, tokenizer, nbest=False, keep_markers=False):
     """Yield (line number, id or None, tokens) for every line of a UTF-8 file ("-": standard
     input), empty lines included. With nbest, the first whitespace-separated field of a line is
-    its id (not tokenized, not scored)."""
+    its id (not tokenized, not scored): a line without one (empty) is a UserError naming it."""
     for lineno, text in data.iter_lines(path):
         ident = None
         if nbest:
             fields = text.split(None, 1)
-            ident, text = (fields[0], fields[1] if len(fields) > 1 else "") if fields else ("", "")
-        yield lineno, ident, data.tokenize(text, tokenizer)
+            if not fields:
+                name = "standard input" if path == "-" else path
+                raise UserError(f"{name}: line {lineno}: an empty line, but --nbest (and --format kaldi) reads an "
+                                f"id first on every line ('ID word word ...'; an id alone is an empty hypothesis)")
+            ident, text = fields[0], fields[1] if len(fields) > 1 else ""
+        yield lineno, ident, line_tokens(text, tokenizer, keep_markers)
 
 
 def _encode(tokens, vocab):
+    """-> (ids, the positions of the words outside the vocabulary, scored as <unk>). A literal
+    <unk> in the text is a vocabulary word, not an OOV."""
     ids = [vocab.index.get(w, vocab.unk_id) for w in tokens]
-    literal_unk = sum(1 for w in tokens if w == vocab.tokens[vocab.unk_id])
-    return ids, ids.count(vocab.unk_id) - literal_unk
+    return ids, [k for k, w in enumerate(tokens) if w not in vocab.index]
 
 
 # --------------------------------------------------------------------------------------------
 # Records, one per input line
 
 
-def _record(lineno, ident, tokens, oov, logp):
+def _record(lineno, ident, tokens, oov_positions, logp):
     """The figures of one line: logp holds its targets' natural log-probabilities."""
     total = float(logp.sum()) if len(logp) else 0.0
-    rec = {"line": lineno, "words": len(tokens), "targets": len(logp), "oov": oov, "logprob": total,
+    rec = {"line": lineno, "words": len(tokens), "targets": len(logp), "oov": len(oov_positions), "logprob": total,
            "log10prob": total / LN10,
            "perplexity": evaluate.perplexity(-total / len(logp)) if len(logp) else None,
-           "tokens": list(zip(list(tokens) + ["<eos>"], logp.tolist())) if len(logp) else []}
+           "tokens": list(zip(list(tokens) + ["<eos>"], logp.tolist())) if len(logp) else [],
+           "oov_positions": list(oov_positions)}
     if ident is not None:
         rec["id"] = ident
     return rec
@@ -87,9 +105,9 @@ def _independent_block(models, weights, block, batch_size, vocab, extra_probs):
     extra = None if extra_probs is None else _take(extra_probs, len(stream) - 1)
     logp = mix.mixed_log_probs(models, weights, stream, batch_size, True, None, extra)
     start = 0
-    for (lineno, ident, tokens), (ids, oov) in zip(block, encoded):
+    for (lineno, ident, tokens), (ids, oov_positions) in zip(block, encoded):
         n = len(ids) + 1
-        yield _record(lineno, ident, tokens, oov, logp[start:start + n])
+        yield _record(lineno, ident, tokens, oov_positions, logp[start:start + n])
         start += n
 
 
@@ -111,9 +129,9 @@ def score_carried(models, weights, lines, dynamic=None, extra_probs=None, cache=
     if cache is not None:
         logp = neural_cache.mix(*logp, cache.lam)
     start = 0
-    for (lineno, ident, tokens), (ids, oov) in zip(lines, encoded):
+    for (lineno, ident, tokens), (ids, oov_positions) in zip(lines, encoded):
         n = len(ids) + 1 if ids else 0
-        yield _record(lineno, ident, tokens, oov, logp[start:start + n])
+        yield _record(lineno, ident, tokens, oov_positions, logp[start:start + n])
         start += n
 
 
@@ -143,10 +161,13 @@ def format_kaldi(rec):
 
 
 def format_json(rec, words=False):
-    """The record as one JSON object (natural logs; log10prob in base 10); `tokens` with words."""
-    out = {k: evaluate.json_safe(v) for k, v in rec.items() if k != "tokens"}
+    """The record as one JSON object (natural logs; log10prob in base 10); with words, `tokens`
+    ([token, logprob] per target) and `oov_positions` (the indexes in `tokens` of the words
+    outside the vocabulary, scored as <unk>)."""
+    out = {k: evaluate.json_safe(v) for k, v in rec.items() if k not in ("tokens", "oov_positions")}
     if words:
         out["tokens"] = [[tok, evaluate.json_safe(lp)] for tok, lp in rec["tokens"]]
+        out["oov_positions"] = rec["oov_positions"]
     return json.dumps(out)
 
 
@@ -156,13 +177,16 @@ def _ppl10(log10prob, count):
 
 def format_srilm(rec, words=False):
     """SRILM's `ngram -ppl -debug 1` block of one sentence (`-debug 2` per-word lines with
-    words=True), log10. OOVs are scored as <unk> and counted as words, as SRILM does with -unk."""
+    words=True), log10. OOVs are scored as <unk> and counted as words, as SRILM does with -unk,
+    and the per-word lines show them as `<unk>`, as SRILM's do."""
     text = [tok for tok, _ in rec["tokens"][:-1]]
+    oov = set(rec.get("oov_positions", ()))
+    scored = ["<unk>" if k in oov else tok for k, tok in enumerate(text)]
     lines = [" ".join(text)]
     if words:
         for k, (tok, lp) in enumerate(rec["tokens"]):
-            shown = "</s>" if k == len(text) else tok
-            context = "<s>" if k == 0 else text[k - 1] + (" ..." if k > 1 else "")
+            shown = "</s>" if k == len(text) else scored[k]
+            context = "<s>" if k == 0 else scored[k - 1] + (" ..." if k > 1 else "")
             lines.append(f"\tp( {shown} | {context} ) \t= [rnn] {math.exp(lp):.6g} [ {lp / LN10:.6g} ]")
     sentences = 1 if rec["targets"] else 0
     lines.append(f"{sentences} sentences, {rec['words']} words, {rec['oov']} OOVs")

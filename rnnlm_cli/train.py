@@ -35,24 +35,29 @@ import numpy as np
 from . import __version__, average, card, corpus, data, distributed, evaluate, files, history, lock, model, modeldir
 from . import optim, regularize, schedule
 from .config import changed_keys
-from .checkpoint import KEEP_BEST, KEEP_LAST, STOP_EPOCHS, STOP_MAX_STEPS, STOP_SCHEDULE, TrainingState, stop_reason
+from .checkpoint import KEEP_BEST, KEEP_LAST, STOP_EPOCHS, STOP_MAX_STEPS, STOP_SCHEDULE, TrainingState, read_progress
+from .checkpoint import stop_reason
 from .errors import Diverged, UserError, WriteError
-from .vocab import build_vocab, load_vocab, vocab_from_tokens
+from .vocab import load_vocab, load_word_list, make_vocab, vocab_from_tokens
 
 MAX_ROLLBACKS = 3  # per run (kept across --resume): the next divergence stops training
 RELEASE_EVERY = 200  # windows between releases of the train ids already read (corpus.release)
 # --init-vocab: fine-tune with the --init model's vocabulary, or with one built from the new text
 INIT_VOCAB_KEEP, INIT_VOCAB_NEW = "keep", "new"
+# The end record's and info.json's "final_evaluation" when a signal skipped the exact evaluation
+FINAL_EVALUATION_SKIPPED = "skipped"
 # --init with the kept vocabulary warns when more than this share of the training targets are <unk>
 POOR_COVERAGE = 0.05
 
 
 class Interrupted(Exception):
-    """Training stopped by a signal after saving a resumable checkpoint."""
+    """Training stopped by a signal after saving a resumable checkpoint; or, with
+    `final_evaluation`, a complete run whose final exact evaluation the signal skipped."""
 
-    def __init__(self, signum):
+    def __init__(self, signum, final_evaluation=False):
         super().__init__(signum)
         self.signum = signum
+        self.final_evaluation = final_evaluation
 
 
 class SilentReporter:
@@ -63,6 +68,7 @@ class SilentReporter:
     def epoch_start(self, epoch, windows, start): pass
     def step(self, tokens, loss, lr): pass
     def epoch_end(self, record): pass
+    def close(self): pass  # training is over: no progress display may stay open
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,8 +122,9 @@ def prepare_data(config, vocab=None):
     folder = corpus.cache_folder(d.cache_dir)
     train_files = corpus.files_of(d.train)
     if vocab is None:
+        word_list = load_word_list(config.vocab.file) if config.vocab.file else None  # checked before the text
         vocab, train = corpus.train_corpus(train_files, d.tokenizer, folder, config.vocab.min_count,
-                                           config.vocab.max_size)
+                                           config.vocab.max_size, word_list)
     else:
         train = corpus.encoded(train_files, vocab, d.tokenizer, folder)
     valid = corpus.encoded([d.valid], vocab, d.tokenizer, folder)
@@ -152,10 +159,11 @@ def check_data(config, init_dir=None, init_vocab=INIT_VOCAB_KEEP):
     if (words + lines + 1) // config.train.batch_size < 2:  # the error batchify gives, on a stand-in
         data.batchify(np.zeros(words + lines + 1, np.int32), config.train.batch_size, source=_train_name(config))
     if init_dir is not None:
-        _, vocab, params = modeldir.load_model(init_dir, config.train.dtype)
+        init_config, vocab, params = modeldir.load_model(init_dir, config.train.dtype)
+        check_init_fits(config, init_config, init_dir, init_vocab)
         modeldir.check_params(params, config, len(vocab), f"--init {init_dir}")
     if init_dir is None or init_vocab == INIT_VOCAB_NEW:
-        vocab = build_vocab(counts, config.vocab.min_count, config.vocab.max_size)
+        vocab = make_vocab(counts, config.vocab)
     rows = []
     for key, (path, file_counts, words, lines) in found.items():
         oov = sum(n for w, n in file_counts.items() if w not in vocab.index)
@@ -185,9 +193,10 @@ def _check_memory(config, vocab_size):
                         f"use smaller sizes, vocab.max_size or train.batch_size")
 
 
-def _start(config, out_dir, init_dir, init_vocab, reporter):
-    """A new run: initial (or --init) weights, a model directory and a first checkpoint, written
-    only once the data and the config have passed their checks. -> (vocab, streams, state)"""
+def _start(config, out_dir, init_dir, init_vocab, reporter, processes=1):
+    """A new run of `processes` MPI processes: initial (or --init) weights, a model directory and
+    a first checkpoint, written only once the data and the config have passed their checks.
+    -> (vocab, streams, state)"""
     dtype = config.train.dtype
     if init_dir is None:
         (vocab, streams), init_params = prepare_data(config), None
@@ -200,6 +209,7 @@ def _start(config, out_dir, init_dir, init_vocab, reporter):
     state = TrainingState.new(config, params)
     state.progress.train_tokens = len(streams["train"][0])
     state.progress.init_from = str(Path(init_dir).resolve()) if init_dir is not None else None
+    state.progress.processes = processes
     out_dir.mkdir(parents=True, exist_ok=True)
     modeldir.save_model(out_dir, config, vocab, params)
     modeldir.start_metrics(out_dir)
@@ -214,7 +224,8 @@ def _from_init(config, init_dir, init_vocab, reporter):
     vocabulary covers the training text poorly); INIT_VOCAB_NEW: a vocabulary built from the
     training text, the shared words' rows copied (model.transfer_vocab)."""
     dtype = config.train.dtype
-    _, old_vocab, old_params = modeldir.load_model(init_dir, dtype)
+    init_config, old_vocab, old_params = modeldir.load_model(init_dir, dtype)
+    check_init_fits(config, init_config, init_dir, init_vocab)
     modeldir.check_params(old_params, config, len(old_vocab), f"--init {init_dir}")
     if init_vocab != INIT_VOCAB_NEW:
         vocab, streams = prepare_data(config, old_vocab)
@@ -225,10 +236,43 @@ def _from_init(config, init_dir, init_vocab, reporter):
     fresh = model.init_params(config.model, len(vocab), config.train.seed, dtype, counts)
     new_ids = [i for i, w in enumerate(vocab.tokens) if w in old_vocab.index]
     old_ids = [old_vocab.index[vocab.tokens[i]] for i in new_ids]
-    reporter.info(f"--init {init_dir} --init-vocab new: vocabulary {len(vocab)} from {config.data.train}, "
+    source = f"vocab.file {config.vocab.file}" if config.vocab.file else config.data.train
+    reporter.info(f"--init {init_dir} --init-vocab new: vocabulary {len(vocab)} from {source}, "
                   f"{len(new_ids)} of them in the init model's {len(old_vocab)}: their rows copied, the other "
                   f"{len(vocab) - len(new_ids)} initialized as usual")
     return vocab, streams, model.transfer_vocab(old_params, fresh, config.model, old_ids, new_ids)
+
+
+# The model keys that fix the arrays an --init model must have, and what its weights compute
+INIT_KEYS = ("cell", "activation", "layers", "embedding_dim", "hidden_dim", "output", "classes", "tie_weights")
+
+
+def check_init_fits(config, init_config, init_dir, init_vocab=INIT_VOCAB_KEEP):
+    """--init: the config must describe the --init model's network (INIT_KEYS: cell, sizes,
+    output, ...; the activation of an Elman cell; the classes only when its vocabulary is kept)
+    and, keeping its vocabulary, read text with its tokenizer. Else one UserError naming every
+    key that differs, with both values."""
+    keys = [k for k in INIT_KEYS if not (k == "activation" and config.model.cell != "elman")
+            and not (k == "classes" and init_vocab == INIT_VOCAB_NEW)]
+    differ = [(f"model.{k}", getattr(init_config.model, k), getattr(config.model, k)) for k in keys
+              if getattr(init_config.model, k) != getattr(config.model, k)]
+    if init_vocab != INIT_VOCAB_NEW and init_config.data.tokenizer != config.data.tokenizer:
+        differ.append(("data.tokenizer", init_config.data.tokenizer, config.data.tokenizer))
+    if init_vocab != INIT_VOCAB_NEW and config.vocab.file:
+        raise UserError(f"--init {init_dir}: keeps that model's vocabulary, and vocab.file {config.vocab.file} gives "
+                        f"another; to fine-tune with the word list's vocabulary, add --init-vocab new")
+    if not differ:
+        return
+    shown = "; ".join(f"{key}: {_yaml_value(there)} there, {_yaml_value(here)} here" for key, there, here in differ)
+    fix = " ".join(f"--set {key}={_yaml_value(there)}" for key, there, _ in differ)
+    vocab = (" (or --init-vocab new: a vocabulary built from this text, read with this tokenizer)"
+             if any(key == "data.tokenizer" for key, _, _ in differ) else "")
+    raise UserError(f"--init {init_dir}: its model does not fit this config: {shown}; fine-tune it with its "
+                    f"settings ({fix}){vocab}, or train a new model without --init")
+
+
+def _yaml_value(value):
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _warn_coverage(config, init_dir, train_stats, reporter):
@@ -238,7 +282,7 @@ def _warn_coverage(config, init_dir, train_stats, reporter):
     if rate <= POOR_COVERAGE:
         return
     counts, words, lines = data.count_words(config.data.train, config.data.tokenizer)
-    own = build_vocab(counts, config.vocab.min_count, config.vocab.max_size)
+    own = make_vocab(counts, config.vocab)
     own_rate = sum(c for w, c in counts.items() if w not in own.index) / max(1, words + lines)
     if own_rate < rate:
         reporter.warn(f"warning: --init {init_dir}: its vocabulary leaves {rate:.2%} of the targets of "
@@ -247,9 +291,10 @@ def _warn_coverage(config, init_dir, train_stats, reporter):
                       f"fine-tunes with the new text's vocabulary")
 
 
-def _resume(config, out_dir, reporter):
-    """The state of an interrupted run, from its checkpoint; everything is read and checked
-    before anything in out_dir changes. -> (vocab, streams, state)"""
+def _resume(config, out_dir, reporter, processes=1):
+    """The state of an interrupted run, from its checkpoint, continued by `processes` MPI
+    processes (as many as it had: another number would sum its gradients in another order);
+    everything is read and checked before anything in out_dir changes. -> (vocab, streams, state)"""
     vocab = load_vocab(out_dir / modeldir.VOCAB)
     source = out_dir / modeldir.CHECKPOINT
     if not source.exists() and modeldir.check_format(out_dir).get("status") == "complete":
@@ -258,6 +303,7 @@ def _resume(config, out_dir, reporter):
                         f"its weights, start a new run: rnnlm train CONFIG --init {out_dir} --out NEW_DIR")
     state = TrainingState.load(out_dir, config, len(vocab))
     progress = state.progress
+    _check_processes(out_dir, progress, processes)
     vocab, streams = prepare_data(config, vocab)
     if progress.train_tokens and progress.train_tokens != len(streams["train"][0]):
         raise UserError(f"{_train_name(config)}: changed since the checkpoint in {out_dir} ("
@@ -284,7 +330,8 @@ def _setup(config, out_dir, init_dir, init_vocab, resume, reporter, w):
     processes take its vocabulary and state, and map the data themselves (from the token cache
     when they share its folder). Any process's failure stops them all (distributed.agree)."""
     def begin():
-        return _resume(config, out_dir, reporter) if resume else _start(config, out_dir, init_dir, init_vocab, reporter)
+        return (_resume(config, out_dir, reporter, w.size) if resume
+                else _start(config, out_dir, init_dir, init_vocab, reporter, w.size))
     if w.size == 1:
         return begin()
     first = distributed.agree(w, begin if w.rank == 0 else lambda: None)
@@ -310,7 +357,8 @@ def _announce(config, vocab, streams, reporter):
                           f"will be optimistic")
     (train_ids, train_stats), (valid_ids, valid_stats) = streams["train"], streams["valid"]
     unigram = evaluate.unigram_from_counts(streams["train_counts"], train_ids[0], valid_ids)
-    reporter.info(f"vocabulary {len(vocab)} | train {train_stats['targets']} targets | valid "
+    fixed = f" (vocab.file {config.vocab.file})" if config.vocab.file else ""
+    reporter.info(f"vocabulary {len(vocab)}{fixed} | train {train_stats['targets']} targets | valid "
                   f"{valid_stats['targets']} targets ({valid_stats['oov_rate']:.2%} OOV) | unigram valid ppl {unigram:.1f}")
     return unigram
 
@@ -393,12 +441,66 @@ def run(config, out_dir, *, init_dir=None, init_vocab=INIT_VOCAB_KEEP, resume=Fa
 
 def _reached_a_limit(r, state):
     """Whether train.epochs or train.max_steps is reached before an epoch (or its rest) starts."""
-    p, tc = state.progress, r.config.train
-    if p.epoch > tc.epochs:
-        p.stop = STOP_EPOCHS
-    elif tc.max_steps is not None and p.step >= tc.max_steps:
-        p.stop, p.keep = STOP_MAX_STEPS, KEEP_LAST
+    p = state.progress
+    p.stop = _limit(p, r.config.train)
+    if p.stop == STOP_MAX_STEPS:
+        p.keep = KEEP_LAST
     return p.stop is not None
+
+
+def _limit(progress, train_cfg):
+    """STOP_EPOCHS or STOP_MAX_STEPS when that limit leaves no step to take from `progress`, else None."""
+    if progress.epoch > train_cfg.epochs:
+        return STOP_EPOCHS
+    if train_cfg.max_steps is not None and progress.step >= train_cfg.max_steps:
+        return STOP_MAX_STEPS
+    return None
+
+
+def _check_processes(out_dir, progress, processes):
+    """A run resumes on as many MPI processes as it ran on (others sum the gradients in another
+    order: not the run it continues); else a UserError naming both numbers."""
+    if progress.processes == processes:
+        return
+
+    def run_by(k):
+        return f"{k} MPI processes (mpiexec -n {k})" if k > 1 else "1 process (no mpiexec)"
+    raise UserError(f"--resume {out_dir}: the run was trained by {run_by(progress.processes)} and this is "
+                    f"{run_by(processes)}; resume it as it ran, bit for bit: "
+                    f"{modeldir.resume_command(out_dir, progress.processes)}")
+
+
+def before_resume(config, out_dir, processes=1):
+    """What the CLI checks before a --resume touches out_dir (its lock included), from info.json
+    and the checkpoint's progress only: a UserError when `processes` differs from the run's;
+    one line saying why there is nothing to do when the run is complete and `config` (its
+    train.epochs and train.max_steps) would train no further; else None."""
+    out_dir = Path(out_dir)
+    if not (out_dir / modeldir.CHECKPOINT).exists():
+        return None  # _resume says what is wrong
+    info = modeldir.check_format(out_dir)
+    p = read_progress(out_dir)
+    idle = _nothing_to_do(config, out_dir, info, p)
+    if idle is None:
+        _check_processes(out_dir, p, processes)
+    return idle
+
+
+def _nothing_to_do(config, out_dir, info, p):
+    tc = config.train
+    if info.get("status") != "complete" or p.stop is None or (p.stop != STOP_SCHEDULE and _limit(p, tc) is None):
+        return None
+    if p.stop == STOP_SCHEDULE:
+        why = "its learning-rate schedule ended it (valid perplexity stopped improving)"
+    elif _limit(p, tc) == STOP_EPOCHS:
+        why = (f"it trained {len(p.history)} epoch{'' if len(p.history) == 1 else 's'} and train.epochs is "
+               f"{tc.epochs} (--set train.epochs=N trains on to epoch N)")
+    else:
+        why = (f"it took {p.step} steps and train.max_steps is {tc.max_steps} (--set train.max_steps=N or "
+               f"=null trains on)")
+    skipped = info.get("final_evaluation") == FINAL_EVALUATION_SKIPPED
+    return (f"nothing to do: {out_dir} is complete: {why}; nothing was changed"
+            + (f"; its final evaluation was skipped: rnnlm eval {out_dir} runs it" if skipped else ""))
 
 
 def _train_epoch(r, state):
@@ -596,16 +698,23 @@ def _interrupt(r, state, signum):
 def _finish(r, state, vocab, unigram, seconds):
     """Save the kept model and the final checkpoint (removed at the end unless
     train.keep_checkpoint); exact valid and test perplexity; the end record -> the summary.
-    `seconds`: the wall time of this process's part of the run."""
+    `seconds`: the wall time of this process's part of the run. A signal during the exact
+    evaluation stops it at once: the run is recorded complete with its figures missing
+    ("final_evaluation": "skipped" in the end record and info.json), then Interrupted."""
     p, config = state.progress, r.config
+    r.reporter.close()
     kept = state.kept()
     modeldir.save_weights(r.out_dir, kept)
     if config.train.keep_checkpoint:
         _save(r, state)
-    valid_ppl = _exact_perplexity(kept, config, r.streams["valid"][0], r.reset_at)
+    valid_ppl = test_ppl = skipped = None
     test_ids = r.streams["test"][0]
-    test_ppl = (_exact_perplexity(kept, config, test_ids, r.reset_at) if test_ids is not None and len(test_ids) > 1
-                else None)
+    try:
+        valid_ppl = _exact_perplexity(kept, config, r.streams["valid"][0], r.reset_at, r.should_stop)
+        if test_ids is not None and len(test_ids) > 1:
+            test_ppl = _exact_perplexity(kept, config, test_ids, r.reset_at, r.should_stop)
+    except evaluate.Stopped as e:
+        skipped = e.args[0]
     train_loss = (p.epoch_loss_sum / p.epoch_targets if p.epoch_targets
                   else p.history[-1].get("train_loss") if p.history else None)
     epochs_trained = len(p.history) + p.window / max(1, data.num_windows(r.batches, config.train.bptt))
@@ -615,13 +724,17 @@ def _finish(r, state, vocab, unigram, seconds):
                "test_ppl": test_ppl, "unigram_valid_ppl": unigram, "train_seconds": p.train_seconds,
                "wall_seconds": seconds, "total_wall_seconds": r.wall_before + seconds,
                "tokens_per_sec": p.tokens / p.train_seconds if p.train_seconds else None}
+    skip = {"final_evaluation": FINAL_EVALUATION_SKIPPED} if skipped else {}
+    summary.update(skip)
     _write_card(r, state, kept, summary=summary)  # first: if it fails, --resume finishes the run again
     _append_metric(r, state, summary)
     modeldir.write_info(r.out_dir, status="complete", vocab_size=len(vocab), steps=p.step, tokens=p.tokens,
                         valid_ppl=valid_ppl, test_ppl=test_ppl, unigram_valid_ppl=unigram,
-                        stop_reason=summary["stop_reason"])
+                        stop_reason=summary["stop_reason"], **skip)
     if not config.train.keep_checkpoint:  # last: a crash before this leaves a resumable folder
         files.remove(r.out_dir / modeldir.CHECKPOINT)
+    if skipped:
+        raise Interrupted(skipped, final_evaluation=True)
     return summary
 
 
@@ -640,8 +753,8 @@ def _write_card(r, state, kept, summary=None, diverged=None):
     modeldir.write_card(out, text)
 
 
-def _exact_perplexity(params, config, ids, reset_at):
-    total, count = evaluate.evaluate_ids(params, config.model, ids, 1, config.train.bptt, reset_at)
+def _exact_perplexity(params, config, ids, reset_at, stop=None):
+    total, count = evaluate.evaluate_ids(params, config.model, ids, 1, config.train.bptt, reset_at, stop)
     return evaluate.summarize(total, count)["perplexity"]
 
 
@@ -664,7 +777,7 @@ def run_in_folder(config, out, *, init_dir=None, init_vocab=INIT_VOCAB_KEEP, res
                    should_stop=should_stop, world=world)
     except WriteError as e:
         if (out / modeldir.CHECKPOINT).exists():
-            raise WriteError(f"{e}; fix the cause and continue with: rnnlm train --out {out} --resume") from None
+            raise WriteError(f"{e}; fix the cause and continue with: {modeldir.resume_command(out, w.size)}") from None
         raise
     finally:
         if w.rank == 0:

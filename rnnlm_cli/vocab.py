@@ -115,6 +115,49 @@ def build_vocab(
     return vocab_from_tokens(SPECIALS + tuple(words))
 
 
+# In a word list, the sentence boundary of SRILM and Kaldi text: <eos> here, so not a word
+SENTENCE_MARKERS = ("<s>", "</s>")
+
+
+def load_word_list(path: str | os.PathLike) -> tuple[str, ...]:
+    """The words of a vocabulary file (vocab.file): UTF-8, one word per line, blank lines
+    skipped; <unk> and <eos> (which every vocabulary has) and <s>, </s> (the sentence boundary,
+    <eos>) are not words of it. A line with several fields, or a word listed twice, is a
+    UserError naming the line."""
+    name = os.fspath(path)
+    words: list[str] = []
+    seen: dict[str, int] = {}
+    for lineno, text in iter_lines(path):
+        fields = text.split()
+        if len(fields) > 1:
+            raise UserError(f"{name}: line {lineno}: {len(fields)} fields; a vocabulary file has one word per line "
+                            f"(a Kaldi words.txt? its first column: cut -d' ' -f1)")
+        if not fields:
+            continue
+        if fields[0] in seen:
+            raise UserError(f"{name}: line {lineno}: {fields[0]!r} is listed twice (also on line {seen[fields[0]]})")
+        seen[fields[0]] = lineno
+        if fields[0] not in SPECIALS + SENTENCE_MARKERS:
+            words.append(fields[0])
+    if not words:
+        raise UserError(f"{name}: no words (a vocabulary file lists one word per line)")
+    return tuple(words)
+
+
+def vocab_from_list(words: Iterable[str], counts: Mapping[str, int]) -> Vocab:
+    """<unk>, <eos>, then every word of the list, ordered as build_vocab orders them: most
+    frequent in `counts` first (the words it never saw last), ties in string order."""
+    return vocab_from_tokens(SPECIALS + tuple(sorted(words, key=lambda w: (-counts.get(w, 0), w))))
+
+
+def make_vocab(counts: Mapping[str, int], vocab_cfg) -> Vocab:
+    """The vocabulary of a config's `vocab` section from the training text's word counts:
+    vocab.file's words when it names one, else built (min_count, max_size)."""
+    if vocab_cfg.file:
+        return vocab_from_list(load_word_list(vocab_cfg.file), counts)
+    return build_vocab(counts, vocab_cfg.min_count, vocab_cfg.max_size)
+
+
 def format_vocab(vocab: Vocab) -> str:
     """The text of vocab.txt: one token per line, LF endings."""
     return "".join(tok + "\n" for tok in vocab.tokens)

@@ -165,10 +165,17 @@ def test_two_ranks_resume_after_the_job_is_killed(setup, tmp_path, how):
             proc.send_signal(signal.SIGTERM)  # mpiexec forwards it to the ranks: they agree and checkpoint
             proc.wait(timeout=60)
             assert json.loads((out / "info.json").read_text())["status"] == "interrupted"
-            assert b"--resume" in proc.stderr.read()
+            assert f"continue with: mpiexec -n 2 rnnlm train --out {out} --resume".encode() in proc.stderr.read()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, err = _train(config, out, LONG, 0, "--resume")  # one process: refused, naming both numbers
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "trained by 2 MPI processes (mpiexec -n 2)" in lines[0] and "this is 1 process" in lines[0], err
+    assert f"mpiexec -n 2 rnnlm train --out {out} --resume" in lines[0], err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     code, err = _train(config, out, LONG, 2, "--resume")
     assert code == 0, err
     assert_same_arrays(weights(out), weights(reference))  # same K: bit for bit

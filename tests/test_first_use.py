@@ -89,6 +89,24 @@ def test_a_run_stopped_by_max_steps_says_the_fraction_of_an_epoch(tiny_config, r
     assert end["epochs"] == 0 and end["epochs_trained"] == pytest.approx(0.2)
 
 
+def test_a_run_stopped_within_an_epoch_closes_its_bar_before_the_end_line(tiny_config, run_cli, tmp_path,
+                                                                         monkeypatch):
+    """On a terminal, max_steps stops training inside an epoch, with its bar open: the bar goes
+    before anything else is printed, so the `| end |` line is not glued to it."""
+    import sys
+    import click
+    from rnnlm_cli import cli
+    events, echo, close = [], click.echo, cli.BarReporter.close
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # the progress bar is on
+    monkeypatch.setattr(click, "echo", lambda text="", **k: events.append(("echo", str(text))) or echo(text, **k))
+    monkeypatch.setattr(cli.BarReporter, "close", lambda self: events.append(("close", self.bar is not None))
+                        or close(self))
+    code, out, err = run_cli("train", tiny_config, "--set", "train.max_steps=21", "--out", tmp_path / "m")
+    assert code == 0, err
+    end = next(k for k, e in enumerate(events) if e[0] == "echo" and e[1].startswith("| end |"))
+    assert ("close", True) in events[:end], events  # the open bar was closed before the end line
+
+
 def test_the_last_line_after_resume_gives_the_total_and_the_resumed_wall_time(tiny_config, run_cli, tmp_path):
     out = tmp_path / "m"
     stops = iter([None] * 150 + [signal.SIGINT])

@@ -69,7 +69,8 @@ def test_info_of_an_interrupted_run_says_where_it_resumes(run_dirs, run_cli):
     p = progress(out)
     assert s["status"] == "interrupted" and "SIGINT" in s["detail"]
     assert (s["steps"], s["tokens"], s["epochs"]) == (p["step"], p["tokens"], len(p["history"])) and s["epochs"] == 1
-    assert s["resume_from"] == {"epoch": p["epoch"], "step": p["step"]} == {"epoch": 2, "step": p["step"]}
+    assert s["resume_from"] == {"epoch": p["epoch"], "step": p["step"], "processes": 1} == {
+        "epoch": 2, "step": p["step"], "processes": 1}
     assert s["test_ppl"] is None and s["valid_ppl"] is None
     assert s["best_valid_ppl"] == [e for e in events(out) if e["event"] == "epoch"][0]["valid_ppl"]
     code, text, _ = run_cli("info", out)
@@ -83,7 +84,7 @@ def test_info_of_a_crashed_run_says_it_stopped_without_a_word(run_dirs, run_cli)
     assert s["status"] == "interrupted" and "killed or crashed" in s["detail"] and s["pid"] is None
     last = [e for e in events(out) if e["event"] == "train"][-1]
     assert (s["steps"], s["tokens"]) == (last["step"], last["tokens"])  # what the log saw
-    assert s["resume_from"] == {"epoch": 2, "step": progress(out)["step"]}  # the checkpoint after epoch 1
+    assert s["resume_from"] == {"epoch": 2, "step": progress(out)["step"], "processes": 1}  # the checkpoint after epoch 1
 
 
 def test_info_of_a_resumed_run_that_crashed(run_dirs, tmp_path, run_cli):

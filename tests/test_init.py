@@ -127,3 +127,31 @@ def test_every_output_kind_says_which_arrays_follow_the_words():
             assert module.TIED in module.WORD_AXES, name
         for key, axis in module.WORD_AXES.items():
             assert key in shapes and shapes[key][axis] == 10, (name, key)
+
+
+@pytest.mark.parametrize("settings,fragments", [
+    (["model.output=class"], ["model.output: softmax there, class here", "--set model.output=softmax"]),
+    (["model.cell=lstm"], ["model.cell: elman there, lstm here", "--set model.cell=elman"]),
+    (["model.hidden_dim=16", "model.layers=2"], ["model.hidden_dim: 12 there, 16 here", "model.layers: 1 there, 2 here"]),
+    (["model.activation=relu"], ["model.activation: tanh there, relu here"]),
+    (["data.tokenizer=simple"], ["data.tokenizer: whitespace there, simple here", "--init-vocab new"]),
+])
+def test_init_names_the_config_keys_its_model_does_not_fit(tmp_path, run_cli, settings, fragments):
+    base, config = _base(tmp_path, run_cli)
+    args = [a for s in settings for a in ("--set", s)]
+    for extra in ([], ["--dry-run"]):  # the dry run checks it too
+        code, _, err = run_cli("train", config, *args, "--init", base, "--out", tmp_path / "never", *extra)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: --init {base}: its model does not "
+                                                                     f"fit this config: "), err
+        for fragment in fragments:
+            assert fragment in lines[0], (fragment, err)
+        assert "array" not in lines[0]
+    assert not (tmp_path / "never").exists()
+
+
+def test_init_vocab_new_may_read_the_text_with_another_tokenizer(tmp_path, run_cli):
+    base, config = _base(tmp_path, run_cli)
+    code, _, err = run_cli("train", config, "--set", "data.tokenizer=simple", "--init", base, "--init-vocab", "new",
+                           "--out", tmp_path / "new", *FROZEN)
+    assert code == 0, err

@@ -93,3 +93,48 @@ def test_a_full_run_puts_the_last_epochs_train_loss_in_the_end_record(tiny_confi
     last_epoch = [e for e in events if e["event"] == "epoch"][-1]
     assert events[-1]["train_loss"] == pytest.approx(last_epoch["train_loss"])
     assert events[-1]["lr"] > 0
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_a_resume_with_nothing_to_do_says_so_and_changes_nothing(tiny_config, tmp_path, run_cli):
+    out = tmp_path / "run"
+    code, _, err = run_cli("train", tiny_config, "--out", out, "-q")
+    assert code == 0, err
+    code, stdout, err = run_cli("train", "--out", out, "--resume", "--set", "train.epochs=3", "-q")
+    assert code == 0 and "reached 3 epochs" in stdout, err
+    assert "--set train.epochs=3" in (out / "README.md").read_text()
+    before = _files(out)
+    for args in (["--out", out, "--resume"], [tiny_config, "--out", out, "--resume"],
+                 ["--out", out, "--resume", "--set", "train.epochs=2"]):
+        code, stdout, err = run_cli("train", *args)
+        assert code == 0 and stdout == "", (args, err)
+        assert err.strip() == (f"nothing to do: {out} is complete: it trained 3 epochs and train.epochs is "
+                               "2 (--set train.epochs=N trains on to epoch N); "
+                               f"nothing was changed"), err
+        assert _files(out) == before  # the record of the run as it was, card and info included
+    code, stdout, err = run_cli("train", "--out", out, "--resume", "--set", "train.epochs=4", "-q")
+    assert code == 0 and "reached 4 epochs" in stdout, err  # something to do: it trains on
+
+
+def test_a_resume_past_max_steps_has_nothing_to_do(tiny_config, tmp_path, run_cli):
+    out = tmp_path / "short"
+    code, stdout, err = run_cli("train", tiny_config, "--set", "train.max_steps=5", "--out", out, "-q")
+    assert code == 0 and "reached max_steps 5" in stdout, err
+    before = _files(out)
+    code, _, err = run_cli("train", "--out", out, "--resume")
+    assert code == 0 and "nothing to do" in err and "train.max_steps is 5" in err, err
+    assert _files(out) == before
+    code, stdout, err = run_cli("train", "--out", out, "--resume", "--set", "train.max_steps=8", "-q")
+    assert code == 0 and "reached max_steps 8" in stdout, err
+
+
+def test_reached_one_epoch_is_singular(tiny_config, tmp_path, run_cli):
+    code, stdout, err = run_cli("train", tiny_config, "--set", "train.epochs=1", "--out", tmp_path / "one", "-q")
+    assert code == 0 and "| reached 1 epoch |" in stdout and "in 1 epoch |" in stdout, err
+    card = (tmp_path / "one" / "README.md").read_text()
+    assert "(reached 1 epoch)" in card and "It ran 1 epoch," in card and ", 1 epoch, seed" in card, card
+    text = run_cli("info", tmp_path / "one")[1]
+    assert "complete (reached 1 epoch)" in text and "1 epochs" not in text, text

@@ -175,6 +175,66 @@ def test_nbest_ids_kaldi_and_srilm(models, run_cli, tmp_path):
     assert lines[-2].startswith(f"file {plain}: 1 sentences, 6 words, 0 OOVs")
 
 
+def test_oov_words_are_marked_as_scored_as_unk(models, run_cli):
+    a, _, text = models
+    recs = [json.loads(line) for line in run_cli("score", a, text, "--format", "json", "--words")[1].splitlines()]
+    assert recs[2]["tokens"][3][0] == "zebra" and recs[2]["oov_positions"] == [3] and recs[2]["oov"] == 1
+    assert all(r["oov_positions"] == [] for k, r in enumerate(recs) if k != 2)
+    assert rnnlm_cli.load(a).score(LINES)[2]["oov_positions"] == [3]  # the Python API too
+    code, out, _ = run_cli("score", a, text, "--format", "srilm", "--words")
+    lines = out.splitlines()
+    at = lines.index("a dog likes zebra today .")  # the sentence as it was written
+    assert lines[at + 4].startswith("\tp( <unk> | likes ... ) \t= [rnn] "), lines[at:at + 9]  # as ngram -unk
+    assert lines[at + 5].startswith("\tp( today | <unk> ... ) \t= [rnn] ")
+    assert lines[at + 8] == "1 sentences, 6 words, 1 OOVs"
+    assert "<unk>" not in "".join(lines[:at])
+
+
+def test_sentence_markers_are_the_boundary_not_words(models, run_cli, tmp_path):
+    a, _, _ = models
+    marked, bare = tmp_path / "marked.txt", tmp_path / "bare.txt"
+    marked.write_text("<s> the cat sees the moon . </s>\n<s> </s>\nthe <s> king finds </s> a\n\t<s>  a dog .  </s> \n",
+                      encoding="utf-8")
+    bare.write_text("the cat sees the moon .\n\nthe <s> king finds </s> a\na dog .\n", encoding="utf-8")
+    for args in ([], ["--carry"]):
+        got, want = (run_cli("score", a, f, "--format", "json", "--words", *args)[1] for f in (marked, bare))
+        assert got == want and len(got.splitlines()) == 4, args  # markers inside a line stay words
+    code, out, _ = run_cli("score", a, marked, "--format", "json", "--keep-sentence-markers")
+    first = json.loads(out.splitlines()[0])
+    assert code == 0 and (first["words"], first["oov"]) == (8, 2)  # as before: two unknown words
+    nbest = tmp_path / "nbest.txt"
+    nbest.write_text("utt1 <s> the cat sees the moon . </s>\nutt2 <s> </s>\n", encoding="utf-8")
+    code, out, _ = run_cli("score", a, nbest, "--format", "kaldi")
+    costs = [line.split(" ") for line in out.splitlines()]
+    assert code == 0 and [c[0] for c in costs] == ["utt1", "utt2"]
+    alone = json.loads(run_cli("score", a, bare, "--format", "json")[1].splitlines()[0])
+    assert float(costs[0][1]) == pytest.approx(-alone["logprob"], abs=1e-6)
+
+
+def test_sentence_markers_with_the_simple_tokenizer(tiny_config, tmp_path, run_cli):
+    out = tmp_path / "simple"
+    code, _, err = run_cli("train", tiny_config, "--set", "data.tokenizer=simple", "--set", "train.max_steps=2",
+                           "--out", out, "-q")
+    assert code == 0, err
+    text = tmp_path / "t.txt"
+    text.write_text("<s> The cat sees the moon. </s>\nthe cat sees the moon .\n", encoding="utf-8")
+    first, second = (json.loads(line) for line in run_cli("score", out, text, "--format", "json")[1].splitlines())
+    assert first["words"] == second["words"] == 6 and first["logprob"] == second["logprob"]
+
+
+def test_an_nbest_line_without_an_id_is_refused_naming_it(models, run_cli, tmp_path):
+    a, _, _ = models
+    nbest = tmp_path / "nbest.txt"
+    nbest.write_text("utt1 the cat sees the moon .\nutt2\n  \nutt3 a dog .\n", encoding="utf-8")
+    for args in (["--format", "kaldi"], ["--nbest"], ["--nbest", "--carry"], ["--nbest", "--format", "json"]):
+        code, out, err = run_cli("score", a, nbest, *args)
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, (args, err)
+        assert err.startswith(f"error: {nbest}: line 3: an empty line, but --nbest"), err
+    nbest.write_text("utt1 the cat sees the moon .\nutt2\n", encoding="utf-8")  # an id alone: an empty hypothesis
+    code, out, err = run_cli("score", a, nbest, "--format", "kaldi")
+    assert code == 0 and out.splitlines()[1].startswith("utt2 "), err
+
+
 def test_score_reads_standard_input(models):
     a, _, text = models
     proc = subprocess.run([sys.executable, "-m", "rnnlm_cli.cli", "score", str(a)], input=text.read_bytes(),

@@ -84,3 +84,40 @@ def test_kill_9_then_resume_is_bit_for_bit(long_run, tmp_path, run_cli):
     assert result == 0, err
     assert_same_arrays(weights(out), reference)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no lock, no temp files
+
+
+def test_ctrl_c_during_the_final_evaluation_skips_it_at_once(tiny_config, tmp_path, run_cli, monkeypatch):
+    """Training is over and its weights saved when the exact evaluation starts: Ctrl-C there
+    stops at once (exit 130), the run is recorded complete with the evaluation skipped, and the
+    user is told that `rnnlm eval DIR` runs it; a --resume then has nothing to do."""
+    from rnnlm_cli import evaluate, model
+    real, calls = evaluate.evaluate_ids, []
+
+    def ctrl_c_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # as the user presses Ctrl-C
+        return real(*args, **kwargs)
+    monkeypatch.setattr(evaluate, "evaluate_ids", ctrl_c_first)
+    forward, windows = model.forward, []
+    monkeypatch.setattr(model, "forward", lambda *a, **k: windows.append(k.get("need_grad", True)) or forward(*a, **k))
+    out = tmp_path / "run"
+    code, stdout, err = run_cli("train", tiny_config, "--set", "train.max_steps=5", "--out", out)
+    assert code == 130 and "Traceback" not in err, err
+    assert windows.count(False) == 0 and len(calls) == 1  # no window of valid or test was evaluated
+    assert err.strip().splitlines()[-1] == (f"interrupted: final evaluation skipped; training is complete and the "
+                                           f"model is saved in {out}; evaluate it later with: rnnlm eval {out}")
+    info = json.loads((out / "info.json").read_text())
+    assert info["status"] == "complete" and info["final_evaluation"] == "skipped" and info["test_ppl"] is None
+    end = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert end["event"] == "end" and end["final_evaluation"] == "skipped" and end["valid_ppl"] is None
+    assert "The final evaluation was skipped" in (out / "README.md").read_text()
+    monkeypatch.undo()
+    code, text, err = run_cli("info", out)
+    assert code == 0 and "final evaluation skipped" in text and f"rnnlm eval {out}" in text, text
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = run_cli("train", "--out", out, "--resume")
+    assert code == 0 and "nothing to do" in err and f"rnnlm eval {out} runs it" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    code, text, err = run_cli("eval", out)
+    assert code == 0 and "perplexity" in text and err == "", err

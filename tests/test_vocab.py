@@ -140,3 +140,77 @@ def test_load_missing_file(tmp_path):
     with pytest.raises(UserError, match="no such file") as e:
         load_vocab(tmp_path / "nope.txt")
     assert "nope.txt" in str(e.value)
+
+
+# --------------------------------------------------------------------------------------------
+# vocab.file: a fixed vocabulary from a word list, as users give it (config key, --set)
+
+
+def _train_words(corpus):
+    return corpus["train"].read_text(encoding="utf-8").split()
+
+
+def test_vocab_file_fixes_the_vocabulary(tiny_config, corpus, tmp_path, run_cli):
+    import json
+    from collections import Counter as C
+    (tmp_path / "lexicon.txt").write_text("the\ncat\nsees\n\nzebra\n<s>\n</s>\n<unk>\nmoon\n.\n", encoding="utf-8")
+    out = tmp_path / "fixed"
+    code, _, err = run_cli("train", tiny_config, "--set", "vocab.file=lexicon.txt", "--set", "train.max_steps=3",
+                           "--out", out)  # relative to the config's folder, as data paths
+    assert code == 0, err
+    assert "vocabulary 8 (vocab.file " in err, err
+    counts = C(_train_words(corpus))
+    listed = ["the", "cat", "sees", "zebra", "moon", "."]
+    want = ("<unk>", "<eos>") + tuple(sorted(listed, key=lambda w: (-counts[w], w)))
+    assert load_vocab(out / "vocab.txt").tokens == want and want[-1] == "zebra"  # never seen: last, still a word
+    result = json.loads(run_cli("eval", out, corpus["train"], "--json")[1])
+    assert result["oov"] == sum(n for w, n in counts.items() if w not in listed) > 0  # every other word is <unk>
+    text = tmp_path / "z.txt"
+    text.write_text("the zebra sees the moon .\n", encoding="utf-8")
+    rec = json.loads(run_cli("score", out, text, "--format", "json", "--words")[1])
+    assert rec["oov"] == 0 and rec["oov_positions"] == [] and rec["tokens"][1][0] == "zebra"
+    assert "fixed, from vocab.file" in run_cli("info", out)[1]
+
+
+def test_another_word_list_gets_its_own_token_cache(tiny_config, corpus, tmp_path, run_cli):
+    """The token ids are cached by the vocabulary's hash: a second list over the same text must
+    not reuse the first list's ids."""
+    import json
+    counts = Counter(_train_words(corpus))
+    for name, words in (("a.txt", ["the", "cat"]), ("b.txt", ["the", "dog", "a", "."])):
+        (tmp_path / name).write_text("\n".join(words) + "\n", encoding="utf-8")
+        out = tmp_path / name.replace(".txt", "")
+        code, _, err = run_cli("train", tiny_config, "--set", f"vocab.file={name}", "--set", "train.max_steps=1",
+                               "--out", out, "-q")
+        assert code == 0, err
+        end = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+        result = json.loads(run_cli("eval", out, corpus["train"], "--json")[1])
+        assert result["oov"] == sum(n for w, n in counts.items() if w not in words), name
+        assert end["event"] == "end" and len(load_vocab(out / "vocab.txt")) == len(words) + 2
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("the\ncat 12\n", "lexicon.txt: line 2: 2 fields; a vocabulary file has one word per line"),
+    ("the\ncat\nthe\n", "lexicon.txt: line 3: 'the' is listed twice (also on line 1)"),
+    ("<unk>\n\n<s>\n", "lexicon.txt: no words"),
+    (None, "lexicon.txt: no such file"),
+])
+def test_a_bad_word_list_is_one_line_naming_it(tiny_config, tmp_path, run_cli, text, fragment):
+    from conftest import assert_clean_error
+    if text is not None:
+        (tmp_path / "lexicon.txt").write_text(text, encoding="utf-8")
+    for extra in ([], ["--dry-run"]):
+        code, _, err = run_cli("train", tiny_config, "--set", "vocab.file=lexicon.txt", "--out", tmp_path / "never",
+                               *extra)
+        assert_clean_error(code, err, 2, fragment)
+    assert not (tmp_path / "never").exists()
+
+
+def test_vocab_file_with_a_kept_init_vocabulary_is_refused(tiny_model, tiny_config, tmp_path, run_cli):
+    (tmp_path / "lexicon.txt").write_text("the\ncat\n", encoding="utf-8")
+    code, _, err = run_cli("train", tiny_config, "--set", f"vocab.file={tmp_path / 'lexicon.txt'}", "--init",
+                           tiny_model[0], "--out", tmp_path / "never")
+    assert code == 2 and "add --init-vocab new" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli("train", tiny_config, "--set", f"vocab.file={tmp_path / 'lexicon.txt'}", "--init",
+                           tiny_model[0], "--init-vocab", "new", "--set", "train.max_steps=1", "--out", tmp_path / "new")
+    assert code == 0 and load_vocab(tmp_path / "new" / "vocab.txt").tokens == ("<unk>", "<eos>", "the", "cat"), err
