@@ -22,7 +22,7 @@ def load_mixture(model_dir, mix_dirs=(), weights_text=None, probs_path=None):
     models = [modeldir.load_model(model_dir)]
     for other in mix_dirs:
         config, vocab, params = modeldir.load_model(other)
-        _check_same_vocabulary(model_dir, models[0], other, (config, vocab, params))
+        check_same_vocabulary(model_dir, models[0], other, (config, vocab, params))
         models.append((config, vocab, params))
     n = len(models) + (probs_path is not None)
     if weights_text is None:
@@ -30,7 +30,7 @@ def load_mixture(model_dir, mix_dirs=(), weights_text=None, probs_path=None):
     return models, parse_weights(weights_text, n)
 
 
-def _check_same_vocabulary(model_dir, first, other_dir, other):
+def check_same_vocabulary(model_dir, first, other_dir, other):
     (config_a, vocab_a, _), (config_b, vocab_b, _) = first, other
     if vocab_a.tokens != vocab_b.tokens:
         diff = next((i for i, (a, b) in enumerate(zip(vocab_a.tokens, vocab_b.tokens)) if a != b),
