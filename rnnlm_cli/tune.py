@@ -38,7 +38,7 @@ LR_EXTEND = 3  # coarse steps beyond the first three, at most, while the best is
 DECAY_START, DECAY_STEPS = 1e-3, 4  # the decay's search: 1e-3, then up the coarse rungs while it helps
 EPSILON_EXTEND = 1
 LAMBDAS = (0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
-THETA_MULTIPLES = tuple(2.0 ** (k / 2) for k in range(-2, 15))  # 0.5 ... 128, ×√2 apart
+THETA_MULTIPLES = tuple(2.0 ** (k / 2) for k in range(-2, 19))  # 0.5 ... 512, ×√2 apart
 SCALE_TOKENS = 2000  # positions of the valid text whose states set the scale of θ
 
 
@@ -429,6 +429,11 @@ class Search:
                 setting = dict(self.base, cache=neural_cache.Settings(window, theta, lam))
                 rows.append(self.row("cache", setting, neural_cache.mix(logp, logp_cache[k], lam), seconds))
         self.emit(rows)
+        best = best_row(rows)["setting"]["cache"]
+        for name, value, grid in (("theta", best.theta, thetas), ("lambda", best.lam, LAMBDAS)):
+            if best_row(self.rows)["method"] == "cache" and value in (grid[0], grid[-1]):
+                self.notes.append(f"the best cache {name}, {_number(value)}, is at the edge of the grid "
+                                  f"({_number(grid[0])} to {_number(grid[-1])})")
 
     def result(self, seconds):
         """The table and the best settings as one JSON-ready dict."""

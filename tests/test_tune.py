@@ -68,7 +68,7 @@ def test_walk_up_climbs_while_it_helps():
 def test_theta_grid_is_relative_to_the_scale_of_the_states():
     grid = tune.theta_grid(20.0)
     assert len(grid) == len(tune.THETA_MULTIPLES) and grid == tuple(sorted(grid))
-    assert grid[0] == 0.025 and grid[-1] == 6.4 and 0.05 in grid and 1.6 in grid
+    assert grid[0] == 0.025 and grid[-1] == 25.6 and 0.05 in grid and 1.6 in grid
     assert all(float(f"{t:.3g}") == t for t in grid)
     assert tune.theta_grid(0.0) == tune.theta_grid(1.0)
 
