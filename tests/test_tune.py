@@ -306,3 +306,11 @@ def test_a_model_whose_valid_file_is_gone(tmp_path, run_cli):
     assert_clean_error(code, err, 2, "valid file", "valid.txt", "--valid FILE")
     shutil.copy(corpus["test"], tmp_path / "elsewhere.txt")
     assert _tune(run_cli, out, "--cache", "--valid", tmp_path / "elsewhere.txt")["targets"] > 0
+
+
+def test_help_has_examples_and_every_option(run_cli):
+    code, out, _ = run_cli("tune", "--help")
+    assert code == 0 and "Examples:" in out and "rnnlm tune runs/ptb --cache" in out
+    for option in ("--valid FILE", "--cache [W]", "--dynamic [sgd|rms]", "--dynamic-lr", "--dynamic-segment",
+                   "--dynamic-stats", "--dynamic-stats-from", "--mix MODEL_DIR", "--mix-probs", "--json", "--quiet"):
+        assert option in out, option
