@@ -5,6 +5,7 @@
     lm.score(["and god said", "let there be light"])   # like `rnnlm score --format json`
     lm.evaluate("data/test.txt")                        # like `rnnlm eval --json`
     lm.evaluate("data/test.txt", cache=500)             # like `rnnlm eval --json --cache 500`
+    lm.tune(cache=500, dynamic="sgd")                   # like `rnnlm tune --json --cache 500 --dynamic sgd`
     lm.sample(prompt="and god", words=20, seed=1)        # like `rnnlm sample`
 
 Errors are rnnlm_cli.errors.UserError (bad files, options) with the same one-line messages the
@@ -78,6 +79,24 @@ class LanguageModel:
         settings = neural_cache.settings(cache, cache_theta, cache_lambda)
         plans = self._dynamic_plans(components, dynamic, dynamic_options)
         return mix.evaluate_file(components, weights, path, batch_size, plans, None, self.path, settings)
+
+    def tune(self, path=None, *, cache=None, dynamic=None, mix_with=(), mix_probs=None, dynamic_lr=None,
+             dynamic_segment=None, dynamic_stats=None, dynamic_stats_from=None):
+        """The search of `rnnlm tune` on the text file `path` (default: the model's valid file; never
+        its test file), as a dict: the object `rnnlm tune --json` prints (rows, best, flags).
+        cache=W tunes the cache's θ and λ at window W; dynamic="sgd" or "rms" dynamic evaluation
+        (dynamic_lr: where its learning rate's search starts; the other dynamic_* keywords as in
+        `score`, not tuned); mix_with (other LanguageModels) and mix_probs (a file of per-target
+        probabilities) the interpolation weights."""
+        from . import tune
+        settings = tune.request(cache, dynamic, bool(mix_with) or mix_probs is not None, lr=dynamic_lr,
+                                segment=dynamic_segment, stats=dynamic_stats, stats_from=dynamic_stats_from)
+        for other in mix_with:
+            mix.check_same_vocabulary(self.path, self._parts(), other.path, other._parts())
+        path = tune.validation_file(self.config, None if path is None else str(path), self.path)
+        search = tune.Search([self._parts()] + [other._parts() for other in mix_with], path, mix_probs,
+                             [other.path for other in mix_with])
+        return search.run(cache, settings, dynamic_lr)
 
     def sample(self, prompt="", *, words=50, temperature=1.0, top_k=None, top_p=None, seed=0, count=1,
                stop_at_eos=False):

@@ -569,6 +569,152 @@ def _print_records(records, fmt, words, log_base, path):
 
 
 # --------------------------------------------------------------------------------------------
+# tune
+
+
+@cli.command("tune")
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--valid", "valid", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+              help="The text to tune on (default: the model's valid file; never its test file).")
+@click.option("--cache", "cache_window", default=None, type=int, is_flag=False, flag_value=500, metavar="[W]",
+              help="Tune the neural cache's --cache-theta and --cache-lambda at window W (500 if no W is given).")
+@click.option("--dynamic", "dynamic_rule", default=None, type=click.Choice(["sgd", "rms"]),
+              help="Tune dynamic evaluation with this rule: its learning rate, decay (and epsilon for rms).")
+@click.option("--dynamic-lr", type=click.FloatRange(min=0, min_open=True), default=None, metavar="LR",
+              help="With --dynamic: where the learning rate's search starts, on the ladder 1, 1.5, 2, 3, 5, 7 "
+                   "x 10^k (default 2 for sgd, 1e-4 for rms).")
+@click.option("--dynamic-segment", type=click.IntRange(min=1), default=None, metavar="K",
+              help="With --dynamic: tokens scored between two updates (default: the model's train.bptt); not tuned.")
+@click.option("--dynamic-stats", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --dynamic rms: training tokens the root mean squares are computed on (default 100000).")
+@click.option("--dynamic-stats-from", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="With --dynamic rms: the text to compute them on (default: the model's training text).")
+@click.option("--mix", "mix_dirs", multiple=True, type=click.Path(file_okay=False), metavar="MODEL_DIR",
+              help="Tune the interpolation weights with this model (same vocabulary), by EM. Repeatable.")
+@click.option("--mix-probs", "mix_probs", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Tune the weight of another LM's per-target probabilities of the valid file (SRILM -debug 2 "
+                   "output, or one per line).")
+@click.option("--json", "as_json", is_flag=True, help="Print the table and the best flags as one JSON object.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table: the best setting and its flags.")
+def tune_cmd(model_dir, valid, cache_window, dynamic_rule, dynamic_lr, dynamic_segment, dynamic_stats,
+             dynamic_stats_from, mix_dirs, mix_probs, as_json, quiet):
+    """Choose the test-time settings on a validation file: the cache's theta and lambda, dynamic
+    evaluation's learning rate and decay (and epsilon), the interpolation weights.
+
+    Prints one row per setting tried (perplexity, seconds), then the best one as the flags to
+    give eval and score. The stages run in the order weights, dynamic, cache, each from the best
+    setting of the one before; the grids are in docs/test-time.md. Nothing is written.
+
+    \b
+    Examples:
+      rnnlm tune runs/ptb --cache                 # theta x lambda at window 500
+      rnnlm tune runs/ptb --dynamic rms --cache 2000
+      rnnlm tune runs/ptb --mix runs/elman --json
+    """
+    from . import mix, tune
+    from .modeldir import weights_note
+    dynamic = tune.request(cache_window, dynamic_rule, bool(mix_dirs) or mix_probs is not None, lr=dynamic_lr,
+                           segment=dynamic_segment, stats=dynamic_stats, stats_from=dynamic_stats_from)
+    models, _ = mix.load_mixture(model_dir, mix_dirs, None, mix_probs)
+    note = weights_note(model_dir)
+    if note:
+        click.echo(note, err=True)
+    path = tune.validation_file(models[0][0], valid, model_dir)
+    table = _TuneTable(quiet or as_json, sys.stderr.isatty() and not quiet)
+    try:
+        search = tune.Search(models, path, mix_probs, mix_dirs, table.start, table.rows)
+        if not quiet and not as_json:
+            click.echo(f"tune {_shown(model_dir)} on {_shown(path)}: {search.stats['targets']} targets, "
+                       f"{search.stats['oov']} OOV (batch 1: the exact figures)")
+        result = search.run(cache_window, dynamic, dynamic_lr)
+    finally:
+        table.close()
+    if as_json:
+        click.echo(json.dumps(_json_safe_tree(result)))
+        return
+    _print_best(result, model_dir)
+
+
+class _TuneTable:
+    """tune's progress: a tqdm bar of passes over the file on stderr (terminal only), and the
+    rows on stdout as they come (not when `silent`); the cache's rows one line per theta."""
+
+    def __init__(self, silent, bar):
+        self.silent, self.bar = silent, None
+        if bar:
+            from tqdm import tqdm
+            self.bar = tqdm(unit="pass", desc="tune", leave=False, dynamic_ncols=True, file=sys.stderr)
+
+    def start(self, label):
+        if self.bar is not None:
+            self.bar.set_description_str(label)
+
+    def rows(self, rows):
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.silent:
+            return
+        from .tune import describe
+        lines = []
+        cached = [r for r in rows if r["method"] == "cache"]
+        for r in rows:
+            if r["method"] != "cache":
+                lines.append(self._line(describe(r), r["perplexity"], _fmt_seconds(r["seconds"])))
+        if cached:  # one line per theta, with its best lambda (every row is in --json)
+            first = cached[0]
+            base = describe(dict(first, settings=dict(first["settings"], cache=None)))
+            window = first["settings"]["cache"]["window"]
+            thetas = sorted({r["settings"]["cache"]["theta"] for r in cached})
+            lines.append(f"| cache {window}: {len(thetas)} theta x {len(cached) // len(thetas)} lambda, one pass"
+                         f"{'' if base == 'static' else ' with ' + base} ({_fmt_seconds(first['seconds'])})")
+        for theta in thetas if cached else ():
+            best = min((r for r in cached if r["settings"]["cache"]["theta"] == theta), key=lambda r: r["perplexity"])
+            text = f"  cache {window} theta {theta:g}, best lambda {best['settings']['cache']['lambda']:g}"
+            lines.append(self._line(text, best["perplexity"], ""))
+        if self.bar is not None:
+            self.bar.clear()
+        for line in lines:
+            click.echo(line)
+        if self.bar is not None:
+            self.bar.refresh()
+
+    @staticmethod
+    def _line(text, perplexity, seconds):
+        return f"| {text:<60} | ppl {_ppl(perplexity):>8} | {seconds:>10} |"
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _json_safe_tree(value):
+    """NaN and infinities as null, anywhere in a result."""
+    from .evaluate import json_safe
+    if isinstance(value, dict):
+        return {k: _json_safe_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe_tree(v) for v in value]
+    return json_safe(value)
+
+
+def _print_best(result, model_dir):
+    """The best setting, its gain over the static figure, and the flags for eval and score."""
+    best, static = result["best"], result["static"]["perplexity"]
+    for note in result["notes"]:
+        click.echo(f"note: {note}")
+    gain = f", {100 * (best['perplexity'] / static - 1):+.1f}%" if static and math.isfinite(static) else ""
+    click.echo(f"best: ppl {_ppl(best['perplexity'])} (static {_ppl(static)}{gain}) in "
+               f"{_fmt_seconds(result['seconds'])}")
+    if not best["flags"]:
+        click.echo("flags: (none: the static reading was best)")
+        return
+    carry = " --carry" if best["settings"]["dynamic"] or best["settings"]["cache"] else ""
+    click.echo(f"  rnnlm eval {_shown(model_dir)} FILE {best['flags']}")
+    click.echo(f"  rnnlm score {_shown(model_dir)} FILE{carry} {best['flags']}")
+    click.echo(f"flags: {best['flags']}")
+
+
+# --------------------------------------------------------------------------------------------
 # sample
 
 

@@ -22,7 +22,7 @@ def load_mixture(model_dir, mix_dirs=(), weights_text=None, probs_path=None):
     models = [modeldir.load_model(model_dir)]
     for other in mix_dirs:
         config, vocab, params = modeldir.load_model(other)
-        _check_same_vocabulary(model_dir, models[0], other, (config, vocab, params))
+        check_same_vocabulary(model_dir, models[0], other, (config, vocab, params))
         models.append((config, vocab, params))
     n = len(models) + (probs_path is not None)
     if weights_text is None:
@@ -30,7 +30,7 @@ def load_mixture(model_dir, mix_dirs=(), weights_text=None, probs_path=None):
     return models, parse_weights(weights_text, n)
 
 
-def _check_same_vocabulary(model_dir, first, other_dir, other):
+def check_same_vocabulary(model_dir, first, other_dir, other):
     (config_a, vocab_a, _), (config_b, vocab_b, _) = first, other
     if vocab_a.tokens != vocab_b.tokens:
         diff = next((i for i, (a, b) in enumerate(zip(vocab_a.tokens, vocab_b.tokens)) if a != b),
@@ -76,24 +76,32 @@ def mixed_log_probs(models, weights, ids, batch_size, reset_all, dynamic=None, e
     `dynamic`: a learning rate (sgd) or the list of each model's dynamic.Plan (dynamic_plans).
     `cache` (a cache.Settings): the pair (that mixture, the neural cache's log p_cache from the
     first model's states), for cache.mix (the cache mixes last)."""
-    parts, logp_cache = [], None
+    logps, logp_cache = [], None
     plans = dynamic if isinstance(dynamic, list) else [dynamic] * len(models)
     for k, ((config, vocab, params), w, plan) in enumerate(zip(models, weights, plans)):
         reads_cache = cache is not None and k == 0
         if w == 0 and not reads_cache:
+            logps.append(None)
             continue
         reset_at = vocab.eos_id if reset_all else evaluate.reset_id(config, vocab)
         logp = evaluate.stream_log_probs(params, config.model, ids, config.train.bptt, batch_size, reset_at,
                                          plan, config.train.clip_norm, cache if reads_cache else None)
         if reads_cache:
             logp, logp_cache = logp
-        if w > 0:
-            parts.append(math.log(w) + logp)
-    if extra_probs is not None and weights[-1] > 0:
+        logps.append(logp)
+    if extra_probs is not None:
         with np.errstate(divide="ignore"):
-            parts.append(math.log(weights[-1]) + np.log(extra_probs))
-    mixed = parts[0] if len(parts) == 1 else np.logaddexp.reduce(np.stack(parts), axis=0)
+            logps.append(np.log(extra_probs) if weights[-1] > 0 else None)
+    mixed = combine(logps, weights)
     return mixed if cache is None else (mixed, logp_cache)
+
+
+def combine(logps, weights):
+    """log Σ_k w_k P_k per target from each component's log-probabilities (a list of arrays in
+    the order of `weights`; None where the weight is 0): the components of weight 0 left out,
+    so a weight of 1 gives that component's figures exactly. tune's EM recombines the same way."""
+    parts = [math.log(w) + logp for w, logp in zip(weights, logps) if w > 0]
+    return parts[0] if len(parts) == 1 else np.logaddexp.reduce(np.stack(parts), axis=0)
 
 
 def _is_number(text):

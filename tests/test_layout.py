@@ -11,7 +11,7 @@ from rnnlm_cli.config import ModelConfig
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rnnlm_cli"
 NUMERICS = ("layers", "gated", "model", "output", "output.softmax", "output.classes", "output.hsm", "optim", "parallel",
-            "schedule", "evaluate", "sample", "gradcheck", "dynamic")
+            "schedule", "evaluate", "sample", "gradcheck", "dynamic", "tune")
 
 
 def _modules():
