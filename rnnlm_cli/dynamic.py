@@ -35,9 +35,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import data, model, optim, output, parallel
+from . import data, layers, model, optim, output, parallel
 from .errors import UserError
-from .layers import ColumnBlocks, SparseRows
+from .layers import ColumnBlocks, Outer, RowBlocks, SparseRows
 
 RULES = ("sgd", "rms")
 
@@ -123,7 +123,7 @@ def rms_statistics(params, model_cfg, ids, segment, reset_at=None):
     for inputs, targets in data.iter_windows(np.asarray(ids)[None, :], segment):
         _, state, cache = model.forward(params, model_cfg, inputs, targets, state, workspace=workspace,
                                         reset_at=reset_at)
-        for key, g in model.backward(cache, workspace, sparse_embedding=True).items():
+        for key, g in model.backward(cache, workspace, sparse_embedding=True, sparse_tied=True).items():
             _add_square(squares[key], g)
         windows += 1
     for sq in squares.values():
@@ -139,6 +139,9 @@ def _add_square(total, g):
     elif isinstance(g, ColumnBlocks):
         for (a, b), block in zip(g.ranges, g.blocks):
             total[..., a:b] += block * block
+    elif isinstance(g, RowBlocks):
+        for (a, b), block in zip(g.ranges, g.blocks):
+            total[a:b] += block * block
     else:
         total += np.multiply(g, g, out=g)
 
@@ -157,6 +160,8 @@ def decay_rates(ms, decay):
 # --------------------------------------------------------------------------------------------
 # Adapting a copy of the weights, segment by segment
 
+FUSED_BLOCK = 1 << 16  # entries of a factored gradient formed at once (256 KB of float32: in the core's cache)
+
 
 def start(params, model_cfg, plan):
     """The adaptation state of a reading: a copy of params to adapt (state["params"]; the
@@ -164,11 +169,13 @@ def start(params, model_cfg, plan):
     lazily decayed arrays. rms: step = LR / (MS + ε). With λ > 0, pull = λr (sgd: λ); the dense
     arrays take the step as θ ← keep ⊙ θ + anchor − step ⊙ g with keep = 1 − pull and
     anchor = pull ⊙ θ₀ precomputed (no temporary the size of an array per update), the lazy
-    ones use pull."""
+    ones use pull. state["factored"]: the gradients come as model.backward's sparse and
+    factored forms (all but the sgd rule at λ = 0, which stays optim.sgd_update on the gradients
+    training uses, bit for bit the rule `--dynamic LR` always had)."""
     s = plan.settings
     state = {"params": {k: v.copy() for k, v in params.items()}, "theta0": params, "plan": plan,
              "model_cfg": model_cfg, "n": 0, "step": None, "pull": None, "keep": None, "anchor": None,
-             "lazy": {}, "stamp": {}}
+             "lazy": {}, "stamp": {}, "factored": s.rule != "sgd" or s.decay > 0, "scratch": {}}
     if s.rule == "rms":
         state["step"] = {k: (s.lr / (m + s.epsilon)).astype(m.dtype) for k, m in plan.ms.items()}
     if s.decay > 0:
@@ -187,22 +194,35 @@ def start(params, model_cfg, plan):
 
 def lazy_axes(model_cfg):
     """{key: axis} of the arrays whose gradient is sparse (so decayed lazily): the embedding's
-    rows unless tied (a tied embedding's gradient is dense), the output layer's sparse arrays."""
-    axes = {} if model_cfg.tie_weights else {"embedding": 0}
+    rows (tied: when the output layer's word matrix gets a sparse gradient, the class output's
+    columns; a tied softmax's is dense), the output layer's sparse arrays."""
+    k = output.kind(model_cfg)
+    axes = {"embedding": 0} if not model_cfg.tie_weights or k.TIED in k.SPARSE_AXES else {}
     axes.update(output.sparse_axes(model_cfg))
     return axes
+
+
+def gradient(state, cache, workspace=None):
+    """The gradient of a segment (a model.forward cache with need_grad), in the forms update
+    takes: the embedding's rows (tied ones too), the output's slices and, but for the sgd rule
+    at λ = 0, the recurrent matrices' factors (layers.Outer) instead of their products."""
+    factored = state["factored"]
+    return model.backward(cache, workspace, sparse_embedding=True, sparse_tied=factored, factored=factored)
 
 
 def refresh(state, inputs, targets):
     """Before the forward pass of a segment (inputs, targets: (N, K) ids): bring the slices of
     the lazily decayed arrays that it reads up to date."""
-    if not state["lazy"]:
+    lazy = state["lazy"]
+    if not lazy:
         return
-    reads = output.touched(state["params"], state["model_cfg"], targets.reshape(-1))
-    if "embedding" in state["lazy"]:
-        reads["embedding"] = np.unique(inputs)
+    reads = output.touched(state["params"], state["model_cfg"], targets.reshape(-1), tied_embedding=True)
+    if "embedding" in lazy:
+        used = np.unique(inputs)
+        reads["embedding"] = np.union1d(reads["embedding"], used) if "embedding" in reads else used
     for key, ids in reads.items():
-        catch_up(state, key, ids)
+        if key in lazy:
+            catch_up(state, key, ids)
 
 
 def catch_up(state, key, ids):
@@ -226,18 +246,23 @@ def catch_up(state, key, ids):
 
 def update(state, grads):
     """One step of the plan's rule on every trained array, in place on state["params"], from
-    `grads` (the segment's gradient, as model.backward gives it; consumed: scaled in place)."""
+    `grads` (the segment's gradient, as `gradient` gives it; consumed: scaled in place)."""
     s = state["plan"].settings
     scale = None  # rms: the per-entry step
     if s.rule == "sgd":
-        scale = s.lr * optim.clip_factor(optim.global_norm(grads), state["plan"].clip_norm)
-        if not s.decay:
-            optim.sgd_update(state["params"], grads, scale)  # exactly the rule `--dynamic LR` always had
+        if not state["factored"]:  # λ = 0: exactly the rule `--dynamic LR` always had
+            scale = s.lr * optim.clip_factor(optim.global_norm(grads), state["plan"].clip_norm)
+            optim.sgd_update(state["params"], grads, scale)
             state["n"] += 1
             return
+        scale = s.lr * optim.clip_factor(global_norm(grads), state["plan"].clip_norm)
     for key, g in grads.items():
-        if isinstance(g, (SparseRows, ColumnBlocks)):
-            _sparse_step(state, key, *_slices(g), scale)
+        if isinstance(g, Outer):
+            _outer_step(state, key, g, scale)
+        elif isinstance(g, (ColumnBlocks, RowBlocks)):
+            _blocks_step(state, key, 0 if isinstance(g, RowBlocks) else len(g.shape) - 1, g, scale)
+        elif isinstance(g, SparseRows):
+            _sparse_step(state, key, 0, g.ids, g.rows, scale)
         else:
             _dense_step(state, key, g, scale)
     state["n"] += 1
@@ -250,15 +275,23 @@ def current(state):
     return state["params"]
 
 
-def _slices(g):
-    """A sparse gradient as (axis, distinct ids along it, the gradient's values at them)."""
-    if isinstance(g, SparseRows):
-        return 0, g.ids, g.rows
-    axis = len(g.shape) - 1
-    if not g.ranges:
-        return axis, np.empty(0, np.int64), np.empty(g.shape[:-1] + (0,))
-    ids = np.concatenate([np.arange(a, b) for a, b in g.ranges])
-    return axis, ids, np.concatenate(g.blocks, axis=-1)
+def global_norm(grads):
+    """‖g‖ over every gradient of `gradient` together (for the sgd rule's clipping). A factored
+    one, LᵀR, from its factors when that is cheaper than forming it: ‖LᵀR‖² = Σ (LLᵀ) ⊙ (RRᵀ),
+    two M × M products in float64."""
+    total = 0.0
+    for g in grads.values():
+        if isinstance(g, Outer):
+            (M, D), G = g.left.shape, g.right.shape[1]
+            if M * (D + G) <= D * G:
+                left, right = g.left.astype(np.float64), g.right.astype(np.float64)
+                total += max(0.0, float(np.vdot(left @ left.T, right @ right.T)))
+                continue
+            g = g.dense()
+        values = [g.rows] if isinstance(g, SparseRows) else g.blocks if isinstance(g, (ColumnBlocks, RowBlocks)) \
+            else [g]
+        total += sum(float(np.vdot(v, v)) for v in values)
+    return float(np.sqrt(total))
 
 
 def _index(axis, ids):
@@ -288,6 +321,72 @@ def _sparse_step(state, key, axis, ids, g, scale):
     p[index] = theta
     if lazy:
         state["stamp"][key][ids] = state["n"] + 1
+
+
+def _blocks_step(state, key, axis, g, scale):
+    """The rule on the ranges of slices along `axis` of one array that a ColumnBlocks or
+    RowBlocks gradient g holds, in place on views of them (no gather, no scatter), the blocks
+    split over the cores (g consumed)."""
+    p, decay = state["params"][key], state["plan"].settings.decay
+    lazy = key in state["lazy"]
+    if decay and not lazy:
+        raise ValueError(f"{key}: a sparse gradient for an array that is not decayed lazily")
+    if not g.ranges:
+        return
+    ids = np.concatenate([np.arange(a, b) for a, b in g.ranges]) if lazy else None
+    if lazy:
+        catch_up(state, key, ids)
+    p0, pull = state["theta0"][key], state["pull"]
+    step = state["step"][key] if scale is None else None
+
+    def run(i, j):
+        for (a, b), grad in zip(g.ranges[i:j], g.blocks[i:j]):
+            index = (slice(None),) * axis + (slice(a, b),)
+            theta = p[index]
+            if decay:
+                back = p0[index] - theta
+                back *= _at(pull, key, index)
+            grad *= scale if step is None else step[index]
+            theta -= grad
+            if decay:
+                theta += back
+
+    sizes = [block.size for block in g.blocks]
+    parallel.run([lambda i=i, j=j: run(i, j)
+                  for i, j in parallel.balanced_ranges(sizes, parallel.parts_for(sum(sizes)))])
+    if lazy:
+        state["stamp"][key][ids] = state["n"] + 1
+
+
+def _outer_step(state, key, g, scale):
+    """The rule on every entry of a recurrent matrix whose gradient is factored, g = LᵀR: the
+    rows of the gradient are formed FUSED_BLOCK entries at a time into a scratch block that
+    stays in cache, and each block at once takes θ ← keep ⊙ θ + anchor − step ⊙ (its rows of g)
+    (see start): one pass over θ (and step, keep, anchor), none over a gradient array. The rows
+    are split over the cores."""
+    p, decay = state["params"][key], state["plan"].settings.decay
+    D, G = p.shape
+    left_t, right = g.left.T, g.right  # (D, M), (M, G)
+    step = scale if scale is not None else state["step"][key]
+    keep = state["keep"][key] if isinstance(state["keep"], dict) else state["keep"]
+    anchor = state["anchor"][key] if decay else None
+    rows = max(1, FUSED_BLOCK // G)
+    dtype = np.result_type(left_t, right)
+
+    def run(part, r0, r1):
+        buf = layers.buffer(state["scratch"], f"fused.{part}", (rows, G), dtype)
+        for a in range(r0, r1, rows):
+            b = min(r1, a + rows)
+            grad, theta = buf[:b - a], p[a:b]
+            np.matmul(left_t[a:b], right, out=grad)  # rows a:b of g
+            grad *= step if np.isscalar(step) else step[a:b]
+            if decay:
+                theta *= keep if np.isscalar(keep) else keep[a:b]
+                theta += anchor[a:b]
+            theta -= grad
+
+    parts = parallel.ranges(D, min(parallel.parts_for(D * G), D))
+    parallel.run([lambda k=k, r0=r0, r1=r1: run(k, r0, r1) for k, (r0, r1) in enumerate(parts)])
 
 
 def _dense_step(state, key, g, scale):
