@@ -12,6 +12,7 @@ formula δ = f'(z) ∘ (Uᵀ δ_o) reads in our rows as δ = f'(z) ∘ (δ_o U�
 Every backward here is checked against central differences in tests/test_layers.py.
 """
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -203,7 +204,7 @@ def buffer(workspace, name, shape, dtype):
     allocation over 32 MB a fresh mmap whose pages fault in again on every window."""
     if workspace is None:
         return np.empty(shape, dtype)
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     flat = workspace.get(name)
     if flat is None or flat.size < size or flat.dtype != dtype:
         flat = workspace[name] = np.empty(size, dtype)
