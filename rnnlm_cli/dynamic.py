@@ -161,6 +161,7 @@ def decay_rates(ms, decay):
 # Adapting a copy of the weights, segment by segment
 
 FUSED_BLOCK = 1 << 16  # entries of a factored gradient formed at once (256 KB of float32: in the core's cache)
+RUN = 8  # catch_up works on views of runs of consecutive ids this long on average, else gathers the ids
 
 
 def start(params, model_cfg, plan):
@@ -174,8 +175,8 @@ def start(params, model_cfg, plan):
     training uses, bit for bit the rule `--dynamic LR` always had)."""
     s = plan.settings
     state = {"params": {k: v.copy() for k, v in params.items()}, "theta0": params, "plan": plan,
-             "model_cfg": model_cfg, "n": 0, "step": None, "pull": None, "keep": None, "anchor": None,
-             "lazy": {}, "stamp": {}, "factored": s.rule != "sgd" or s.decay > 0, "scratch": {}}
+             "model_cfg": model_cfg, "n": 0, "step": None, "pull": None, "log_keep": None, "keep": None,
+             "anchor": None, "lazy": {}, "stamp": {}, "factored": s.rule != "sgd" or s.decay > 0, "scratch": {}}
     if s.rule == "rms":
         state["step"] = {k: (s.lr / (m + s.epsilon)).astype(m.dtype) for k, m in plan.ms.items()}
     if s.decay > 0:
@@ -184,10 +185,13 @@ def start(params, model_cfg, plan):
         if s.rule == "rms":
             pull = {k: (s.decay * r).astype(r.dtype) for k, r in decay_rates(plan.ms, s.decay).items()}
             state["pull"] = {k: pull[k] for k in lazy}
+            with np.errstate(divide="ignore"):  # λr = 1: log 0 = −∞, and the factor e^{−∞} = 0
+                state["log_keep"] = {k: np.log1p(-pull[k]) for k in lazy}
             state["keep"] = {k: 1 - pull[k] for k in dense}
             state["anchor"] = {k: pull[k] * params[k] for k in dense}
         else:
             state["pull"], state["keep"] = s.decay, 1.0 - s.decay
+            state["log_keep"] = float(np.log1p(-s.decay)) if s.decay < 1 else -np.inf
             state["anchor"] = {k: s.decay * params[k] for k in dense}
     return state
 
@@ -227,20 +231,40 @@ def refresh(state, inputs, targets):
 
 def catch_up(state, key, ids):
     """Apply to the slices `ids` (distinct, along the key's lazy axis) the pull back of the
-    updates they missed: θ ← θ₀ + (1 − λr)^k ⊙ (θ − θ₀), k = updates done − the slice's stamp."""
+    updates they missed: θ ← θ₀ + (1 − λr)^k ⊙ (θ − θ₀), k = updates done − the slice's stamp;
+    (1 − λr)^k as exp(k · log(1 − λr)) (rms: log(1 − λr) per entry, kept from start). Runs of
+    consecutive ids (a class's columns, a tied embedding's rows) are done in place on views."""
     axis, n = state["lazy"][key], state["n"]
     p, p0 = state["params"][key], state["theta0"][key]
     stamp = state["stamp"].setdefault(key, np.zeros(p.shape[axis], np.int64))
     missed = n - stamp[ids]
-    ids = ids[missed > 0]
-    if not ids.size:
+    stale = missed > 0
+    if not stale.any():
         return
-    index = _index(axis, ids)
+    ids, missed = ids[stale], missed[stale]
     shape = [1] * p.ndim
     shape[axis] = -1
-    factor = np.power(1.0 - _at(state["pull"], key, index), missed[missed > 0].reshape(shape).astype(p.dtype))
-    base = p0[index]
-    p[index] = base + (p[index] - base) * factor
+    missed = missed.astype(p.dtype).reshape(shape)
+    log_keep = state["log_keep"]
+    if not isinstance(log_keep, dict):  # one rate for every entry: a factor per slice
+        missed = np.exp(missed * log_keep)
+    starts = np.flatnonzero(np.diff(ids, prepend=-2) != 1)  # where each run of consecutive ids starts
+    scattered = len(starts) * RUN > len(ids)  # mostly lone ids (an untied embedding's rows): gather, scatter
+    if scattered:
+        runs = [(_index(axis, ids), slice(None))]
+    else:
+        stops = np.append(starts[1:], len(ids))
+        runs = [(_index(axis, slice(int(ids[a]), int(ids[a]) + b - a)), slice(a, b)) for a, b in zip(starts, stops)]
+    for index, run in runs:
+        k = missed[_index(axis, run)]
+        factor = np.exp(k * log_keep[key][index]) if isinstance(log_keep, dict) else k
+        base = p0[index]
+        moved = p[index] - base
+        moved *= factor
+        if scattered:
+            p[index] = np.add(base, moved, out=moved)
+        else:
+            np.add(base, moved, out=p[index])  # a view: in place
     stamp[ids] = n
 
 
@@ -352,8 +376,11 @@ def _blocks_step(state, key, axis, g, scale):
                 theta += back
 
     sizes = [block.size for block in g.blocks]
-    parallel.run([lambda i=i, j=j: run(i, j)
-                  for i, j in parallel.balanced_ranges(sizes, parallel.parts_for(sum(sizes)))])
+    parts = parallel.parts_for(sum(sizes))
+    if parts == 1:
+        run(0, len(sizes))
+    else:
+        parallel.run([lambda i=i, j=j: run(i, j) for i, j in parallel.balanced_ranges(sizes, parts)])
     if lazy:
         state["stamp"][key][ids] = state["n"] + 1
 
@@ -385,8 +412,11 @@ def _outer_step(state, key, g, scale):
                 theta += anchor[a:b]
             theta -= grad
 
-    parts = parallel.ranges(D, min(parallel.parts_for(D * G), D))
-    parallel.run([lambda k=k, r0=r0, r1=r1: run(k, r0, r1) for k, (r0, r1) in enumerate(parts)])
+    parts = min(parallel.parts_for(D * G), D)
+    if parts == 1:
+        run(0, 0, D)
+    else:
+        parallel.run([lambda k=k, r0=r0, r1=r1: run(k, r0, r1) for k, (r0, r1) in enumerate(parallel.ranges(D, parts))])
 
 
 def _dense_step(state, key, g, scale):

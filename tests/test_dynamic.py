@@ -213,13 +213,14 @@ def test_lazy_decay_of_sparse_rows_equals_the_dense_computation(cell, kind, tie,
 
 @pytest.mark.parametrize("rule", ["rms", "sgd"])
 def test_small_blocks_on_two_threads_give_the_same_figures(rule, monkeypatch):
-    """The fused step of the factored matrices formed a row at a time, and every step split
-    over two threads: the figures of the plain reading."""
+    """The fused step of the factored matrices formed a row at a time, every step split over
+    two threads, the lazy decay's catch-up on runs of one id: the figures of the plain reading."""
     config, vocab, theta0 = _model("lstm", "class", True)
     ids = _stream_with_rows_left_alone()
     plan = _plan(rule, 0.05, 4, decay=0.2, ms=_random_ms(theta0, config.model), clip_norm=0.5)
     whole = evaluate.stream_log_probs(theta0, config.model, ids, 99, 1, None, plan)
     monkeypatch.setattr(dynamic, "FUSED_BLOCK", 30)  # one row of a (6, 24) matrix a block
+    monkeypatch.setattr(dynamic, "RUN", 1)  # views of runs, however short
     monkeypatch.setattr(parallel, "MIN_BLOCK", 4)
     monkeypatch.setattr(parallel, "_workers", 2)
     np.testing.assert_allclose(evaluate.stream_log_probs(theta0, config.model, ids, 99, 1, None, plan), whole,
