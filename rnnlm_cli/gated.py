@@ -122,7 +122,8 @@ def lstm_backward(dh, cache, dc_last=None, factored=False):
     """dh: (T, N, H) = ∂J/∂h_t from above (the output layer or the next layer), excluding the
     path through step t+1; dc_last: (N, H) = ∂J/∂c_T from beyond the window, zero if None
     -> dx: (T, N, D), dh0: (N, H), dc0: (N, H), dW_x: (D, 4H), dW_h: (H, 4H), db: (4H,);
-    factored=True gives dW_x and dW_h as layers.Outer, their products left unformed.
+    factored=True (dynamic evaluation) gives dW_x and dW_h as layers.Outer, their products left
+    unformed, and dx by parallel.matmul_by_rows_of.
 
     One pass backwards in time (docs/gated-derivation.md §1). Two accumulators are carried: η,
     the whole ∂J/∂h_t, and κ, the whole ∂J/∂c_t. Everything else a step needs (the local
@@ -191,7 +192,7 @@ def lstm_backward(dh, cache, dc_last=None, factored=False):
     da2 = da.reshape(T * N, 4 * H)
     dW_x, dW_h = _weight_grads(x, h_first, h_rest, da, da, factored)  # (L11), (L12)
     db = da2.sum(axis=0)  # ∇b = Σ_t γ_t                                                    (L13)
-    dx = parallel.matmul(da2, W_x.T).reshape(T, N, D)  # ∂J/∂x_t = γ_t W_xᵀ                (L14)
+    dx = _input_grad(da2, W_x, factored).reshape(T, N, D)  # ∂J/∂x_t = γ_t W_xᵀ            (L14)
     return dx, dnext, kappa, dW_x, dW_h, db  # dh0 = ε_1, dc0 = κ_1 ∘ f_1                    (L15)
 
 
@@ -256,7 +257,8 @@ def gru_forward(x, h0, W_x, W_h, b_x, b_h, keep=None):
 def gru_backward(dh, cache, factored=False):
     """dh: (T, N, H) = ∂J/∂h_t from above, excluding the path through step t+1
     -> dx: (T, N, D), dh0: (N, H), dW_x: (D, 3H), dW_h: (H, 3H), db_x: (3H,), db_h: (3H,);
-    factored=True gives dW_x and dW_h as layers.Outer, their products left unformed.
+    factored=True (dynamic evaluation) gives dW_x and dW_h as layers.Outer, their products left
+    unformed, and dx by parallel.matmul_by_rows_of.
 
     One pass backwards in time (docs/gated-derivation.md §2) carrying one accumulator, η, the
     whole ∂J/∂h_t. Every γ of a step is η_t times a local derivative K computed for all t before
@@ -314,8 +316,16 @@ def gru_backward(dh, cache, factored=False):
     dW_x, dW_h = _weight_grads(x, h_first, h_rest, du, dv, factored)  # (G11), (G13)
     db_x = du2.sum(axis=0)  # ∇b_x = Σ_t γ^u_t                                              (G12)
     db_h = dv2.sum(axis=0)  # ∇b_h = Σ_t γ^v_t                                              (G14)
-    dx = parallel.matmul(du2, W_x.T).reshape(T, N, D)  # ∂J/∂x_t = γ^u_t W_xᵀ              (G15)
+    dx = _input_grad(du2, W_x, factored).reshape(T, N, D)  # ∂J/∂x_t = γ^u_t W_xᵀ          (G15)
     return dx, dnext, dW_x, dW_h, db_x, db_h  # dh0 = ε_1                                   (G16)
+
+
+def _input_grad(gates_grad, W_x, factored):
+    """γ W_xᵀ (T·N, D): what the layer sends below. Factored (dynamic evaluation's few rows) as
+    parallel.matmul_by_rows_of, faster there; else as it always was (training's exact sums)."""
+    if factored:
+        return parallel.matmul_by_rows_of(gates_grad, W_x)
+    return parallel.matmul(gates_grad, W_x.T)
 
 
 def _weight_grads(x, h_first, h_rest, dx_gates, dh_gates, factored):

@@ -153,7 +153,8 @@ def previous_states(h0, h, keep):
 def rnn_backward(dh, cache, factored=False):
     """dh: (T, N, H) = ∂J/∂h_t from above (the output layer or the next layer), excluding the
     path through h_{t+1} -> dx: (T, N, D), dh0: (N, H), dW_x: (D, H), dW_h: (H, H), db: (H,)
-    (factored=True: dW_x and dW_h as Outer, their products left unformed).
+    (factored=True: dW_x and dW_h as Outer, their products left unformed; dx by
+    parallel.matmul_by_rows_of).
 
     One pass backwards in time accumulates every gradient (seed 003, §4): γ_t, the sum of the
     δ's that all later losses J(i), i ≥ t, send to z_t, obeys
@@ -182,7 +183,7 @@ def rnn_backward(dh, cache, factored=False):
     prev0, prev = previous_states(h0, h, keep)
     dz2 = dz.reshape(T * N, H)
     if factored:
-        dx = parallel.matmul(dz2, W_x.T).reshape(T, N, D)
+        dx = parallel.matmul_by_rows_of(dz2, W_x).reshape(T, N, D)
         states = np.concatenate((prev0[None], prev)).reshape(T * N, H)
         return dx, dnext, Outer(x.reshape(T * N, D), dz2, W_x.shape), Outer(states, dz2, W_h.shape), dz2.sum(axis=0)
     dW_x = parallel.matmul(x.reshape(T * N, D).T, dz2)  # ∇W_x = Σ_t x_tᵀ γ_t         (seed 003, eq. 40)

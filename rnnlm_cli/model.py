@@ -224,8 +224,9 @@ def backward(cache, workspace=None, sparse_embedding=False, sparse_tied=False, f
     sparse_tied=True returns a tied embedding's gradient as layers.RowBlocks when the output
     layer's is sparse (the class output's columns): the rows of the window's inputs and of its
     targets' classes. factored=True returns the recurrent layers' W_x and W_h gradients as
-    layers.Outer (not formed). Dynamic evaluation asks for both; training for neither (their
-    sums differ from the dense arrays' in rounding, e.g. in the global norm)."""
+    layers.Outer (not formed) and takes each layer's γ W_xᵀ in the layout that is faster for a
+    few positions (parallel.matmul_by_rows_of). Dynamic evaluation asks for both; training for
+    neither (their sums differ from the dense arrays' in rounding, e.g. in the global norm)."""
     (emb_cache, layer_caches, drop_masks, emb_scale, masks, raw), out_cache, model_cfg, top, reg = cache
     if factored and masks:
         raise ValueError("factored gradients are for evaluation: not with the regularizers' masks")
