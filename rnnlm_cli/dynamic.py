@@ -208,10 +208,10 @@ def lazy_axes(model_cfg):
 
 def gradient(state, cache, workspace=None):
     """The gradient of a segment (a model.forward cache with need_grad), in the forms update
-    takes: the embedding's rows (tied ones too), the output's slices and, but for the sgd rule
-    at λ = 0, the recurrent matrices' factors (layers.Outer) instead of their products."""
-    factored = state["factored"]
-    return model.backward(cache, workspace, sparse_embedding=True, sparse_tied=factored, factored=factored)
+    takes: the embedding's rows (tied ones too: layers.RowBlocks), the output's slices and, but
+    for the sgd rule at λ = 0, the recurrent matrices' factors (layers.Outer) instead of their
+    products."""
+    return model.backward(cache, workspace, sparse_embedding=True, sparse_tied=True, factored=state["factored"])
 
 
 def refresh(state, inputs, targets):
@@ -275,8 +275,7 @@ def update(state, grads):
     scale = None  # rms: the per-entry step
     if s.rule == "sgd":
         if not state["factored"]:  # λ = 0: exactly the rule `--dynamic LR` always had
-            scale = s.lr * optim.clip_factor(optim.global_norm(grads), state["plan"].clip_norm)
-            optim.sgd_update(state["params"], grads, scale)
+            _sgd_as_always(state, grads)
             state["n"] += 1
             return
         scale = s.lr * optim.clip_factor(global_norm(grads), state["plan"].clip_norm)
@@ -297,6 +296,31 @@ def current(state):
     for key, axis in state["lazy"].items():
         catch_up(state, key, np.arange(state["params"][key].shape[axis]))
     return state["params"]
+
+
+def _sgd_as_always(state, grads):
+    """The sgd rule at λ = 0, bit for bit as optim.global_norm and optim.sgd_update apply it to
+    the gradients training uses, where a tied embedding's is a dense (V, E) array. Here that
+    gradient comes as its rows (RowBlocks, the same sums): they are written into a kept zero
+    buffer for the norm (summed over the dense array, as before) and then only they move: the
+    other rows would move by −LR·0."""
+    rows, dense = grads.get("embedding"), None
+    if isinstance(rows, RowBlocks):
+        dense = state.get("dense_embedding")
+        if dense is None:
+            dense = state["dense_embedding"] = np.zeros(rows.shape, dtype=state["params"]["embedding"].dtype)
+        for (a, b), block in zip(rows.ranges, rows.blocks):
+            dense[a:b] = block
+        grads["embedding"] = dense
+    scale = state["plan"].settings.lr * optim.clip_factor(optim.global_norm(grads), state["plan"].clip_norm)
+    if dense is not None:
+        del grads["embedding"]
+        p = state["params"]["embedding"]
+        for (a, b), block in zip(rows.ranges, rows.blocks):
+            block *= -scale  # as optim's step: g ← −lr·g, θ ← θ + g
+            p[a:b] += block
+            dense[a:b] = 0
+    optim.sgd_update(state["params"], grads, scale)
 
 
 def global_norm(grads):
