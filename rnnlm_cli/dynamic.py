@@ -15,8 +15,9 @@ MS, per entry, is the root mean square of the gradients of the first N training 
 segments of K (rms_statistics); r = MS / (the mean over arrays of each array's mean MS), clipped
 to at most 1/λ (decay_rates). With λ = 0 there is no pull back toward θ₀.
 
-Sparse arrays. The embedding (untied) and the output layer's sparse arrays (class columns, hsm
-nodes: output.sparse_axes) get a gradient on a few slices only (rows or columns). With λ = 0
+Sparse arrays. The embedding (untied, or tied to the class output's word matrix) and the
+output layer's sparse arrays (class columns, hsm nodes: output.sparse_axes) get a gradient on a
+few slices only (rows or columns). With λ = 0
 only those slices change. With λ > 0 the pull back acts on every entry at every update; an
 entry no gradient touches moves by it alone, θ − θ₀ ← (1 − λr)(θ − θ₀) (sgd: r = 1), so after
 k such updates θ − θ₀ has been multiplied by (1 − λr)^k. That is applied lazily: every slice
@@ -25,9 +26,16 @@ embedding rows of the segment's inputs, output.touched of its targets) and befor
 moves them, the updates they missed are applied at once (catch_up). A slice never touched by a
 gradient has θ = θ₀ and nothing to decay. current(state) brings every slice up to date.
 
+Speed (docs/test-time.md, "What a segment costs"). A recurrent matrix's gradient is kept as its
+factors (layers.Outer: Σ_t x_tᵀ γ_t) and formed a cache-sized block of rows at a time inside the
+update, so an update is one pass over those weights and their per-entry factors; sparse arrays
+are stepped on their touched slices only, in place. The sgd rule at λ = 0 keeps the gradients
+training uses (so its figures stay bit for bit what `--dynamic LR` always gave).
+
 Shapes: `params`, `grads`, MS, r are dicts keyed as weights.npz, each array shaped as its
-parameter; a gradient is a dense array, a layers.SparseRows (rows along axis 0) or a
-layers.ColumnBlocks (column ranges along the last axis). Float arrays keep the model's dtype.
+parameter; a gradient is a dense array, a layers.SparseRows (rows along axis 0), a
+layers.ColumnBlocks (column ranges along the last axis), a layers.RowBlocks (row ranges: a tied
+embedding) or a layers.Outer (a recurrent matrix's factors). Float arrays keep the model's dtype.
 """
 
 import dataclasses
@@ -162,6 +170,11 @@ def decay_rates(ms, decay):
 
 FUSED_BLOCK = 1 << 16  # entries of a factored gradient formed at once (256 KB of float32: in the core's cache)
 RUN = 8  # catch_up works on views of runs of consecutive ids this long on average, else gathers the ids
+# entries a thread at least when an update is split over the cores: an update streams its arrays
+# once, a few ns an entry, and handing half of a 2×200 model's matrix (160k entries) to a second
+# thread made it slower on the 2-core machine measured (benchmarks/dynamic_speed.py); the 2×650
+# model's (1.7M) still gained a little
+SPLIT = 1 << 19
 
 
 def start(params, model_cfg, plan):
@@ -178,7 +191,7 @@ def start(params, model_cfg, plan):
              "model_cfg": model_cfg, "n": 0, "step": None, "pull": None, "log_keep": None, "keep": None,
              "anchor": None, "lazy": {}, "stamp": {}, "factored": s.rule != "sgd" or s.decay > 0, "scratch": {}}
     if s.rule == "rms":
-        state["step"] = {k: (s.lr / (m + s.epsilon)).astype(m.dtype) for k, m in plan.ms.items()}
+        state["step"] = {k: (s.lr / (m + s.epsilon)).astype(m.dtype, copy=False) for k, m in plan.ms.items()}
     if s.decay > 0:
         lazy = state["lazy"] = lazy_axes(model_cfg)
         dense = [k for k in model.trainable(params, model_cfg) if k not in lazy]
@@ -400,7 +413,7 @@ def _blocks_step(state, key, axis, g, scale):
                 theta += back
 
     sizes = [block.size for block in g.blocks]
-    parts = parallel.parts_for(sum(sizes))
+    parts = parallel.parts_for(sum(sizes), SPLIT)
     if parts == 1:
         run(0, len(sizes))
     else:
@@ -436,7 +449,7 @@ def _outer_step(state, key, g, scale):
                 theta += anchor[a:b]
             theta -= grad
 
-    parts = min(parallel.parts_for(D * G), D)
+    parts = min(parallel.parts_for(D * G, SPLIT), D)
     if parts == 1:
         run(0, 0, D)
     else:
@@ -463,4 +476,4 @@ def _dense_step(state, key, g, scale):
             theta *= keep if np.isscalar(keep) else keep[a:b]
             theta += anchor[a:b]
         theta -= grad
-    parallel.map_rows(block, p.size, 1)
+    parallel.map_rows(block, p.size, 1, SPLIT)

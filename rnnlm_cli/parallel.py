@@ -184,13 +184,13 @@ def matmul(a, b, out=None):
     return out
 
 
-def matmul_rows(a, b, out=None):
+def matmul_rows(a, b, out=None, min_block=None):
     """a @ b split over the rows of a: for the (M, V) @ (V, H) product, where each thread then
     reads half of the big a (measured faster here than splitting V and summing the parts)."""
     M = a.shape[0]
     if out is None:
         out = _empty_like_result(a, b)
-    parts = min(parts_for(a.size), max(M, 1))
+    parts = min(parts_for(a.size, min_block), max(M, 1))
     if parts == 1:
         _get_pool()
         return _matmul_into(a, b, out)
@@ -202,8 +202,9 @@ def matmul_by_rows_of(a, W):
     """a @ Wᵀ for a thin a (M, K) and a big W (D, K), computed as (W aᵀ)ᵀ with W's rows split
     over the cores: W is read along its rows. At M = 5 (a segment of dynamic evaluation) BLAS's
     product of a thin a with the transposed big operand ran 1.5x slower here (D, K = 650, 2600).
-    Its sums are the same sums in another order: not bit for bit a @ W.T."""
-    return np.ascontiguousarray(matmul_rows(W, a.T).T)
+    Its sums are the same sums in another order: not bit for bit a @ W.T. Split only when W has
+    512k entries a thread: a few rows' product is too little work to hand half of to a thread."""
+    return np.ascontiguousarray(matmul_rows(W, a.T, min_block=1 << 19).T)
 
 
 def _matmul_into(a, b, out):

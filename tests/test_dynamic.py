@@ -222,6 +222,7 @@ def test_small_blocks_on_two_threads_give_the_same_figures(rule, monkeypatch):
     monkeypatch.setattr(dynamic, "FUSED_BLOCK", 30)  # one row of a (6, 24) matrix a block
     monkeypatch.setattr(dynamic, "RUN", 1)  # views of runs, however short
     monkeypatch.setattr(parallel, "MIN_BLOCK", 4)
+    monkeypatch.setattr(dynamic, "SPLIT", 4)
     monkeypatch.setattr(parallel, "_workers", 2)
     np.testing.assert_allclose(evaluate.stream_log_probs(theta0, config.model, ids, 99, 1, None, plan), whole,
                                rtol=1e-12)
