@@ -2,7 +2,7 @@
 at batch 1, static (as `rnnlm eval` reads it: windows of train.bptt) and dynamic (as `rnnlm
 eval --dynamic LR --dynamic-rule R --dynamic-segment K` reads it), measured in the same
 process in interleaved rounds (so that a noisy machine slows every variant alike), and each
-variant's time as a multiple of static's (SPEC part 3 / issue 25: rms at segment 5 ≤ 4×).
+variant's time as a multiple of static's.
 
     python benchmarks/dynamic_speed.py MODEL_DIR TEXT [--tokens 20000] [--segment 5]
         [--rules sgd,rms] [--decay 0] [--default-segment] [--rounds 3] [--stats 10000]

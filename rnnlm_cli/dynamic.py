@@ -17,10 +17,10 @@ to at most 1/λ (decay_rates). With λ = 0 there is no pull back toward θ₀.
 
 Sparse arrays. The embedding (untied, or tied to the class output's word matrix) and the
 output layer's sparse arrays (class columns, hsm nodes: output.sparse_axes) get a gradient on a
-few slices only (rows or columns). With λ = 0
-only those slices change. With λ > 0 the pull back acts on every entry at every update; an
-entry no gradient touches moves by it alone, θ − θ₀ ← (1 − λr)(θ − θ₀) (sgd: r = 1), so after
-k such updates θ − θ₀ has been multiplied by (1 − λr)^k. That is applied lazily: every slice
+few slices only (rows or columns). With λ = 0 only those slices change. With λ > 0 the pull
+back acts on every entry at every update; an entry no gradient touches moves by it alone,
+θ − θ₀ ← (1 − λr)(θ − θ₀) (sgd: r = 1), so after k such updates θ − θ₀ has been multiplied by
+(1 − λr)^k. That is applied lazily: every slice
 keeps the number of updates it has seen (its stamp); before a forward pass reads slices (the
 embedding rows of the segment's inputs, output.touched of its targets) and before a gradient
 moves them, the updates they missed are applied at once (catch_up). A slice never touched by a
@@ -453,7 +453,8 @@ def _outer_step(state, key, g, scale):
     if parts == 1:
         run(0, 0, D)
     else:
-        parallel.run([lambda k=k, r0=r0, r1=r1: run(k, r0, r1) for k, (r0, r1) in enumerate(parallel.ranges(D, parts))])
+        parallel.run([lambda k=k, r0=r0, r1=r1: run(k, r0, r1)
+                      for k, (r0, r1) in enumerate(parallel.ranges(D, parts))])
 
 
 def _dense_step(state, key, g, scale):
