@@ -129,14 +129,14 @@ def _layer_backward(cell, dh, cache, grads, l, factored=False):
     the carried state (dh0, dc0) is dropped: truncated BPTT. factored: W_x's and W_h's as
     layers.Outer."""
     p = f"rnn.{l}."
+    options = {"factored": True} if factored else {}
     if cell == "elman":
-        dx, _, grads[p + "W_x"], grads[p + "W_h"], grads[p + "b"] = layers.rnn_backward(dh, cache, factored)
+        dx, _, grads[p + "W_x"], grads[p + "W_h"], grads[p + "b"] = layers.rnn_backward(dh, cache, **options)
     elif cell == "lstm":
-        dx, _, _, grads[p + "W_x"], grads[p + "W_h"], grads[p + "b"] = gated.lstm_backward(dh, cache,
-                                                                                          factored=factored)
+        dx, _, _, grads[p + "W_x"], grads[p + "W_h"], grads[p + "b"] = gated.lstm_backward(dh, cache, **options)
     else:
         dx, _, grads[p + "W_x"], grads[p + "W_h"], grads[p + "b_x"], grads[p + "b_h"] = gated.gru_backward(
-            dh, cache, factored)
+            dh, cache, **options)
     return dx
 
 
