@@ -105,7 +105,7 @@ def stream_log_probs(params, model_cfg, ids, bptt=35, batch_size=1, reset_at=Non
             window_logp, memory = neural_cache.window_log_probs(top, targets, memory, cache.window, cache.theta)
             logp_cache[..., where[where >= 0]] = window_logp[..., where >= 0]
         if adapting:
-            dyn.update(adapting, model.backward(grad_cache, workspace, sparse_embedding=True))
+            dyn.update(adapting, dyn.gradient(adapting, grad_cache, workspace))
     return logp if cache is None else (logp, logp_cache)
 
 

@@ -27,7 +27,7 @@ Each block is computed by the same thread with the same operations every time (d
 
 import numpy as np
 
-from . import parallel
+from . import layers, parallel
 from .layers import previous_states, sigmoid_unguarded_ as sigmoid_
 
 
@@ -118,10 +118,12 @@ def lstm_forward(x, h0, c0, W_x, W_h, b, keep=None):
     return h, c_last, (x, h0, c0, W_x, W_h, gates, c, tanh_c, h, keep)
 
 
-def lstm_backward(dh, cache, dc_last=None):
+def lstm_backward(dh, cache, dc_last=None, factored=False):
     """dh: (T, N, H) = ∂J/∂h_t from above (the output layer or the next layer), excluding the
     path through step t+1; dc_last: (N, H) = ∂J/∂c_T from beyond the window, zero if None
-    -> dx: (T, N, D), dh0: (N, H), dc0: (N, H), dW_x: (D, 4H), dW_h: (H, 4H), db: (4H,).
+    -> dx: (T, N, D), dh0: (N, H), dc0: (N, H), dW_x: (D, 4H), dW_h: (H, 4H), db: (4H,);
+    factored=True (dynamic evaluation) gives dW_x and dW_h as layers.Outer, their products left
+    unformed, and dx by parallel.matmul_by_rows_of.
 
     One pass backwards in time (docs/gated-derivation.md §1). Two accumulators are carried: η,
     the whole ∂J/∂h_t, and κ, the whole ∂J/∂c_t. Everything else a step needs (the local
@@ -188,12 +190,9 @@ def lstm_backward(dh, cache, dc_last=None):
 
     parallel.in_lockstep(_overflow_quiet(loop), parallel.gated_blocks(N, H, N * H * 4 * H))
     da2 = da.reshape(T * N, 4 * H)
-    dW_x = parallel.matmul(x.reshape(T * N, D).T, da2)  # ∇W_x = Σ_t x_tᵀ γ_t              (L11)
-    dW_h = h_first.T @ da[0]  # ∇W_h = Σ_t h_{t-1}ᵀ γ_t                                     (L12)
-    if T > 1:
-        dW_h += parallel.matmul(h_rest.reshape((T - 1) * N, H).T, da[1:].reshape((T - 1) * N, 4 * H))
+    dW_x, dW_h = _weight_grads(x, h_first, h_rest, da, da, factored)  # (L11), (L12)
     db = da2.sum(axis=0)  # ∇b = Σ_t γ_t                                                    (L13)
-    dx = parallel.matmul(da2, W_x.T).reshape(T, N, D)  # ∂J/∂x_t = γ_t W_xᵀ                (L14)
+    dx = _input_grad(da2, W_x, factored).reshape(T, N, D)  # ∂J/∂x_t = γ_t W_xᵀ            (L14)
     return dx, dnext, kappa, dW_x, dW_h, db  # dh0 = ε_1, dc0 = κ_1 ∘ f_1                    (L15)
 
 
@@ -255,9 +254,11 @@ def gru_forward(x, h0, W_x, W_h, b_x, b_h, keep=None):
     return h, (x, h0, W_x, W_h, gates, v_n, h, keep)
 
 
-def gru_backward(dh, cache):
+def gru_backward(dh, cache, factored=False):
     """dh: (T, N, H) = ∂J/∂h_t from above, excluding the path through step t+1
-    -> dx: (T, N, D), dh0: (N, H), dW_x: (D, 3H), dW_h: (H, 3H), db_x: (3H,), db_h: (3H,).
+    -> dx: (T, N, D), dh0: (N, H), dW_x: (D, 3H), dW_h: (H, 3H), db_x: (3H,), db_h: (3H,);
+    factored=True (dynamic evaluation) gives dW_x and dW_h as layers.Outer, their products left
+    unformed, and dx by parallel.matmul_by_rows_of.
 
     One pass backwards in time (docs/gated-derivation.md §2) carrying one accumulator, η, the
     whole ∂J/∂h_t. Every γ of a step is η_t times a local derivative K computed for all t before
@@ -312,14 +313,37 @@ def gru_backward(dh, cache):
     parallel.in_lockstep(_overflow_quiet(loop), parallel.gated_blocks(N, H, N * H * 3 * H))
     du2 = du.reshape(T * N, 3 * H)
     dv2 = dv.reshape(T * N, 3 * H)
-    dW_x = parallel.matmul(x.reshape(T * N, D).T, du2)  # ∇W_x = Σ_t x_tᵀ γ^u_t            (G11)
+    dW_x, dW_h = _weight_grads(x, h_first, h_rest, du, dv, factored)  # (G11), (G13)
     db_x = du2.sum(axis=0)  # ∇b_x = Σ_t γ^u_t                                              (G12)
-    dW_h = h_first.T @ dv[0]  # ∇W_h = Σ_t h_{t-1}ᵀ γ^v_t                                   (G13)
-    if T > 1:
-        dW_h += parallel.matmul(h_rest.reshape((T - 1) * N, H).T, dv[1:].reshape((T - 1) * N, 3 * H))
     db_h = dv2.sum(axis=0)  # ∇b_h = Σ_t γ^v_t                                              (G14)
-    dx = parallel.matmul(du2, W_x.T).reshape(T, N, D)  # ∂J/∂x_t = γ^u_t W_xᵀ              (G15)
+    dx = _input_grad(du2, W_x, factored).reshape(T, N, D)  # ∂J/∂x_t = γ^u_t W_xᵀ          (G15)
     return dx, dnext, dW_x, dW_h, db_x, db_h  # dh0 = ε_1                                   (G16)
+
+
+def _input_grad(gates_grad, W_x, factored):
+    """γ W_xᵀ (T·N, D): what the layer sends below. Factored (dynamic evaluation's few rows) as
+    parallel.matmul_by_rows_of, faster there; else as it always was (training's exact sums)."""
+    if factored:
+        return parallel.matmul_by_rows_of(gates_grad, W_x)
+    return parallel.matmul(gates_grad, W_x.T)
+
+
+def _weight_grads(x, h_first, h_rest, dx_gates, dh_gates, factored):
+    """(∇W_x = Σ_t x_tᵀ γ_t, ∇W_h = Σ_t h_{t-1}ᵀ γ'_t) over a window: x (T, N, D), h_{t-1} as the
+    steps saw them (h_first (N, H), h_rest (T − 1, N, H)), γ (T, N, G) for W_x and γ' for W_h
+    (the same array for the LSTM, γ^u and γ^v for the GRU); as arrays, or factored: layers.Outer
+    of the positions' rows (the previous states stacked into one (T·N, H) array)."""
+    T, N, D = x.shape
+    H, G = h_first.shape[1], dx_gates.shape[2]
+    dx2, dh2 = dx_gates.reshape(T * N, G), dh_gates.reshape(T * N, G)
+    if factored:
+        prev = np.concatenate((h_first[None], h_rest)).reshape(T * N, H)
+        return layers.Outer(x.reshape(T * N, D), dx2, (D, G)), layers.Outer(prev, dh2, (H, G))
+    dW_x = parallel.matmul(x.reshape(T * N, D).T, dx2)  # ∇W_x = Σ_t x_tᵀ γ_t
+    dW_h = h_first.T @ dh_gates[0]  # ∇W_h = Σ_t h_{t-1}ᵀ γ'_t
+    if T > 1:
+        dW_h += parallel.matmul(h_rest.reshape((T - 1) * N, H).T, dh_gates[1:].reshape((T - 1) * N, G))
+    return dW_x, dW_h
 
 
 # --------------------------------------------------------------------------------------------

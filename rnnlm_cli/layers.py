@@ -12,6 +12,7 @@ formula δ = f'(z) ∘ (Uᵀ δ_o) reads in our rows as δ = f'(z) ∘ (δ_o U�
 Every backward here is checked against central differences in tests/test_layers.py.
 """
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -149,9 +150,11 @@ def previous_states(h0, h, keep):
     return h0 * keep[0], h[:-1] * keep[1:]
 
 
-def rnn_backward(dh, cache):
+def rnn_backward(dh, cache, factored=False):
     """dh: (T, N, H) = ∂J/∂h_t from above (the output layer or the next layer), excluding the
-    path through h_{t+1} -> dx: (T, N, D), dh0: (N, H), dW_x: (D, H), dW_h: (H, H), db: (H,).
+    path through h_{t+1} -> dx: (T, N, D), dh0: (N, H), dW_x: (D, H), dW_h: (H, H), db: (H,)
+    (factored=True: dW_x and dW_h as Outer, their products left unformed; dx by
+    parallel.matmul_by_rows_of).
 
     One pass backwards in time accumulates every gradient (seed 003, §4): γ_t, the sum of the
     δ's that all later losses J(i), i ≥ t, send to z_t, obeys
@@ -179,6 +182,10 @@ def rnn_backward(dh, cache):
     parallel.by_streams(loop, N)
     prev0, prev = previous_states(h0, h, keep)
     dz2 = dz.reshape(T * N, H)
+    if factored:
+        dx = parallel.matmul_by_rows_of(dz2, W_x).reshape(T, N, D)
+        states = np.concatenate((prev0[None], prev)).reshape(T * N, H)
+        return dx, dnext, Outer(x.reshape(T * N, D), dz2, W_x.shape), Outer(states, dz2, W_h.shape), dz2.sum(axis=0)
     dW_x = parallel.matmul(x.reshape(T * N, D).T, dz2)  # ∇W_x = Σ_t x_tᵀ γ_t         (seed 003, eq. 40)
     dW_h = prev0.T @ dz[0]  # ∇W_h = Σ_t h_{t-1}ᵀ γ_t                 (seed 003, eq. 39; seed 002, eq. 3)
     if T > 1:
@@ -198,7 +205,7 @@ def buffer(workspace, name, shape, dtype):
     allocation over 32 MB a fresh mmap whose pages fault in again on every window."""
     if workspace is None:
         return np.empty(shape, dtype)
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     flat = workspace.get(name)
     if flat is None or flat.size < size or flat.dtype != dtype:
         flat = workspace[name] = np.empty(size, dtype)
@@ -345,3 +352,51 @@ class ColumnBlocks(NamedTuple):
         for (a, b), block in zip(self.ranges, self.blocks):
             out[..., a:b] = block
         return out
+
+
+class RowBlocks(NamedTuple):
+    """A (V, E) gradient that is zero but for the row ranges [start, stop) (ascending, disjoint),
+    blocks[k] (stop − start, E): a tied embedding's gradient whose output use touched a few
+    classes' columns of the word matrix (its rows here), its input use a few rows (tied_rows)."""
+    ranges: list
+    blocks: list
+    shape: tuple
+
+    def dense(self):
+        out = np.zeros(self.shape, dtype=self.blocks[0].dtype if self.blocks else np.float64)
+        for (a, b), block in zip(self.ranges, self.blocks):
+            out[a:b] = block
+        return out
+
+
+def tied_rows(inputs, word):
+    """The gradient of a tied embedding as RowBlocks, from its input use `inputs` (SparseRows)
+    and its output use `word` (ColumnBlocks of the (E, V) word matrix, whose columns are the
+    embedding's rows): each class's columns transposed, with the input rows that fall in it
+    added, and every other input row a block of one row. Each entry is the sum the dense
+    gradient has there (input + output, or either alone)."""
+    starts = np.array([a for a, _ in word.ranges], dtype=np.int64)
+    stops = np.array([b for _, b in word.ranges], dtype=np.int64)
+    blocks = [np.ascontiguousarray(block.T) for block in word.blocks]
+    k = np.searchsorted(starts, inputs.ids, side="right") - 1
+    inside = (k >= 0) & (inputs.ids < stops[np.maximum(k, 0)]) if len(starts) else np.zeros(len(inputs.ids), bool)
+    for i in np.flatnonzero(inside):
+        blocks[k[i]][inputs.ids[i] - starts[k[i]]] += inputs.rows[i]
+    pieces = [((int(a), int(b)), block) for (a, b), block in zip(word.ranges, blocks)]
+    pieces += [((int(w), int(w) + 1), inputs.rows[i:i + 1]) for i, w in zip(np.flatnonzero(~inside),
+                                                                          inputs.ids[~inside])]
+    pieces.sort(key=lambda piece: piece[0][0])
+    return RowBlocks([r for r, _ in pieces], [block for _, block in pieces], inputs.shape)
+
+
+class Outer(NamedTuple):
+    """A weight matrix's gradient as the product of two thin factors, leftᵀ · right, left (M, D),
+    right (M, G), M = T·N positions: Σ_t x_tᵀ γ_t of a recurrent layer over a window. Kept
+    factored, it is formed block by block where it is used (dynamic evaluation's update), never
+    as a whole (D, G) array."""
+    left: np.ndarray
+    right: np.ndarray
+    shape: tuple
+
+    def dense(self):
+        return self.left.T @ self.right

@@ -124,16 +124,19 @@ def _layer_forward(cell, x, state, params, l, activation, keep=None):
     return h, h[-1], cache
 
 
-def _layer_backward(cell, dh, cache, grads, l):
+def _layer_backward(cell, dh, cache, grads, l, factored=False):
     """Fill the layer's gradients into grads; return dx for the layer below. The gradient for
-    the carried state (dh0, dc0) is dropped: truncated BPTT."""
+    the carried state (dh0, dc0) is dropped: truncated BPTT. factored: W_x's and W_h's as
+    layers.Outer."""
     p = f"rnn.{l}."
+    options = {"factored": True} if factored else {}
     if cell == "elman":
-        dx, _, grads[p + "W_x"], grads[p + "W_h"], grads[p + "b"] = layers.rnn_backward(dh, cache)
+        dx, _, grads[p + "W_x"], grads[p + "W_h"], grads[p + "b"] = layers.rnn_backward(dh, cache, **options)
     elif cell == "lstm":
-        dx, _, _, grads[p + "W_x"], grads[p + "W_h"], grads[p + "b"] = gated.lstm_backward(dh, cache)
+        dx, _, _, grads[p + "W_x"], grads[p + "W_h"], grads[p + "b"] = gated.lstm_backward(dh, cache, **options)
     else:
-        dx, _, grads[p + "W_x"], grads[p + "W_h"], grads[p + "b_x"], grads[p + "b_h"] = gated.gru_backward(dh, cache)
+        dx, _, grads[p + "W_x"], grads[p + "W_h"], grads[p + "b_x"], grads[p + "b_h"] = gated.gru_backward(
+            dh, cache, **options)
     return dx
 
 
@@ -211,14 +214,22 @@ def penalty(cache):
     return 0.0 if cache[4] is None else cache[4][0]
 
 
-def backward(cache, workspace=None, sparse_embedding=False):
+def backward(cache, workspace=None, sparse_embedding=False, sparse_tied=False, factored=False):
     """The gradient of the window's mean loss for every parameter, in one pass backwards over
     the window (seed 003's accumulated-γ form, see layers.rnn_backward). No gradient flows into
     the carried state: it is a constant of this window (truncated BPTT).
 
     sparse_embedding=True returns the embedding's gradient as layers.SparseRows (the rows of the
-    words in the window), which optim applies without touching the other rows (untied only)."""
+    words in the window), which optim applies without touching the other rows (untied only).
+    sparse_tied=True returns a tied embedding's gradient as layers.RowBlocks when the output
+    layer's is sparse (the class output's columns): the rows of the window's inputs and of its
+    targets' classes. factored=True returns the recurrent layers' W_x and W_h gradients as
+    layers.Outer (not formed) and takes each layer's γ W_xᵀ in the layout that is faster for a
+    few positions (parallel.matmul_by_rows_of). Dynamic evaluation asks for both; training for
+    neither (their sums differ from the dense arrays' in rounding, e.g. in the global norm)."""
     (emb_cache, layer_caches, drop_masks, emb_scale, masks, raw), out_cache, model_cfg, top, reg = cache
+    if factored and masks:
+        raise ValueError("factored gradients are for evaluation: not with the regularizers' masks")
     dtop, grads = output.loss_backward(model_cfg, out_cache, workspace)
     c_ar, c_tar = (0.0, 0.0) if reg is None else reg[1]
     # the word matrix's gradient joins the embedding's (tied), or goes last beside it: the order
@@ -231,14 +242,21 @@ def backward(cache, workspace=None, sparse_embedding=False):
         dx = regularize.dropout_backward(dx, drop_masks[l + 1])
         if l == model_cfg.layers - 1:
             dx = regularize.tar_backward(dx, raw, c_tar)
-        dx = _layer_backward(model_cfg.cell, dx, layer_caches[l], grads, l)
+        dx = _layer_backward(model_cfg.cell, dx, layer_caches[l], grads, l, factored)
     regularize.undrop_weight_grads(grads, masks, model_cfg.layers)
     dx = regularize.dropout_backward(dx, drop_masks[0])
     if emb_scale is not None:  # ∂J/∂e_w = Σ over w's positions of s_w · ∂J/∂x_t             (A1)
         dx = dx * emb_scale
     if model_cfg.tie_weights:  # both uses of the one array: the input lookup (scatter) and dWᵀ
-        grads["embedding"] = layers.embedding_backward(dx, emb_cache)
-        grads["embedding"] += (dW.dense() if hasattr(dW, "dense") else dW).T
+        if sparse_tied and isinstance(dW, layers.ColumnBlocks):
+            grads["embedding"] = layers.tied_rows(layers.embedding_backward(dx, emb_cache, sparse=True), dW)
+        else:
+            grads["embedding"] = d_embedding = layers.embedding_backward(dx, emb_cache)
+            if isinstance(dW, layers.ColumnBlocks):  # the touched classes' columns: their rows only
+                for (a, b), block in zip(dW.ranges, dW.blocks):
+                    d_embedding[a:b] += block.T
+            else:
+                d_embedding += dW.T
     else:
         if dW is not None:
             grads[word_key] = dW

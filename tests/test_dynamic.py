@@ -11,7 +11,7 @@ import pytest
 
 import rnnlm_cli
 from conftest import assert_clean_error, files
-from rnnlm_cli import data, dynamic, evaluate, model, optim, output
+from rnnlm_cli import data, dynamic, evaluate, layers, model, optim, output, parallel
 from rnnlm_cli.config import Config, ModelConfig
 from rnnlm_cli.vocab import coverage, vocab_from_tokens
 
@@ -95,12 +95,43 @@ def test_one_update_equals_the_rule_written_out(cell, kind, tie, rule):
 
     dynamic.refresh(state, inputs, targets)
     _, _, cache = model.forward(state["params"], config.model, inputs, targets, h0)
-    dynamic.update(state, model.backward(cache, sparse_embedding=True))
-    got = dynamic.current(state)
-    for key in expected:
-        np.testing.assert_allclose(got[key], expected[key], rtol=1e-12, atol=1e-13, err_msg=key)
-    for key in set(theta0) - set(expected):  # the output layer's buffers
-        assert np.array_equal(got[key], theta0[key])
+    dense_state = copy.deepcopy(state)
+    grads = dynamic.gradient(state, cache)  # the forms the reader uses (factored, sparse) ...
+    dense = model.backward(cache, sparse_embedding=True)  # ... and training's (dense matrices)
+    dynamic.update(state, grads)
+    dynamic.update(dense_state, dense)
+    for got in (dynamic.current(state), dynamic.current(dense_state)):
+        for key in expected:
+            np.testing.assert_allclose(got[key], expected[key], rtol=1e-12, atol=1e-13, err_msg=key)
+        for key in set(theta0) - set(expected):  # the output layer's buffers
+            assert np.array_equal(got[key], theta0[key])
+
+
+@pytest.mark.parametrize("cell, kind, tie", KINDS)
+def test_the_readers_gradient_forms_hold_the_dense_gradient(cell, kind, tie):
+    """dynamic.gradient's forms (recurrent matrices factored, a tied embedding's rows) hold the
+    dense gradient, and global_norm (the sgd rule's clipping) is its norm."""
+    config, vocab, params = _model(cell, kind, tie)
+    ids = np.random.default_rng(6).integers(0, 15, (2, 8))  # two streams: the factors have T·N rows
+    h0 = model.init_state(config.model, 2, "float64")
+    _, _, cache = model.forward(params, config.model, ids[:, :-1], ids[:, 1:], h0)
+    dense = {k: _dense(g) for k, g in model.backward(cache).items()}
+    state = dynamic.start(params, config.model, _plan("rms", 0.1, 7, ms=_random_ms(params, config.model)))
+    forms = dynamic.gradient(state, cache)
+    assert set(forms) == set(dense)
+    assert all(isinstance(forms[f"rnn.{l}.{w}"], layers.Outer) for l in range(2) for w in ("W_x", "W_h"))
+    if tie and kind == "class":
+        assert isinstance(forms["embedding"], layers.RowBlocks)
+        assert np.array_equal(forms["embedding"].dense(), dense["embedding"])  # the same sums, exactly
+    for key in dense:
+        np.testing.assert_allclose(_dense(forms[key]), dense[key], rtol=1e-12, atol=1e-15, err_msg=key)
+    norm = np.sqrt(sum(float(np.sum(g * g)) for g in dense.values()))
+    assert dynamic.global_norm(forms) == pytest.approx(norm, rel=1e-12)
+    left, right = np.random.default_rng(1).normal(size=(2, 3, 40)), np.random.default_rng(2).normal(size=(3, 50))
+    for factor in left:  # thin factors: the norm from the M × M products, not the (40, 50) product
+        thin = {"w": layers.Outer(factor, right, (40, 50)), "b": right[0].copy()}
+        expected = np.sqrt(np.sum((factor.T @ right) ** 2) + np.sum(right[0] ** 2))
+        assert dynamic.global_norm(thin) == pytest.approx(expected, rel=1e-12)
 
 
 def test_decay_rates_are_clipped_to_one_over_lambda():
@@ -159,14 +190,16 @@ def test_lazy_decay_of_sparse_rows_equals_the_dense_computation(cell, kind, tie,
         expected_after.append({k: v.copy() for k, v in theta.items()})
     # the lazy one, update by update
     state = dynamic.start(theta0, config.model, plan)
-    assert set(state["lazy"]) == ({"embedding"} if not tie else set()) | set(output.sparse_axes(config.model))
+    # the embedding's rows are decayed lazily unless tied to a dense word matrix (the softmax's)
+    assert set(state["lazy"]) == ({"embedding"} if not tie or kind == "class" else set()) | set(
+        output.sparse_axes(config.model))
     h = model.init_state(config.model, 1, "float64")
     for k, (inputs, targets) in enumerate(data.iter_windows(ids[None, :], 4)):
         dynamic.refresh(state, inputs, targets)
         rows = np.empty(targets.shape)
         _, h, cache = model.forward(state["params"], config.model, inputs, targets, h, row_loss=rows)
         np.testing.assert_allclose(-rows.reshape(-1), expected_logp[k], rtol=1e-12)
-        dynamic.update(state, model.backward(cache, sparse_embedding=True))
+        dynamic.update(state, dynamic.gradient(state, cache))
         after = _adapted(state)
         for key in expected_after[k]:
             np.testing.assert_allclose(after[key], expected_after[k][key], rtol=1e-11, atol=1e-13, err_msg=key)
@@ -178,13 +211,30 @@ def test_lazy_decay_of_sparse_rows_equals_the_dense_computation(cell, kind, tie,
     np.testing.assert_allclose(got, np.concatenate(expected_logp), rtol=1e-12)
 
 
+@pytest.mark.parametrize("rule", ["rms", "sgd"])
+def test_small_blocks_on_two_threads_give_the_same_figures(rule, monkeypatch):
+    """The fused step of the factored matrices formed a row at a time, every step split over
+    two threads, the lazy decay's catch-up on runs of one id: the figures of the plain reading."""
+    config, vocab, theta0 = _model("lstm", "class", True)
+    ids = _stream_with_rows_left_alone()
+    plan = _plan(rule, 0.05, 4, decay=0.2, ms=_random_ms(theta0, config.model), clip_norm=0.5)
+    whole = evaluate.stream_log_probs(theta0, config.model, ids, 99, 1, None, plan)
+    monkeypatch.setattr(dynamic, "FUSED_BLOCK", 30)  # one row of a (6, 24) matrix a block
+    monkeypatch.setattr(dynamic, "RUN", 1)  # views of runs, however short
+    monkeypatch.setattr(parallel, "MIN_BLOCK", 4)
+    monkeypatch.setattr(dynamic, "SPLIT", 4)
+    monkeypatch.setattr(parallel, "_workers", 2)
+    np.testing.assert_allclose(evaluate.stream_log_probs(theta0, config.model, ids, 99, 1, None, plan), whole,
+                               rtol=1e-12)
+
+
 def test_without_decay_only_the_touched_rows_change():
     config, vocab, theta0 = _model("lstm", "hsm")
     state = dynamic.start(theta0, config.model, _plan("rms", 0.05, 4, ms=_random_ms(theta0, config.model)))
     ids = np.array([[1, 3, 4, 3, 5]])
     _, _, cache = model.forward(state["params"], config.model, ids[:, :-1], ids[:, 1:],
                                 model.init_state(config.model, 1, "float64"))
-    dynamic.update(state, model.backward(cache, sparse_embedding=True))
+    dynamic.update(state, dynamic.gradient(state, cache))
     changed = np.flatnonzero((state["params"]["embedding"] != theta0["embedding"]).any(axis=1))
     assert list(changed) == [1, 3, 4] and state["lazy"] == {}
 

@@ -95,11 +95,17 @@ def sparse_axes(model_cfg):
     return {key: axis for key, axis in k.SPARSE_AXES.items() if not (model_cfg.tie_weights and key == k.TIED)}
 
 
-def touched(params, model_cfg, targets):
-    """targets: (M,) -> {key: distinct ids along sparse_axes(model_cfg)[key]} that their loss reads."""
+def touched(params, model_cfg, targets, tied_embedding=False):
+    """targets: (M,) -> {key: distinct ids along sparse_axes(model_cfg)[key]} that their loss reads.
+    With tied weights the word matrix's columns are the embedding's rows: tied_embedding=True
+    gives them under "embedding" (when the kind's word matrix is read sparsely), else not at all."""
     k = kind(model_cfg)
     found = k.touched(layer_params(params, model_cfg), targets)
-    return {key: ids for key, ids in found.items() if not (model_cfg.tie_weights and key == k.TIED)}
+    if model_cfg.tie_weights and k.TIED in found:
+        tied = found.pop(k.TIED)
+        if tied_embedding:
+            found["embedding"] = tied
+    return found
 
 
 def layer_params(params, model_cfg):

@@ -117,8 +117,7 @@ def class_output_forward(h, W, b, class_W, class_b, bounds, targets, scale=1.0, 
     parts = parallel.balanced_ranges(g.work, parallel.parts_for(int(g.offsets[-1]) * max(1, h.shape[1] // 64)))
     loss += sum(parallel.run([lambda g0=g0, g1=g1: forward(g0, g1) for g0, g1 in parts]))
     if row_loss is not None and len(word_rows):  # each group row back at its position
-        sorted_row = np.concatenate([np.arange(r0, r1) for r0, r1 in g.rows])
-        row_loss[order[sorted_row]] += word_rows
+        row_loss[order[g.row_sorted]] += word_rows
     return loss, ((h, hs, order, W, class_W, dclass, logits, g, parts) if need_grad else None)
 
 
@@ -153,7 +152,8 @@ class Groups(NamedTuple):
     no loss, no gradient). Per group k: its words [a, z), its rows [r0, r1) of the sorted
     positions, the offset of its (r1 − r0, z − a) logits block in the flat array (offsets (K + 1,))
     and its work (r1 − r0)(z − a). Per row of all the groups, in order (R rows): where it starts in
-    the flat array, its length and where its target's logit is; rows_before[k] the rows of groups < k."""
+    the flat array, its length, where its target's logit is and which of the sorted positions it
+    is (row_sorted); rows_before[k] the rows of groups < k."""
     words: np.ndarray
     rows: np.ndarray
     offsets: np.ndarray
@@ -162,27 +162,42 @@ class Groups(NamedTuple):
     row_len: np.ndarray
     row_target: np.ndarray
     rows_before: np.ndarray
+    row_sorted: np.ndarray
 
 
 def class_groups(sorted_cls, bounds, sorted_targets):
     """Groups of the positions sorted by class: sorted_cls (M,), bounds (C + 1,), their
     targets (M,) in the same order."""
+    # (few numpy calls: a batch-1 window of dynamic evaluation builds these for a handful of rows)
     M = len(sorted_cls)
-    first = np.flatnonzero(np.diff(sorted_cls, prepend=-1))  # where each class's run starts
-    rows = np.stack((first, np.append(first[1:], M)[:len(first)]), axis=1)
-    words = np.stack((bounds[sorted_cls[first]], bounds[sorted_cls[first] + 1]), axis=1)
-    keep = words[:, 1] - words[:, 0] > 1
-    rows, words = rows[keep], words[keep]
-    n, width = rows[:, 1] - rows[:, 0], words[:, 1] - words[:, 0]
-    offsets = np.concatenate(([0], np.cumsum(n * width)))
-    rows_before = np.concatenate(([0], np.cumsum(n)))
+    starts = np.empty(M, dtype=bool)
+    starts[:1] = True
+    np.not_equal(sorted_cls[1:], sorted_cls[:-1], out=starts[1:])
+    first = np.flatnonzero(starts)  # where each class's run starts
+    K, c = len(first), sorted_cls[first]
+    rows = np.empty((K, 2), dtype=first.dtype)
+    rows[:, 0] = first
+    rows[:-1, 1] = first[1:]
+    rows[K - 1:, 1] = M
+    words = np.empty((K, 2), dtype=bounds.dtype)
+    words[:, 0] = bounds[c]
+    words[:, 1] = bounds[c + 1]
+    width = words[:, 1] - words[:, 0]
+    keep = width > 1
+    if not keep.all():
+        rows, words, width = rows[keep], words[keep], width[keep]
+    n = rows[:, 1] - rows[:, 0]
+    offsets = np.zeros(len(n) + 1, dtype=np.int64)
+    np.cumsum(n * width, out=offsets[1:])
+    rows_before = np.zeros(len(n) + 1, dtype=np.int64)
+    np.cumsum(n, out=rows_before[1:])
     R = int(rows_before[-1])
     row_len = np.repeat(width, n)
     within = np.arange(R) - np.repeat(rows_before[:-1], n)  # row index inside its group
     row_start = np.repeat(offsets[:-1], n) + within * row_len
     sorted_row = np.repeat(rows[:, 0], n) + within  # the row of the sorted positions
     row_target = row_start + sorted_targets[sorted_row] - np.repeat(words[:, 0], n)
-    return Groups(words, rows, offsets, n * width, row_start, row_len, row_target, rows_before)
+    return Groups(words, rows, offsets, n * width, row_start, row_len, row_target, rows_before, sorted_row)
 
 
 def segment_cross_entropy(logits, g, g0, g1, scale, need_grad, row_out=None):
@@ -264,8 +279,7 @@ def target_log_probs(params, h, targets, workspace=None):
     if z.size:
         shift = np.maximum.reduceat(z, g.row_start)
         log_sums = np.log(np.add.reduceat(np.exp(z - np.repeat(shift, g.row_len)), g.row_start)) + shift
-        rows = np.concatenate([np.arange(r0, r1) for r0, r1 in g.rows])  # each group row's sorted position
-        out[order[rows]] += z[g.row_target] - log_sums
+        out[order[g.row_sorted]] += z[g.row_target] - log_sums
     return out
 
 
