@@ -44,7 +44,9 @@ def _data(config, card):
         st = stats.get(key)
         if st is not None:
             oov = "—" if key == "train" else f"{st['oov_rate']:.2%}"
-            rows.append(f"| {key} | `{getattr(d, key)}` | {st['targets']:,} | {oov} |")
+            paths = getattr(d, key)
+            shown = ", ".join(f"`{p}`" for p in (paths if isinstance(paths, list) else [paths]))
+            rows.append(f"| {key} | {shown} | {st['targets']:,} | {oov} |")
     v = config.vocab
     cap = f", at most {v.max_size} in all" if v.max_size else ""
     times = "once" if v.min_count == 1 else f"{v.min_count} times"

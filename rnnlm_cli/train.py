@@ -138,11 +138,7 @@ def check_data(config, init_dir=None, init_vocab=INIT_VOCAB_KEEP):
         path = getattr(d, key)
         if path is None:
             continue
-        counts, words, lines = collections.Counter(), 0, 0
-        for one in corpus.files_of(path) if key == "train" else [path]:  # data.train may be several files
-            c, w, n = data.count_words(one, d.tokenizer)
-            counts.update(c)
-            words, lines = words + w, lines + n
+        counts, words, lines = _count_train(config) if key == "train" else data.count_words(path, d.tokenizer)
         name = _train_name(config) if key == "train" else path
         if words == 0:
             raise UserError(f"{name}: no tokens (the file is empty or only whitespace)")
@@ -161,6 +157,16 @@ def check_data(config, init_dir=None, init_vocab=INIT_VOCAB_KEEP):
         rows.append({"key": key, "file": path, "words": words, "lines": lines, "targets": words + lines,
                      "oov": oov, "oov_rate": oov / (words + lines)})
     return len(vocab), rows
+
+
+def _count_train(config):
+    """(word counts, words, non-empty lines) of data.train, its files read in turn (bounded memory)."""
+    counts, words, lines = collections.Counter(), 0, 0
+    for one in corpus.files_of(config.data.train):
+        c, w, n = data.count_words(one, config.data.tokenizer)
+        counts.update(c)
+        words, lines = words + w, lines + n
+    return counts, words, lines
 
 
 def _check_memory(config, vocab_size):
@@ -224,7 +230,7 @@ def _from_init(config, init_dir, init_vocab, reporter):
     fresh = model.init_params(config.model, len(vocab), config.train.seed, dtype, counts)
     new_ids = [i for i, w in enumerate(vocab.tokens) if w in old_vocab.index]
     old_ids = [old_vocab.index[vocab.tokens[i]] for i in new_ids]
-    reporter.info(f"--init {init_dir} --init-vocab new: vocabulary {len(vocab)} from {config.data.train}, "
+    reporter.info(f"--init {init_dir} --init-vocab new: vocabulary {len(vocab)} from {_train_name(config)}, "
                   f"{len(new_ids)} of them in the init model's {len(old_vocab)}: their rows copied, the other "
                   f"{len(vocab) - len(new_ids)} initialized as usual")
     return vocab, streams, model.transfer_vocab(old_params, fresh, config.model, old_ids, new_ids)
@@ -236,12 +242,12 @@ def _warn_coverage(config, init_dir, train_stats, reporter):
     rate = train_stats["oov_rate"]
     if rate <= POOR_COVERAGE:
         return
-    counts, words, lines = data.count_words(config.data.train, config.data.tokenizer)
+    counts, words, lines = _count_train(config)
     own = build_vocab(counts, config.vocab.min_count, config.vocab.max_size)
     own_rate = sum(c for w, c in counts.items() if w not in own.index) / max(1, words + lines)
     if own_rate < rate:
         reporter.warn(f"warning: --init {init_dir}: its vocabulary leaves {rate:.2%} of the targets of "
-                      f"{config.data.train} as <unk> (a vocabulary built from that file: {own_rate:.2%}), so this "
+                      f"{_train_name(config)} as <unk> (a vocabulary built from that file: {own_rate:.2%}), so this "
                       f"run's perplexities are not comparable with other vocabularies'; --init-vocab new "
                       f"fine-tunes with the new text's vocabulary")
 

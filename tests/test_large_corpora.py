@@ -1,0 +1,176 @@
+"""Large corpora as users give them (README "Large corpora"), from config files and the command
+line: data.train as a list, a glob or one file through every command that reads a config."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+from conftest import assert_clean_error, assert_same_arrays, weights, write_corpus
+
+# --------------------------------------------------------------------------------------------
+# data.train: one file, a list, a glob
+
+TRAIN_FORMS = {
+    "file": "data/train.txt",
+    "list": "[data/parts/part-1.txt, data/parts/part-2.txt, data/parts/part-3.txt]",
+    "glob": "'data/parts/part-*.txt'",
+}
+
+
+def _project(folder, train):
+    """A project laid out as users do: data/ (the train text whole, and cut into three parts),
+    a config beside it naming data.train as `train`. -> the config's path."""
+    data = folder / "data"
+    (data / "parts").mkdir(parents=True)
+    corpus = write_corpus(data)
+    lines = corpus["train"].read_text(encoding="utf-8").splitlines(keepends=True)
+    for k, (a, b) in enumerate(((0, 100), (100, 180), (180, len(lines))), start=1):
+        (data / "parts" / f"part-{k}.txt").write_text("".join(lines[a:b]), encoding="utf-8")
+    config = folder / "cfg.yaml"
+    config.write_text(f"""\
+data:
+  train: {train}
+  valid: data/valid.txt
+  test: data/test.txt
+model: {{embedding_dim: 8, hidden_dim: 12}}
+train: {{batch_size: 4, bptt: 6, epochs: 2, lr: 1.0, clip_norm: 1.0, eval_batch_size: 2, log_every: 10}}
+""", encoding="utf-8")
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """{form: (config, model dir)}: the tiny config trained with data.train in each form."""
+    from rnnlm_cli import cli
+    out = {}
+    for form, train in TRAIN_FORMS.items():
+        folder = tmp_path_factory.mktemp(form)
+        config = _project(folder, train)
+        with pytest.raises(SystemExit) as e:
+            cli.main(["train", str(config), "--out", str(folder / "runs" / "m"), "-q"])
+        assert e.value.code in (0, None)
+        out[form] = (config, folder / "runs" / "m")
+    return out
+
+
+def test_a_list_a_glob_and_one_file_train_the_same_model(trained):
+    """The parts read in order are the whole text: the same stream, so the same weights."""
+    reference = weights(trained["file"][1])
+    for form in ("list", "glob"):
+        assert_same_arrays(weights(trained[form][1]), reference)
+
+
+@pytest.mark.parametrize("form", ["list", "glob"])
+def test_the_model_directory_names_every_file(trained, form, run_cli):
+    config, model = trained[form]
+    parts = [str(config.parent / "data" / "parts" / f"part-{k}.txt") for k in (1, 2, 3)]
+    saved = yaml.safe_load((model / "config.yaml").read_text(encoding="utf-8"))
+    if form == "list":
+        assert saved["data"]["train"] == parts
+        assert saved["data_from_model_dir"]["train"] == [f"../../data/parts/part-{k}.txt" for k in (1, 2, 3)]
+    else:
+        assert saved["data"]["train"] == str(config.parent / "data" / "parts" / "part-*.txt")
+        assert saved["data_from_model_dir"]["train"] == "../../data/parts/part-*.txt"
+    card = (model / "README.md").read_text(encoding="utf-8")
+    train_row = next(line for line in card.splitlines() if line.startswith("| train |"))
+    if form == "list":
+        assert all(f"`{p}`" in train_row for p in parts), train_row
+    code, out, err = run_cli("info", model)
+    assert code == 0, err
+    line = next(x for x in out.splitlines() if x.startswith("data     train"))
+    assert ("part-1.txt, " in line and "part-3.txt" in line) if form == "list" else "part-*.txt" in line
+    code, out, err = run_cli("info", model, "--json")
+    assert code == 0 and json.loads(out)["config"]["data"]["train"] == saved["data"]["train"], err
+
+
+@pytest.mark.parametrize("form", ["list", "glob"])
+def test_dry_run_counts_every_file(trained, form, run_cli):
+    config, _ = trained[form]
+    code, out, err = run_cli("train", config, "--dry-run")
+    assert code == 0, err
+    row = next(x for x in err.splitlines() if x.startswith("dry run: data.train"))
+    whole = run_cli("train", trained["file"][0], "--dry-run")[2]
+    whole_row = next(x for x in whole.splitlines() if x.startswith("dry run: data.train"))
+    assert "part-1.txt and 2 more files" in row
+    assert row.split(": ", 2)[2] == whole_row.split(": ", 2)[2]  # the same words, lines and targets
+
+
+@pytest.mark.parametrize("form", ["list", "glob"])
+def test_resume_continues_exactly(trained, form, tmp_path, run_cli):
+    config, model = trained[form]
+    out = tmp_path / "m"
+    code, _, err = run_cli("train", config, "--set", "train.max_steps=40", "--out", out, "-q")
+    assert code == 0, err
+    code, _, err = run_cli("train", config, "--set", "train.max_steps=null", "--out", out, "--resume", "-q")
+    assert code == 0, err
+    assert_same_arrays(weights(out), weights(model))
+    resumed, whole = weights(out, "checkpoint.npz"), weights(model, "checkpoint.npz")
+    assert_same_arrays({k: v for k, v in resumed.items() if k != "meta"},
+                       {k: v for k, v in whole.items() if k != "meta"})  # meta: times differ
+
+
+@pytest.mark.parametrize("form", ["list", "glob"])
+def test_init_from_a_model_trained_on_a_list(trained, form, tmp_path, run_cli):
+    config, model = trained[form]
+    code, _, err = run_cli("train", config, "--init", model, "--set", "train.max_steps=1", "--out", tmp_path / "a",
+                           "-q")
+    assert code == 0, err
+    code, _, err = run_cli("train", config, "--init", model, "--init-vocab", "new", "--set", "train.max_steps=1",
+                           "--out", tmp_path / "b", "-q")
+    assert code == 0, err
+    assert_same_arrays(weights(tmp_path / "a"), weights(tmp_path / "b"))  # the same words: the same vocabulary
+
+
+def test_init_from_a_model_with_other_words_warns_naming_the_list(trained, tmp_path, run_cli):
+    config, _ = trained["list"]
+    other = _project(tmp_path / "other", "data/train.txt")
+    for name in ("train", "valid", "test"):
+        path = other.parent / "data" / f"{name}.txt"
+        path.write_text(path.read_text(encoding="utf-8").replace("the ", "une "), encoding="utf-8")
+    code, _, err = run_cli("train", other, "--out", tmp_path / "fr", "-q", "--set", "train.epochs=1")
+    assert code == 0, err
+    code, _, err = run_cli("train", config, "--init", tmp_path / "fr", "--set", "train.max_steps=1",
+                           "--out", tmp_path / "m")
+    assert code == 0, err
+    assert "as <unk>" in err and "part-1.txt and 2 more files" in err, err
+
+
+@pytest.mark.parametrize("form", ["list", "glob"])
+def test_a_moved_project_finds_its_own_files(trained, form, tmp_path, run_cli):
+    """A project moved away (its old folder gone): the model's config finds the train files
+    beside it, entry by entry; resume, info, eval and a new run from its config.yaml work."""
+    config, _ = trained[form]
+    moved = tmp_path / "moved"
+    shutil.copytree(config.parent, moved)
+    original = tmp_path / "original"
+    shutil.move(config.parent, original)  # the saved absolute paths now point nowhere
+    try:
+        model = moved / "runs" / "m"
+        code, out, err = run_cli("info", model, "--json")
+        assert code == 0, err
+        train = json.loads(out)["config"]["data"]["train"]
+        assert str(moved) in (train if isinstance(train, str) else train[0]), train
+        code, _, err = run_cli("train", model / "config.yaml", "--set", "train.max_steps=3", "--out",
+                               tmp_path / "again", "-q")
+        assert code == 0, err
+        code, _, err = run_cli("train", "--out", model, "--resume", "--set", "train.epochs=3", "-q")
+        assert code == 0, err
+    finally:
+        shutil.move(original, config.parent)
+
+
+def test_a_glob_that_matches_nothing_is_one_line(tmp_path, run_cli):
+    config = _project(tmp_path, "'data/nothing-*.txt'")
+    for args in (("train", config, "--out", tmp_path / "m"), ("train", config, "--dry-run")):
+        code, _, err = run_cli(*args)
+        assert_clean_error(code, err, 2, "data.train", "nothing-*.txt", "matches no file")
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_missing_file_in_a_list_is_named(tmp_path, run_cli):
+    config = _project(tmp_path, "[data/parts/part-1.txt, data/parts/part-9.txt]")
+    code, _, err = run_cli("train", config, "--out", tmp_path / "m")
+    assert_clean_error(code, err, 2, "part-9.txt")
+    assert not (tmp_path / "m").exists()
+
