@@ -1,9 +1,16 @@
 """Large corpora as users give them (README "Large corpora"), from config files and the command
 line: data.train as a list, a glob or one file through every command that reads a config."""
 
+import bz2
+import gzip
 import json
+import lzma
+import os
 import shutil
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import yaml
 from conftest import assert_clean_error, assert_same_arrays, weights, write_corpus
@@ -174,3 +181,148 @@ def test_a_missing_file_in_a_list_is_named(tmp_path, run_cli):
     assert_clean_error(code, err, 2, "part-9.txt")
     assert not (tmp_path / "m").exists()
 
+
+
+# --------------------------------------------------------------------------------------------
+# Compressed text: gzip, bzip2, xz, recognized by their first bytes
+
+COMPRESS = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}
+
+
+def _compressed(path, kind, name=None):
+    """Write path's bytes compressed as `kind` beside it (as path.kind, or `name`) -> the new path."""
+    out = path.with_name(name or f"{path.name}.{kind}")
+    out.write_bytes(COMPRESS[kind](path.read_bytes()))
+    return out
+
+
+def _with_data(config, **keys):
+    """Rewrite a _project config's data paths: keys like train="data/train.txt.gz"."""
+    text = config.read_text(encoding="utf-8")
+    for key, value in keys.items():
+        start = text.index(f"  {key}: ")
+        end = text.index("\n", start)
+        text = text[:start] + f"  {key}: {value}" + text[end:]
+    config.write_text(text, encoding="utf-8")
+    return config
+
+
+@pytest.mark.parametrize("kind", COMPRESS)
+def test_a_compressed_corpus_trains_to_the_same_weights_bit_for_bit(trained, kind, tmp_path, run_cli):
+    config = _project(tmp_path, "data/train.txt")
+    data = tmp_path / "data"
+    for name in ("train", "valid", "test"):
+        _compressed(data / f"{name}.txt", kind)
+    _with_data(config, train=f"data/train.txt.{kind}", valid=f"data/valid.txt.{kind}", test=f"data/test.txt.{kind}")
+    code, _, err = run_cli("train", config, "--out", tmp_path / "m", "-q")
+    assert code == 0, err
+    assert_same_arrays(weights(tmp_path / "m"), weights(trained["file"][1]))
+    code, _, err = run_cli("train", config, "--dry-run")
+    plain = run_cli("train", trained["file"][0], "--dry-run")[2]
+    assert code == 0 and [x.split(": ", 2)[2] for x in err.splitlines()] == \
+        [x.split(": ", 2)[2] for x in plain.splitlines()], err
+
+
+def test_a_list_of_mixed_compressed_and_plain_parts(trained, tmp_path, run_cli):
+    config = _project(tmp_path, "data/train.txt")
+    parts = tmp_path / "data" / "parts"
+    _compressed(parts / "part-1.txt", "gz", "part-1.gz")
+    _compressed(parts / "part-2.txt", "xz", "part-2.data")  # the first bytes say what a file is, not its name
+    _with_data(config, train="[data/parts/part-1.gz, data/parts/part-2.data, data/parts/part-3.txt]")
+    code, _, err = run_cli("train", config, "--out", tmp_path / "m", "-q")
+    assert code == 0, err
+    assert_same_arrays(weights(tmp_path / "m"), weights(trained["file"][1]))
+
+
+def test_compressed_files_are_never_cut_into_parts(tmp_path, monkeypatch):
+    """The first encoding of a big corpus cuts it into parts at byte offsets; a compressed file
+    is read whole in one part, and the stream is the line reader's."""
+    from rnnlm_cli import corpus, data
+    texts = ["a b\nc d e\n\n  f\n" * 60, "g a\r\nb\n" * 80, "h i j\n" * 70, "last line without end"]
+    paths = []
+    for i, text in enumerate(texts):
+        plain = tmp_path / f"p{i}.txt"
+        plain.write_text(text, encoding="utf-8")
+        paths.append(str(_compressed(plain, "gz") if i in (1, 3) else plain))
+    monkeypatch.setattr(corpus, "PART_BYTES", 150)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    parts = corpus._parts(paths, corpus.sources(paths), "whitespace")
+    assert len(parts) > 1
+    flat = [entry for part in parts for entry in part]
+    assert [e for e in flat if isinstance(e, str)] == [paths[1], paths[3]]  # whole, each in one part
+    assert all(isinstance(e, tuple) and e[0] not in (paths[1], paths[3]) for e in flat if not isinstance(e, str))
+    vocab, enc = corpus.train_corpus(paths, "whitespace", tmp_path / "cache")
+    want = [data.encode_file(p, vocab, "whitespace", allow_empty=True)[0] for p in paths]
+    assert np.array_equal(enc.ids, np.concatenate([want[0]] + [w[1:] for w in want[1:]]))
+
+
+def test_the_token_cache_is_keyed_on_the_compressed_file(tmp_path, monkeypatch):
+    from rnnlm_cli import corpus, data
+    plain = tmp_path / "t.txt"
+    plain.write_text("a b c\nb c\n", encoding="utf-8")
+    gz = [str(_compressed(plain, "gz"))]
+    vocab, first = corpus.train_corpus(gz, "whitespace", tmp_path / "cache")
+    with monkeypatch.context() as mp:
+        mp.setattr(data, "encode_blocks", lambda *a, **k: pytest.fail("a cached corpus was read again"))
+        assert np.array_equal(corpus.train_corpus(gz, "whitespace", tmp_path / "cache")[1].ids, first.ids)
+    plain.write_text("a b c\nb c\nc c c\n", encoding="utf-8")
+    _compressed(plain, "gz")
+    os.utime(gz[0], ns=(1, 1))  # another text, even with an old mtime (the size differs)
+    assert corpus.train_corpus(gz, "whitespace", tmp_path / "cache")[1].stats["lines"] == 3
+
+
+def test_compressed_text_in_eval_score_vocab_and_mix_probs(tiny_model, tmp_path, run_cli):
+    model, config = tiny_model
+    test = config.parent / "test.txt"
+    packed = {kind: _compressed(test, kind, f"test-{kind}") for kind in COMPRESS}
+    for kind, path in packed.items():
+        plain, got = (json.loads(run_cli("eval", model, p, "--json")[1]) for p in (test, path))
+        assert {**got, "file": None} == {**plain, "file": None}, kind
+        assert run_cli("score", model, path, "--format", "json")[1] == run_cli("score", model, test, "--format",
+                                                                               "json")[1]
+        assert run_cli("score", model, path, "--carry")[1] == run_cli("score", model, test, "--carry")[1]
+        plain, got = ([json.loads(x) for x in run_cli("vocab", p, "--json")[1].splitlines()] for p in (test, path))
+        assert [{**row, "file": None} for row in got] == [{**row, "file": None} for row in plain]
+    targets = json.loads(run_cli("eval", model, test, "--json")[1])["targets"]
+    probs = tmp_path / "probs.txt"
+    probs.write_text("0.01\n" * targets, encoding="utf-8")
+    figures = [json.loads(run_cli("eval", model, test, "--mix-probs", p, "--json")[1])["perplexity"]
+               for p in (probs, _compressed(probs, "bz2"))]
+    assert figures[0] == figures[1] and figures[0] is not None
+
+
+def test_score_reads_compressed_standard_input(tiny_model):
+    model, config = tiny_model
+    test = config.parent / "test.txt"
+    run = [sys.executable, "-m", "rnnlm_cli.cli", "score", str(model)]
+    plain = subprocess.run(run, input=test.read_bytes(), capture_output=True, check=True).stdout
+    for kind, compress in COMPRESS.items():
+        got = subprocess.run(run, input=compress(test.read_bytes()), capture_output=True)
+        assert got.returncode == 0 and got.stdout == plain, (kind, got.stderr)
+    damaged = subprocess.run(run, input=gzip.compress(test.read_bytes())[:-30], capture_output=True)
+    assert damaged.returncode == 2 and damaged.stderr.decode().strip().splitlines()[-1].startswith(
+        "error: standard input: truncated gzip file"), damaged.stderr
+
+
+def _damage(path, how):
+    raw = bytearray(path.read_bytes())
+    if how == "truncated":
+        return bytes(raw[: len(raw) // 2])
+    raw[len(raw) // 2] ^= 0x55  # a byte of the compressed data, mid-file
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("kind", COMPRESS)
+@pytest.mark.parametrize("how", ["truncated", "corrupted"])
+def test_a_damaged_archive_is_one_line_and_destroys_nothing(kind, how, tmp_path, run_cli, tiny_model):
+    config = _project(tmp_path, "data/train.txt")
+    train = _compressed(tmp_path / "data" / "train.txt", kind)
+    train.write_bytes(_damage(train, how))
+    _with_data(config, train=f"data/{train.name}")
+    for args in (("train", config, "--out", tmp_path / "m"), ("train", config, "--dry-run"),
+                 ("eval", tiny_model[0], train), ("score", tiny_model[0], train), ("vocab", train)):
+        code, _, err = run_cli(*args)
+        assert_clean_error(code, err, 2, str(train))
+        if how == "truncated":
+            assert f"truncated {dict(gz='gzip', bz2='bzip2', xz='xz')[kind]} file" in err
+    assert not (tmp_path / "m").exists()
