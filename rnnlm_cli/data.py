@@ -413,6 +413,30 @@ def encode_file(
     return out, stats
 
 
+def encode_stream(path: PathLike, vocab, tokenizer: str, stats: dict) -> Iterator[np.ndarray]:
+    """encode_file's token stream of a file in blocks of ids (int64) as the text is read, in
+    bounded memory (a block is about a million tokens); when the last block has been taken,
+    `stats` holds encode_file's stats (an empty file: the stream [<eos>], 0 targets)."""
+    get_tokenizer(tokenizer)
+    unk, sentinel = vocab.unk_id, len(vocab)
+    get = {**vocab.index, SENTINEL: sentinel}.get
+    unk_token = vocab.tokens[unk]
+    counts = {"words": 0, "lines": 0}
+    tokens = unks = literal_unk = 0
+
+    def lookup(block):
+        nonlocal literal_unk
+        literal_unk += block.count(unk_token)
+        return [get(w, unk) for w in block]
+    for ids in encode_blocks([path], tokenizer, lookup, sentinel, vocab.eos_id, counts):
+        tokens += len(ids)
+        unks += int(np.count_nonzero(ids == unk))
+        yield ids
+    targets, oov = tokens - 1, unks - literal_unk
+    stats.update(file=os.fspath(path), words=counts["words"], lines=counts["lines"], targets=targets, oov=oov,
+                 oov_rate=oov / targets if targets else 0.0)
+
+
 def _positive_int(value, name: str) -> int:
     """value as an int if it is an integer >= 1 (not a bool or float), else UserError."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:

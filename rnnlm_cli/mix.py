@@ -66,14 +66,16 @@ def sole_component(weights):
     return ones[0] if ones else None
 
 
-def mixed_log_probs(models, weights, ids, batch_size, reset_all, dynamic=None, extra_probs=None, cache=None):
+def mixed_log_probs(models, weights, ids, batch_size, reset_all, dynamic=None, extra_probs=None, cache=None,
+                    carry=None):
     """ids: (S,) a token stream -> (S − 1,) float64 natural log of Σ_k w_k P_k(target) for each
     target, over `models` [(config, vocab, params)] and, when given, `extra_probs` (S − 1,) of
     another LM (its weight last in `weights`). Components with weight 0 are skipped, so a weight
     of 1 gives exactly that model's figures. `reset_all`: reset every model at each <eos>
     (independent reading); otherwise only models trained with data.independent reset.
     `cache` (a cache.Settings): the pair (that mixture, the neural cache's log p_cache from the
-    first model's states), for cache.mix (the cache mixes last)."""
+    first model's states), for cache.mix (the cache mixes last). `carry` (one dict per model;
+    stream.py): ids go on from the stream of the last call, each model's state read on."""
     parts, logp_cache = [], None
     for k, ((config, vocab, params), w) in enumerate(zip(models, weights)):
         reads_cache = cache is not None and k == 0
@@ -81,7 +83,8 @@ def mixed_log_probs(models, weights, ids, batch_size, reset_all, dynamic=None, e
             continue
         reset_at = vocab.eos_id if reset_all else evaluate.reset_id(config, vocab)
         logp = evaluate.stream_log_probs(params, config.model, ids, config.train.bptt, batch_size, reset_at,
-                                         dynamic, config.train.clip_norm, cache if reads_cache else None)
+                                         dynamic, config.train.clip_norm, cache if reads_cache else None,
+                                         None if carry is None else carry[k])
         if reads_cache:
             logp, logp_cache = logp
         if w > 0:
@@ -132,22 +135,27 @@ def read_probs(path):
 def evaluate_file(models, weights, path, batch_size=1, dynamic=None, probs_path=None, model_dir="model", cache=None):
     """eval's figures of a file under the mixture (and/or with dynamic evaluation, and/or the
     neural cache, a cache.Settings). All the weight on one model, without dynamic evaluation
-    or cache, gives exactly that model's own figures."""
+    or cache, gives exactly that model's own figures. Batch 1 reads the file in bounded memory
+    (stream.py); a batched reading holds it whole."""
     sole = sole_component(weights)
     if not dynamic and cache is None and sole is not None and sole < len(models):
         config, vocab, params = models[sole]
         return evaluate.evaluate_file(params, config, vocab, path, batch_size, model_dir)
-    ids, stats, logp, logp_cache = file_log_probs(models, weights, path, batch_size, dynamic, probs_path, cache)
-    if cache is not None:
-        logp = neural_cache.mix(logp, logp_cache, cache.lam)
-    scored = ~np.isnan(logp)  # a batched carried reading leaves the remainder unscored
-    total = -float(logp[scored].sum())
+    if batch_size == 1:
+        from . import stream  # (it imports this module)
+        stats, total, count, zeros = stream.mixed_file(models, weights, path, dynamic, probs_path, cache)
+    else:
+        _, stats, logp, logp_cache = file_log_probs(models, weights, path, batch_size, dynamic, probs_path, cache)
+        if cache is not None:
+            logp = neural_cache.mix(logp, logp_cache, cache.lam)
+        scored = ~np.isnan(logp)  # a batched carried reading leaves the remainder unscored
+        total, count, zeros = -float(logp[scored].sum()), int(scored.sum()), int(np.isneginf(logp).sum())
     if cache is not None and cache.lam == 1.0 and total == math.inf:
         shown = os.fsencode(path).decode("utf-8", "replace")
-        raise UserError(f"--cache-lambda 1: {int(np.isneginf(logp).sum())} target(s) of {shown} are none of the next "
+        raise UserError(f"--cache-lambda 1: {zeros} target(s) of {shown} are none of the next "
                         f"words the cache remembers, so they get probability 0 (an infinite cross-entropy); use a "
                         f"--cache-lambda below 1")
-    result = evaluate.file_result(stats, total, int(scored.sum()), batch_size, path, model_dir)
+    result = evaluate.file_result(stats, total, count, batch_size, path, model_dir)
     if dynamic:
         result["dynamic"] = dynamic
     if cache is not None:

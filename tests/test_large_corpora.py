@@ -326,3 +326,146 @@ def test_a_damaged_archive_is_one_line_and_destroys_nothing(kind, how, tmp_path,
         if how == "truncated":
             assert f"truncated {dict(gz='gzip', bz2='bzip2', xz='xz')[kind]} file" in err
     assert not (tmp_path / "m").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# eval and score in bounded memory: the stream read in chunks of whole windows, state carried
+
+
+def _json_rows(out):
+    return [json.loads(x) for x in out.splitlines()]
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of one window (the tiny config's bptt 6) and a record of every chunk read."""
+    from rnnlm_cli import evaluate, stream
+    monkeypatch.setattr(stream, "CHUNK_TARGETS", 1)
+    seen = []
+    real_ids, real_logp = evaluate.evaluate_ids, evaluate.stream_log_probs
+
+    def evaluate_ids(params, cfg, ids, *args, **kwargs):
+        seen.append(len(ids))
+        return real_ids(params, cfg, ids, *args, **kwargs)
+
+    def stream_log_probs(params, cfg, ids, *args, **kwargs):
+        seen.append(len(ids))
+        return real_logp(params, cfg, ids, *args, **kwargs)
+    monkeypatch.setattr(evaluate, "evaluate_ids", evaluate_ids)
+    monkeypatch.setattr(evaluate, "stream_log_probs", stream_log_probs)
+    return seen
+
+
+def _reference(model, path, **options):
+    """Today's figures of `rnnlm eval`: the file encoded whole, its stream read at once."""
+    from rnnlm_cli import cache as neural_cache, data, evaluate, mix, modeldir
+    config, vocab, params = modeldir.load_model(model)
+    ids, _ = data.encode_file(path, vocab, config.data.tokenizer, allow_empty=True)
+    if not options:
+        return evaluate.evaluate_ids(params, config.model, ids, 1, config.train.bptt,
+                                     evaluate.reset_id(config, vocab))[0] / (len(ids) - 1)
+    models = [(config, vocab, params)] * options.get("models", 1)
+    weights = options.get("weights", [1.0 / len(models)] * len(models))
+    cache = options.get("cache")
+    extra = options.get("probs")
+    logp = mix.mixed_log_probs(models, weights, ids, 1, False, options.get("dynamic"), extra, cache)
+    if cache is not None:
+        logp = neural_cache.mix(*logp, cache.lam)
+    return -float(logp.sum()) / (len(ids) - 1)
+
+
+def test_eval_streams_the_file_with_todays_figures(tiny_model, small_chunks, tmp_path, run_cli):
+    from rnnlm_cli.cache import Settings
+    model, config = tiny_model
+    test = config.parent / "test.txt"
+    code, out, err = run_cli("eval", model, test, "--json")
+    assert code == 0, err
+    assert max(small_chunks) == 7 and len(small_chunks) > 40  # one window at a time, not the file
+    assert json.loads(out)["cross_entropy"] == _reference(model, test)  # the same sums in the same order
+    targets = json.loads(out)["targets"]
+    probs = tmp_path / "probs.txt"
+    probs.write_text("".join(f"{0.01 + 0.001 * (k % 7)}\n" for k in range(targets)), encoding="utf-8")
+    for options, reference in (
+            (["--dynamic", "0.1"], {"dynamic": 0.1}),
+            (["--cache", "20", "--cache-theta", "0.5", "--cache-lambda", "0.2"], {"cache": Settings(20, 0.5, 0.2)}),
+            (["--mix", model, "--weights", "0.3,0.7"], {"models": 2, "weights": [0.3, 0.7]}),
+            (["--mix-probs", probs, "--weights", "0.8,0.2"],
+             {"weights": [0.8, 0.2], "probs": np.array([0.01 + 0.001 * (k % 7) for k in range(targets)])}),
+            (["--dynamic", "0.1", "--cache", "9"], {"dynamic": 0.1, "cache": Settings(9)})):
+        small_chunks.clear()
+        code, out, err = run_cli("eval", model, test, "--json", *options)
+        assert code == 0, err
+        assert max(small_chunks) == 7, options
+        got = json.loads(out)
+        assert got["targets"] == targets and got["cross_entropy"] == pytest.approx(_reference(model, test, **reference),
+                                                                                    rel=1e-13, abs=0), options
+
+
+def test_eval_of_a_file_within_one_chunk_gives_todays_figures_exactly(tiny_model, run_cli):
+    from rnnlm_cli.cache import Settings
+    model, config = tiny_model
+    test = config.parent / "test.txt"
+    for options, reference in ((["--dynamic", "0.1"], {"dynamic": 0.1}), (["--cache", "20"], {"cache": Settings(20)})):
+        got = json.loads(run_cli("eval", model, test, "--json", *options)[1])
+        assert got["cross_entropy"] == _reference(model, test, **reference), options
+
+
+def test_mix_probs_of_the_wrong_length_is_named_when_streaming(tiny_model, small_chunks, tmp_path, run_cli):
+    model, config = tiny_model
+    test = config.parent / "test.txt"
+    targets = json.loads(run_cli("eval", model, test, "--json")[1])["targets"]
+    for n in (targets - 5, targets + 3):
+        probs = tmp_path / f"p{n}.txt"
+        probs.write_text("0.01\n" * n, encoding="utf-8")
+        code, _, err = run_cli("eval", model, test, "--mix-probs", probs)
+        assert_clean_error(code, err, 2, f"--mix-probs {probs}: {n} probabilities for the {targets} targets")
+
+
+def test_score_carry_streams_with_todays_records(tiny_model, tmp_path, monkeypatch, run_cli):
+    """Lines straddle the chunks: every record (per-word log-probs too) is as reading at once."""
+    from rnnlm_cli import stream
+    model, config = tiny_model
+    text = tmp_path / "t.txt"
+    text.write_text("\n" + config.parent.joinpath("test.txt").read_text(encoding="utf-8") + "\n\nthe cat\n\n\n",
+                    encoding="utf-8")
+    runs = {}
+    for chunk in (None, 1, 20):
+        if chunk:
+            monkeypatch.setattr(stream, "CHUNK_TARGETS", chunk)
+            monkeypatch.setattr(stream, "LINES_PER_BLOCK", 3)
+        for options in ((), ("--dynamic", "0.1"), ("--cache", "7"), ("--mix", model)):
+            code, out, err = run_cli("score", model, text, "--carry", "--format", "json", "--words", *options)
+            assert code == 0, err
+            runs.setdefault(options, []).append(out)
+    for options, outs in runs.items():
+        assert outs[0] == outs[1] == outs[2], options
+        rows = _json_rows(outs[0])
+        assert len(rows) == 46 and rows[0]["targets"] == 0 and rows[-1]["targets"] == 0
+    total = sum(r["logprob"] for r in _json_rows(runs[()][0]))
+    assert -total / json.loads(run_cli("eval", model, text, "--json")[1])["targets"] == pytest.approx(
+        json.loads(run_cli("eval", model, text, "--json")[1])["cross_entropy"], rel=1e-12)
+
+
+def test_an_independent_model_streams_too(tmp_path, small_chunks, run_cli):
+    from rnnlm_cli import modeldir
+    corpus = write_corpus(tmp_path)
+    config = _project(tmp_path, "data/train.txt")
+    config.write_text(config.read_text(encoding="utf-8").replace("  test: data/test.txt\n",
+                                                                 "  test: data/test.txt\n  independent: true\n"))
+    code, _, err = run_cli("train", config, "--out", tmp_path / "m", "-q", "--set", "train.epochs=1")
+    assert code == 0, err
+    assert modeldir.load_model(tmp_path / "m")[0].data.independent
+    small_chunks.clear()
+    got = json.loads(run_cli("eval", tmp_path / "m", corpus["test"], "--json")[1])
+    assert max(small_chunks) == 7
+    assert got["cross_entropy"] == pytest.approx(_reference(tmp_path / "m", corpus["test"]), rel=1e-13, abs=0)
+
+
+def test_score_srilm_keeps_sums_not_records(tiny_model, run_cli):
+    model, config = tiny_model
+    code, out, err = run_cli("score", model, config.parent / "test.txt", "--format", "srilm")
+    assert code == 0, err
+    rows = _json_rows(run_cli("score", model, config.parent / "test.txt", "--format", "json")[1])
+    log10 = sum(r["log10prob"] for r in rows)
+    assert f"file {config.parent / 'test.txt'}: 40 sentences, 295 words, 0 OOVs" in out
+    assert f"logprob= {log10:.6g} ppl=" in out
