@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cache as neural_cache, data, model, optim
+from . import cache as neural_cache, data, model, optim, stream
 from .errors import UserError
 
 
@@ -168,9 +168,13 @@ def evaluate_file(params, config, vocab, path, batch_size=1, model_dir="model"):
     stats), targets scored, OOV rate, cross-entropy, bits per token and perplexity. A model
     whose cross-entropy is not finite there is a UserError naming its weights. Batch 1 reads
     the file in bounded memory (stream.py); a batched reading holds its ids."""
-    if batch_size == 1:
-        from . import stream  # (it imports this module)
-        stats, total, count = stream.evaluate_file(params, config, vocab, path)
+    if batch_size == 1:  # one stream, read in chunks with the state carried (stream.py)
+        stats, carry, total, count = {}, {}, 0.0, 0
+        blocks = data.encode_stream(path, vocab, config.data.tokenizer, stats)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            for ids in stream.chunks(blocks, stream.chunk_length([config.train.bptt])):
+                total, count = evaluate_ids(params, config.model, ids, 1, config.train.bptt, reset_id(config, vocab),
+                                            carry)
         return file_result(stats, total, count, batch_size, path, model_dir)
     ids, stats = data.encode_file(path, vocab, config.data.tokenizer, allow_empty=True)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from . import cache as neural_cache, data, evaluate, modeldir
+from . import cache as neural_cache, data, evaluate, modeldir, stream
 from .errors import UserError
 
 
@@ -96,6 +96,22 @@ def mixed_log_probs(models, weights, ids, batch_size, reset_all, dynamic=None, e
     return mixed if cache is None else (mixed, logp_cache)
 
 
+def chunk_length(models):
+    """The targets of a chunk of a stream read in pieces (stream.py): whole windows of every model."""
+    return stream.chunk_length([config.train.bptt for config, _, _ in models])
+
+
+def chunk_log_probs(models, weights, dynamic=None, cache=None):
+    """-> log_probs(ids, extra, carry): the mixture's log-probs of the targets of a chunk of a
+    stream read in chunks with carried state, batch 1 (stream.read_chunks), the neural cache
+    mixed in last: mixed_log_probs, chunk after chunk."""
+    def log_probs(ids, extra, carry):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            logp = mixed_log_probs(models, weights, ids, 1, False, dynamic, extra, cache, carry)
+            return logp if cache is None else neural_cache.mix(*logp, cache.lam)
+    return log_probs
+
+
 def _is_number(text):
     try:
         float(text)
@@ -141,9 +157,13 @@ def evaluate_file(models, weights, path, batch_size=1, dynamic=None, probs_path=
     if not dynamic and cache is None and sole is not None and sole < len(models):
         config, vocab, params = models[sole]
         return evaluate.evaluate_file(params, config, vocab, path, batch_size, model_dir)
-    if batch_size == 1:
-        from . import stream  # (it imports this module)
-        stats, total, count, zeros = stream.mixed_file(models, weights, path, dynamic, probs_path, cache)
+    if batch_size == 1:  # one stream, read in chunks with the state carried (stream.py)
+        config, vocab, _ = models[0]
+        stats = {}
+        blocks = data.encode_stream(path, vocab, config.data.tokenizer, stats)
+        probs = None if probs_path is None else stream.Probs(read_probs(probs_path))
+        total, count, zeros = stream.file_sums(blocks, chunk_length(models), chunk_log_probs(models, weights, dynamic,
+                                               cache), len(models), probs, (probs_path, path))
     else:
         _, stats, logp, logp_cache = file_log_probs(models, weights, path, batch_size, dynamic, probs_path, cache)
         if cache is not None:

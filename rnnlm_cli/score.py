@@ -97,11 +97,12 @@ def score_carried(models, weights, lines, dynamic=None, extra_probs=None, cache=
     """Yield a record per line, the file read as one stream with carried state (as `eval
     --batch-size 1`): an empty line gets 0 targets; the log-probabilities sum to the file's.
     `cache` (a cache.Settings): the neural cache over the stream, mixed last. The stream is
-    read in chunks (stream.py): memory holds the lines of a chunk, whatever the file's length."""
+    read in chunks (stream.py): memory holds a chunk's lines, whatever the file's length."""
     vocab = models[0][1]
     probs = None if extra_probs is None else stream.Probs(extra_probs)
-    yield from stream.score_carried(models, weights, lines, lambda tokens: _encode(tokens, vocab), _record,
-                                    dynamic, probs, cache)
+    yield from stream.score_carried(lines, lambda tokens: _encode(tokens, vocab), _record, vocab.eos_id,
+                                    mix.chunk_length(models), mix.chunk_log_probs(models, weights, dynamic, cache),
+                                    len(models), probs)
 
 
 def _take(probs, n):

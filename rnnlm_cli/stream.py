@@ -21,7 +21,6 @@ from itertools import islice
 
 import numpy as np
 
-from . import cache as neural_cache, data, evaluate, mix
 from .errors import UserError
 
 CHUNK_TARGETS = 1 << 20  # targets read at a time: 8 MB of float64 log-probs per model
@@ -62,7 +61,7 @@ class Probs:
         out = np.fromiter(islice(self.probs, n), dtype=np.float64)
         self.taken += len(out)
         if len(out) < n:
-            raise _ProbsEnded()
+            raise ProbsEnded()
         return out
 
     def rest(self):
@@ -70,73 +69,49 @@ class Probs:
         return sum(1 for _ in self.probs)
 
 
-class _ProbsEnded(Exception):
+class ProbsEnded(Exception):
     """The --mix-probs file ended before the text did."""
 
 
-def log_prob_chunks(models, weights, chunked, dynamic=None, probs=None, cache=None):
-    """Yield, for each chunk of ids of `chunked` (batch 1, carried state), the natural log of the
-    mixture's probability of each of its targets (mix.mixed_log_probs; the neural cache mixed in
-    last when `cache` is given; `probs` a Probs: another LM's, weighted last)."""
-    carry = [{} for _ in models]
+def read_chunks(chunked, log_probs, n_models, probs=None):
+    """Yield log_probs(ids, extra, carry) for each chunk of ids of `chunked`: the log-probs of its
+    targets (mix.chunk_log_probs), `extra` the next per-target probabilities of `probs` (a
+    Probs, or None), `carry` one dict per model, the same for every chunk."""
+    carry = [{} for _ in range(n_models)]
     for ids in chunked:
         extra = None if probs is None else probs.take(len(ids) - 1)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-            logp = mix.mixed_log_probs(models, weights, ids, 1, False, dynamic, extra, cache, carry)
-            if cache is not None:
-                logp = neural_cache.mix(*logp, cache.lam)
-        yield logp
+        yield log_probs(ids, extra, carry)
 
 
-# --------------------------------------------------------------------------------------------
-# eval: the figures of a file
+def file_sums(blocks, length, log_probs, n_models, probs=None, names=("", "")):
+    """(sum of −log p over the targets, targets, targets of probability 0) of the stream of the
+    id arrays `blocks` read in chunks of `length` targets (read_chunks). Another LM's `probs`
+    must hold one probability per target: else a UserError naming `names` (its file, the text)."""
+    read = [0]
 
-
-def evaluate_file(params, config, vocab, path):
-    """(stats (data.encode_file's), sum of the targets' cross-entropies, targets) of a text file
-    read as one stream with carried state: evaluate.evaluate_ids's figures, in bounded memory."""
-    stats, carry = {}, {}
-    blocks = data.encode_stream(path, vocab, config.data.tokenizer, stats)
-    total, count = 0.0, 0
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-        for ids in chunks(blocks, chunk_length([config.train.bptt])):
-            total, count = evaluate.evaluate_ids(params, config.model, ids, 1, config.train.bptt,
-                                                 evaluate.reset_id(config, vocab), carry)
-    return stats, total, count
-
-
-def mixed_file(models, weights, path, dynamic=None, probs_path=None, cache=None):
-    """(stats, sum of the targets' −log p, targets, targets of probability 0) of a text file
-    under the mixture (and/or dynamic evaluation, the neural cache), read as one stream with
-    carried state, in bounded memory. A --mix-probs file must hold one probability per target."""
-    config, vocab, _ = models[0]
-    stats, read = {}, [0]
-
-    def blocks():
-        for ids in data.encode_stream(path, vocab, config.data.tokenizer, stats):
+    def counted():
+        for ids in blocks:
             read[0] += len(ids)
             yield ids
-    stream = blocks()
-    probs = None if probs_path is None else Probs(mix.read_probs(probs_path))
+    stream = counted()
     total, count, zeros = 0.0, 0, 0
-    chunked = chunks(stream, chunk_length([c.train.bptt for c, _, _ in models]))
     try:
-        for logp in log_prob_chunks(models, weights, chunked, dynamic, probs, cache):
+        for logp in read_chunks(chunks(stream, length), log_probs, n_models, probs):
             total -= float(logp.sum())
             count += len(logp)
             zeros += int(np.count_nonzero(np.isneginf(logp)))
-    except _ProbsEnded:
+    except ProbsEnded:
         for _ in stream:  # the rest of the text, for the message's count
             pass
-        _probs_mismatch(probs_path, probs.taken, read[0] - 1, path)
+        _probs_mismatch(names, probs.taken, read[0] - 1)
     rest = 0 if probs is None else probs.rest()
     if rest:
-        _probs_mismatch(probs_path, probs.taken + rest, count, path)
-    return stats, total, count, zeros
+        _probs_mismatch(names, probs.taken + rest, count)
+    return total, count, zeros
 
 
-def _probs_mismatch(probs_path, n, targets, path):
-    raise UserError(f"--mix-probs {probs_path}: {n} probabilities for the {targets} targets of {path} (one per "
+def _probs_mismatch(names, n, targets):
+    raise UserError(f"--mix-probs {names[0]}: {n} probabilities for the {targets} targets of {names[1]} (one per "
                     f"target: each non-empty line's words and its <eos>)")
 
 
@@ -147,23 +122,23 @@ def _probs_mismatch(probs_path, n, targets, path):
 LINES_PER_BLOCK = 4096  # lines encoded at a time
 
 
-def score_carried(models, weights, lines, encode, record, dynamic=None, probs=None, cache=None):
-    """Yield record(line, oov, log-probs of its targets) for each (line number, id, tokens) of
-    `lines`, the text read as one stream with carried state: a leading <eos>, then each
-    non-empty line's ids and <eos> (an empty line: no target). `encode(tokens)` -> (ids, oov).
-    Lines are held only until their targets are scored (a chunk's worth); `probs` a Probs."""
-    config, vocab, _ = models[0]
+def score_carried(lines, encode, record, eos, length, log_probs, n_models, probs=None):
+    """Yield record(line number, id, tokens, oov, log-probs of its targets) for each (line
+    number, id, tokens) of `lines`, the text read as one stream with carried state in chunks of
+    `length` targets (read_chunks: log_probs, n_models, probs): a leading <eos>, then each
+    non-empty line's ids and <eos> (an empty line has no target). `encode(tokens)` -> (ids,
+    oov). A line is held only until its targets are scored (a chunk's worth of lines)."""
     waiting = collections.deque()  # [line, oov, targets] whose log-probs are not all in
 
     def blocks():
-        yield np.array([vocab.eos_id], dtype=np.int64)
+        yield np.array([eos], dtype=np.int64)
         block, n = [], 0
         for line in lines:
             ids, oov = encode(line[2])
             waiting.append((line, oov, len(ids) + 1 if ids else 0))
             if ids:
                 block.extend(ids)
-                block.append(vocab.eos_id)
+                block.append(eos)
             n += 1
             if n == LINES_PER_BLOCK:
                 yield np.array(block, dtype=np.int64)
@@ -171,15 +146,14 @@ def score_carried(models, weights, lines, encode, record, dynamic=None, probs=No
         yield np.array(block, dtype=np.int64)
 
     got, have = [], 0  # log-probs scored and not yet given to a line, and how many
-    chunked = chunks(blocks(), chunk_length([c.train.bptt for c, _, _ in models]))
     try:
-        for logp in log_prob_chunks(models, weights, chunked, dynamic, probs, cache):
+        for logp in read_chunks(chunks(blocks(), length), log_probs, n_models, probs):
             got.append(logp)
             have += len(logp)
             while waiting and waiting[0][2] <= have:
                 have -= waiting[0][2]
                 yield _line_record(waiting.popleft(), got, record)
-    except _ProbsEnded:
+    except ProbsEnded:
         raise UserError(f"--mix-probs: the file ends after {probs.taken} of the probabilities needed for the "
                         f"targets scored so far; it must hold one per target (each line's words and its <eos>)"
                         ) from None
