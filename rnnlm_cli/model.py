@@ -211,13 +211,16 @@ def penalty(cache):
     return 0.0 if cache[4] is None else cache[4][0]
 
 
-def backward(cache, workspace=None, sparse_embedding=False):
+def backward(cache, workspace=None, sparse_embedding=False, ready=None):
     """The gradient of the window's mean loss for every parameter, in one pass backwards over
     the window (seed 003's accumulated-γ form, see layers.rnn_backward). No gradient flows into
     the carried state: it is a constant of this window (truncated BPTT).
 
     sparse_embedding=True returns the embedding's gradient as layers.SparseRows (the rows of the
-    words in the window), which optim applies without touching the other rows (untied only)."""
+    words in the window), which optim applies without touching the other rows (untied only).
+    `ready([(key, gradient), ...])`, when given, is handed each gradient as soon as it is final
+    (the output layer's, then each recurrent layer's from the top down; the embedding's comes
+    with the result), so that a data-parallel run sums it while the rest is computed."""
     (emb_cache, layer_caches, drop_masks, emb_scale, masks, raw), out_cache, model_cfg, top, reg = cache
     dtop, grads = output.loss_backward(model_cfg, out_cache, workspace)
     c_ar, c_tar = (0.0, 0.0) if reg is None else reg[1]
@@ -225,6 +228,9 @@ def backward(cache, workspace=None, sparse_embedding=False):
     # of `grads` is the order the global gradient norm is summed in
     word_key = output.word_matrix_key(model_cfg)
     dW = grads.pop(word_key, None)
+    held = regularize.weights_dropped(masks)  # W_h's gradients change once every layer is done (A2)
+    if ready:  # a tied word matrix's gradient joins the embedding's: not final yet
+        ready(list(grads.items()) + ([(word_key, dW)] if dW is not None and not model_cfg.tie_weights else []))
     T, N = emb_cache[0].shape
     dx = regularize.ar_backward(dtop.reshape(T, N, dtop.shape[1]), top, c_ar)  # ∂/∂(m ∘ h) of J + AR
     for l in reversed(range(model_cfg.layers)):
@@ -232,7 +238,11 @@ def backward(cache, workspace=None, sparse_embedding=False):
         if l == model_cfg.layers - 1:
             dx = regularize.tar_backward(dx, raw, c_tar)
         dx = _layer_backward(model_cfg.cell, dx, layer_caches[l], grads, l)
+        if ready:
+            ready([(k, g) for k, g in grads.items() if k.startswith(f"rnn.{l}.") and not (held and k.endswith("W_h"))])
     regularize.undrop_weight_grads(grads, masks, model_cfg.layers)
+    if ready and held:
+        ready([(f"rnn.{l}.W_h", grads[f"rnn.{l}.W_h"]) for l in reversed(range(model_cfg.layers))])
     dx = regularize.dropout_backward(dx, drop_masks[0])
     if emb_scale is not None:  # ∂J/∂e_w = Σ over w's positions of s_w · ∂J/∂x_t             (A1)
         dx = dx * emb_scale

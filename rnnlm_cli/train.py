@@ -69,16 +69,17 @@ class SilentReporter:
 
 
 def window_gradient(params, model_cfg, inputs, targets, hidden, workspace=None, masks=None, reset_at=None,
-                    scale=None, ar=0.0, tar=0.0):
+                    scale=None, ar=0.0, tar=0.0, ready=None):
     """Forward and one-pass backward over one window -> (mean loss, grads, new hidden state).
     `workspace`: a dict kept across calls, holding the big scratch arrays; `masks`: the
     window's dropout and weight-drop masks (regularize.draw_masks); `reset_at` (the <eos> id,
     data.independent) resets the state at each sentence start; `scale` replaces the gradient's
     1/(N·T) (see model.forward); `ar`, `tar`: train.ar, train.tar (the loss returned is the
-    cross-entropy alone)."""
+    cross-entropy alone); `ready`: model.backward's (a data-parallel run sums each gradient
+    as soon as it is final)."""
     loss, new_hidden, cache = model.forward(params, model_cfg, inputs, targets, hidden, workspace=workspace,
                                             masks=masks, reset_at=reset_at, scale=scale, ar=ar, tar=tar)
-    return loss, model.backward(cache, workspace, sparse_embedding=True), new_hidden
+    return loss, model.backward(cache, workspace, sparse_embedding=True, ready=ready), new_hidden
 
 
 def window_masks(rng, config, inputs, vocab_size):
@@ -455,15 +456,17 @@ def _distributed_gradient(r, state, inputs, targets, masks):
     """This process's block of streams through window_gradient, its gradient scaled by the whole
     window's target count, then the sum over the processes -> (the window's mean loss, grads);
     the block's new carried state goes into its part of state.hidden. `masks` are the whole
-    batch's (every process draws them alike): the block takes its part."""
+    batch's (every process draws them alike): the block takes its part. The gradients are
+    summed as the backward pass makes them (distributed.Reducer: overlapped with it)."""
     (a, b), N, tc = r.block, r.config.train.batch_size, r.config.train
     n_total = targets.shape[1] * N
+    reducer = r.workspace.get("reducer") or r.workspace.setdefault("reducer", distributed.Reducer(r.world, r.workspace))
     loss, grads, new_hidden = window_gradient(state.params, r.config.model, inputs, targets,
                                               np.ascontiguousarray(state.hidden[..., a:b, :]), r.workspace,
                                               regularize.stream_block(masks, a, b), r.reset_at,
-                                              scale=1.0 / n_total, ar=tc.ar, tar=tc.tar)
+                                              scale=1.0 / n_total, ar=tc.ar, tar=tc.tar, ready=reducer.ready)
     state.hidden[..., a:b, :] = new_hidden
-    loss_sum, grads = distributed.allreduce_gradient(r.world, loss * targets.size, grads, r.workspace)
+    loss_sum, grads = reducer.finish(loss * targets.size, grads)  # the sums begun during the backward pass
     return loss_sum / n_total, grads
 
 
@@ -512,9 +515,10 @@ def _end_of_epoch(r, state):
     """Valid perplexity, the schedule's decision, the kept model, a fresh hidden state."""
     p, tc = state.progress, r.config.train
     _check_finite(r, state, "at the end of the epoch")
-    total, count = evaluate.evaluate_ids(average.weights(state), r.config.model, r.streams["valid"][0],
-                                         tc.eval_batch_size, tc.bptt, r.reset_at)
-    ce = distributed.bcast(r.world, total / count)  # rank 0's figure: every process decides alike
+    ids, streams = distributed.valid_share(r.world, r.streams["valid"][0], tc.eval_batch_size, r.reset_at)
+    total, count = evaluate.evaluate_ids(average.weights(state), r.config.model, ids, streams, tc.bptt, r.reset_at)
+    total, count = distributed.sum_over(r.world, total, count)  # K processes: each read its share of the streams
+    ce = total / count
     if not math.isfinite(ce):  # checked before anything is written or changed
         raise _Diverging(f"valid cross-entropy {ce}")
     decision = schedule.after_epoch(tc, p.lr, p.halving, p.best_ce, p.epoch, ce)
@@ -640,7 +644,8 @@ def _write_card(r, state, kept, summary=None, diverged=None):
         "counts": model.parameter_counts(kept, config.model),
         "stats": {key: r.streams[key][1] for key in ("train", "valid", "test")}, "history": h,
         "summary": summary, "diverged": diverged, "init_from": state.progress.init_from,
-        "changed": changed_keys(modeldir.load_config_file(out / modeldir.CONFIG), config)})
+        "changed": changed_keys(modeldir.load_config_file(out / modeldir.CONFIG), config),
+        "processes": r.world.size})
     modeldir.write_card(out, text)
 
 
