@@ -2,7 +2,8 @@
 
 The N = train.batch_size streams are cut into K equal blocks, one per rank (N must be a multiple
 of K). Every rank runs the same loop on its block: the forward and backward pass of its streams'
-window, then an allreduce that sums the gradients over the ranks, then the same update. Each
+window, the gradients summed over the ranks while that backward pass runs (Reducer:
+non-blocking allreduces started as each layer's gradient is final), then the same update. Each
 rank's gradient is scaled by 1 / (N·t), the target count of the whole window, not of its block,
 so the sum is exactly the gradient one process computes (up to the order of the float
 additions); the global norm (clipping) is taken of the summed gradient. Sparse gradients are
@@ -20,6 +21,9 @@ Rank 0 alone writes (the others' writes are switched off in files.py) and shows 
 decisions (the loss, the norm, the valid perplexity, a signal) are the same on every rank, so
 the ranks stay in step. An error that only some ranks see is agreed on (`agree`) where it can
 happen (setting up), or ends the whole job (MPI Abort, in the CLI) elsewhere.
+
+Validation at the end of an epoch is divided too: each rank reads its share of the
+train.eval_batch_size streams (valid_share) and the sums of the cross-entropies are added.
 
 Without an MPI launcher (or with K = 1) nothing here is used: `world()` is a single process.
 Numerics (layers, gated, model, output/) never import this module or MPI.
