@@ -17,7 +17,7 @@ def model_card(name, config, card):
     (model.parameter_counts), stats (train/valid/test stats of data.encode_file, test may be
     None), history, summary (the end record, None for a diverged run), diverged (None, or
     {step, reason, kept_step}), init_from, changed ({key: value} where the run's config differs
-    from config.yaml: the keys a --resume changed)."""
+    from config.yaml: the keys a --resume changed), processes (K of `mpiexec -n K`; 1 if absent)."""
     short = short_form(config)
     status = "complete" if card["summary"] is not None else "diverged"
     lines = [f"# Model card: {name}", "",
@@ -44,7 +44,9 @@ def _data(config, card):
         st = stats.get(key)
         if st is not None:
             oov = "—" if key == "train" else f"{st['oov_rate']:.2%}"
-            rows.append(f"| {key} | `{getattr(d, key)}` | {st['targets']:,} | {oov} |")
+            paths = getattr(d, key)
+            shown = ", ".join(f"`{p}`" for p in (paths if isinstance(paths, list) else [paths]))
+            rows.append(f"| {key} | {shown} | {st['targets']:,} | {oov} |")
     v = config.vocab
     cap = f", at most {v.max_size} in all" if v.max_size else ""
     times = "once" if v.min_count == 1 else f"{v.min_count} times"
@@ -120,11 +122,16 @@ def _divergence(card):
 def _reproduce(card):
     sets = "".join(f" --set {k}={_yaml(v)}" for k, v in card["changed"].items())
     init = f" --init {card['init_from']}" if card["init_from"] else ""
-    return ["## Reproduce", "", "```sh", f"rnnlm train {card['out_dir']}/config.yaml --out NEW_DIR{sets}{init}", "```",
+    k = card.get("processes", 1)
+    launch = f"mpiexec -n {k} " if k > 1 else ""
+    return ["## Reproduce", "", "```sh", f"{launch}rnnlm train {card['out_dir']}/config.yaml --out NEW_DIR{sets}{init}",
+            "```",
             "", "`config.yaml` holds every setting of this run, the data paths above included (absolute: the same "
                 "files must be there, unchanged); the same config, rnnlm, numpy and machine give the same weights."
             + (" The `--set` options are the keys a `--resume` changed (config.yaml keeps the first run's)."
-               if sets else ""),
+               if sets else "")
+            + (f" It ran as {k} data-parallel MPI processes (`mpiexec -n {k}`), which equals one process up to the "
+               f"order of float additions." if k > 1 else ""),
             "", "```sh", f"rnnlm eval {card['out_dir']}                # the kept model's test perplexity",
             f"rnnlm sample {card['out_dir']} --words 30", "```"]
 

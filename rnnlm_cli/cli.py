@@ -553,7 +553,7 @@ def score_cmd(model_dir, files, fmt, words, log_base, nbest, keep_markers, carry
 
 def _print_records(records, fmt, words, log_base, path):
     from . import score
-    kept = []
+    kept = score.SrilmTotals()  # not the records: an n-best file may have millions of lines
     for rec in records:
         if fmt == "plain":
             click.echo(score.format_plain(rec, log_base))
@@ -563,7 +563,7 @@ def _print_records(records, fmt, words, log_base, path):
             click.echo(score.format_kaldi(rec))
         else:
             click.echo(score.format_srilm(rec, words))
-            kept.append({k: rec[k] for k in ("words", "oov", "log10prob", "targets")})
+            kept.append(rec)
     if fmt == "srilm":
         click.echo(score.srilm_summary(_shown(path), kept))
 

@@ -7,6 +7,7 @@ Relative paths in `data` resolve against the folder of the config file they came
 
 import dataclasses
 import difflib
+import glob
 import re
 import reprlib
 import os
@@ -493,30 +494,53 @@ RELATIVE_PATHS = "data_from_model_dir"
 
 
 def relative_paths(config: Config, folder) -> dict:
-    """{key: the (absolute) data path of `key` relative to `folder`} for the RELATIVE_PATHS section."""
+    """{key: the (absolute) data path of `key` relative to `folder`} for the RELATIVE_PATHS section
+    (a list of them for a data.train list; a glob pattern stays a pattern)."""
     folder = Path(os.path.abspath(folder))
-    return {key: os.path.relpath(getattr(config.data, key), folder) for key in PATH_KEYS
-            if getattr(config.data, key) is not None}
+
+    def rel(value):
+        return [os.path.relpath(v, folder) for v in value] if isinstance(value, list) else os.path.relpath(value, folder)
+    return {key: rel(getattr(config.data, key)) for key in PATH_KEYS if getattr(config.data, key) is not None}
 
 
 def locate_data(config: Config, relative, base: Path, source: str) -> Config:
     """Where a saved config's data files are now: for each key with a path in `relative` (the
     RELATIVE_PATHS section, relative to `base`, the config file's folder), that file if it
     exists and is not the absolute path's file (the model directory was copied or moved with
-    its data); otherwise the absolute path of `data`, as saved."""
+    its data); otherwise the absolute path of `data`, as saved. A data.train list is located
+    entry by entry (a glob pattern: where it matches files, other than the saved pattern's)."""
     if relative is None:
         return config
-    if not isinstance(relative, dict) or not all(isinstance(v, str) and "\x00" not in v
+    if not isinstance(relative, dict) or not all(_is_path(v) or isinstance(v, list) and all(map(_is_path, v))
                                                  for v in relative.values()):
         raise UserError(f"{source}: {RELATIVE_PATHS} must map data keys to paths, got {_show(relative)}")
     for key in PATH_KEYS:
         saved, rel = getattr(config.data, key), relative.get(key)
-        if saved is None or rel is None:
+        if saved is None or rel is None or isinstance(saved, list) != isinstance(rel, list):
             continue
-        near = os.path.normpath(os.path.join(os.path.abspath(base), os.path.expanduser(rel)))
-        if os.path.isfile(near) and not (os.path.exists(saved) and os.path.samefile(near, saved)):
-            setattr(config.data, key, near)
+        if isinstance(saved, list):
+            if len(saved) == len(rel):
+                setattr(config.data, key, [_located(s, r, base) for s, r in zip(saved, rel)])
+        else:
+            setattr(config.data, key, _located(saved, rel, base))
     return config
+
+
+def _is_path(value) -> bool:
+    return isinstance(value, str) and "\x00" not in value
+
+
+def _located(saved: str, rel: str, base: Path) -> str:
+    """`rel` (relative to `base`) if it names files that `saved` does not, else `saved`."""
+    near = os.path.normpath(os.path.join(os.path.abspath(base), os.path.expanduser(rel)))
+    found = _matches(near)
+    return near if found and found != _matches(saved) else saved
+
+
+def _matches(path: str) -> list:
+    """The real paths of the files a path (or glob pattern) names, in order: [] if none."""
+    names = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
+    return [os.path.realpath(n) for n in names if os.path.isfile(n)]
 
 
 def load_config(path=None, overrides=()) -> Config:
@@ -609,11 +633,16 @@ def _dropout_words(m) -> str:
     return f"dropout {m.dropout:g}" + (f" ({', '.join(places)})" if places else "")
 
 
+def paths_text(value) -> str:
+    """A data key's value as text: a path or pattern, or a list of them joined by ", "."""
+    return ", ".join(value) if isinstance(value, list) else str(value)
+
+
 def short_form(config: Config) -> dict:
     """The config in four lines, {"data", "vocab", "model", "train"}: what `rnnlm info` and the
     model card print (config.yaml has every key)."""
     d, v, m, t = config.data, config.vocab, config.model, config.train
-    data = f"train {d.train}, valid {d.valid}, test {d.test or 'none'}; tokenizer {d.tokenizer}" + (
+    data = f"train {paths_text(d.train)}, valid {d.valid}, test {d.test or 'none'}; tokenizer {d.tokenizer}" + (
         "; sentences independent" if d.independent else "")
     vocab = (f"fixed, from vocab.file {v.file}" if v.file else
              f"min_count {v.min_count}" + (f", max_size {v.max_size}" if v.max_size else ""))

@@ -230,7 +230,9 @@ PART_BYTES = 1 << 25  # text below 32 MB is encoded in one part (a process costs
 def _parts(paths, srcs, tokenizer, part_bytes=None):
     """The corpus cut into one part per core (whitespace tokenizer, 32 MB of text or more, not
     under MPI, whose processes should not start others), each a list of (path, start, stop)
-    byte ranges cut just after a line end; else one part: the whole files."""
+    byte ranges cut just after a line end; else one part: the whole files. A compressed file
+    cannot be read from an offset: it is never cut (a cut inside it moves to its end) and comes
+    whole, as its path, in the part it starts."""
     total = sum(s["size"] for s in srcs)
     try:
         cores = len(os.sched_getaffinity(0))
@@ -240,19 +242,23 @@ def _parts(paths, srcs, tokenizer, part_bytes=None):
     n = min(cores, max(1, total // (part_bytes or PART_BYTES)))
     if tokenizer != "whitespace" or launched()[0] > 1 or n == 1:
         return [list(paths)]
-    cuts = [0] + [_line_start_after(paths, srcs, total * k // n) for k in range(1, n)] + [total]
+    whole = [data.is_compressed(p) for p in paths]
     bounds = np.cumsum([0] + [s["size"] for s in srcs]).tolist()
+    cuts = sorted({0, total, *(_line_start_after(paths, srcs, whole, total * k // n) for k in range(1, n))})
     parts = []
     for a, b in zip(cuts[:-1], cuts[1:]):
-        parts.append([(p, max(a, lo) - lo, min(b, hi) - lo) for p, lo, hi in zip(paths, bounds[:-1], bounds[1:])
-                      if max(a, lo) < min(b, hi)])
+        parts.append([p if w else (p, max(a, lo) - lo, min(b, hi) - lo)
+                      for p, w, lo, hi in zip(paths, whole, bounds[:-1], bounds[1:]) if max(a, lo) < min(b, hi)])
     return [p for p in parts if p]
 
 
-def _line_start_after(paths, srcs, offset):
-    """The corpus offset just after the first LF at or after `offset` (or the end of its file)."""
+def _line_start_after(paths, srcs, whole, offset):
+    """The corpus offset just after the first LF at or after `offset` (or the end of its file;
+    the end of a compressed file whatever the offset in it)."""
     lo = 0
-    for path, src in zip(paths, srcs):
+    for path, src, compressed in zip(paths, srcs, whole):
+        if offset < lo + src["size"] and compressed:
+            return lo + src["size"]
         if offset < lo + src["size"]:
             with open(path, "rb") as f:
                 pos = offset - lo

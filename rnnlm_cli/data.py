@@ -15,7 +15,10 @@ Reading text (details beyond that convention):
   tab, no-break space U+00A0, ideographic space U+3000, the other Zs spaces, and also U+0085,
   U+2028, U+2029, form feed and vertical tab (which do *not* end a line). Zero-width characters
   (U+200B, U+FEFF inside a line) are not whitespace: they stay part of a word;
-- invalid UTF-8 and NUL bytes (binary or UTF-16 files) are refused, naming line and byte offset;
+- invalid UTF-8 and NUL bytes (binary or UTF-16 files) are refused, naming line and byte offset
+  (of the decompressed text, for a compressed file);
+- a gzip, bzip2 or xz file (recognized by its first bytes, not its name) is decompressed as it
+  is read, in bounded memory; a damaged or truncated one is refused, naming the file (open_text);
 - a line of any length is read in blocks of 64 KiB cut at whitespace, so memory does not grow
   with the length of a line.
 
@@ -25,11 +28,15 @@ Shapes use N for the number of streams (the batch) and T for time steps in a win
 from __future__ import annotations
 
 import array
+import bz2
 import collections
+import gzip
 import io
+import lzma
 import os
-import sys
 import re
+import sys
+import zlib
 from collections.abc import Callable, Iterator
 import numpy as np
 
@@ -87,18 +94,117 @@ def tokenize(line: str, tokenizer: str) -> list[str]:
     return get_tokenizer(tokenizer)(line)
 
 
-def _open_binary(path: PathLike):
-    """Open a corpus file for reading, turning the usual OS failures into UserError. The path
-    "-" is standard input (read as bytes, left open)."""
+# Compressed text, recognized by its first bytes (whatever the file's name) and streamed by the
+# standard library: gzip (.gz), bzip2 (.bz2: "BZh", the block size, then the magic of a block or of
+# the end of the stream, so that text starting with "BZh" stays text) and xz (.xz).
+_COMPRESSED = (
+    ("gzip", re.compile(rb"\x1f\x8b")),
+    ("bzip2", re.compile(rb"BZh[1-9](1AY&SY|\x17rE8P\x90)")),
+    ("xz", re.compile(rb"\xfd7zXZ\x00")),
+)
+_MAGIC_STARTS = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+_HEAD = 10  # bytes that decide the format
+_BUFFER = 1 << 16
+
+
+def compression(head: bytes) -> str | None:
+    """"gzip", "bzip2" or "xz" when `head` (a file's first bytes) starts such a file, else None."""
+    return next((name for name, magic in _COMPRESSED if magic.match(head)), None)
+
+
+def open_text(path: PathLike):
+    """Open a text file for reading as bytes: a binary reader with peek, read and readline; a
+    gzip, bzip2 or xz file (by its first bytes) is decompressed as it is read. The path "-" is
+    standard input (compressed or not; left open). The usual OS failures, and a damaged or
+    truncated compressed file when it is read, are UserErrors naming the file. Every reader of
+    text (corpora, vocabularies, score, --mix-probs) opens its files here."""
     if path == "-":
-        try:
-            return open(sys.stdin.fileno(), "rb", closefd=False)
-        except (AttributeError, OSError, ValueError):  # no real file descriptor (an embedding host)
-            return io.BufferedReader(sys.stdin.buffer)
+        return _open_stdin()
     try:
-        return open(path, "rb")
+        f = open(path, "rb")
     except (OSError, ValueError) as e:  # ValueError: a NUL character in the path
         raise open_failed(os.fspath(path), e, "a text file") from None
+    try:
+        kind = compression(f.peek(_HEAD)[:_HEAD])
+    except OSError as e:
+        f.close()
+        raise UserError(f"{os.fspath(path)}: read error ({e.strerror or e})") from None
+    return f if kind is None else io.BufferedReader(_Decompressed(f, kind, os.fspath(path)), _BUFFER)
+
+
+def is_compressed(path: PathLike) -> bool:
+    """Whether a file is compressed text (which cannot be read from an offset)."""
+    try:
+        with open(path, "rb") as f:
+            return compression(f.read(_HEAD)) is not None
+    except (OSError, ValueError) as e:
+        raise open_failed(os.fspath(path), e, "a text file") from None
+
+
+def _open_stdin():
+    try:
+        stdin = open(sys.stdin.fileno(), "rb", closefd=False)
+    except (AttributeError, OSError, ValueError):  # no real file descriptor (an embedding host)
+        stdin = io.BufferedReader(sys.stdin.buffer)
+    head = b""
+    while len(head) < _HEAD and any(p.startswith(head[:len(p)]) for p in _MAGIC_STARTS):
+        more = stdin.read1(_HEAD - len(head))  # what is there: a terminal's first line may be shorter
+        if not more:
+            break
+        head += more
+    source = io.BufferedReader(_Prefixed(head, stdin), _BUFFER)
+    kind = compression(head)
+    return source if kind is None else io.BufferedReader(_Decompressed(source, kind, "standard input"), _BUFFER)
+
+
+class _Prefixed(io.RawIOBase):
+    """The bytes `head` (already read from `rest`), then the rest of `rest`."""
+
+    def __init__(self, head, rest):
+        self._head, self._rest = head, rest
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n], self._head = self._head[:n], self._head[n:]
+            return n
+        return self._rest.readinto1(b)  # what is there: standard input is read as it comes
+
+    def close(self):
+        self._rest.close()
+        super().close()
+
+
+class _Decompressed(io.RawIOBase):
+    """The decompressed bytes of the compressed stream `f`; a damaged or truncated stream is a
+    UserError naming the file (never a shorter text)."""
+
+    def __init__(self, f, kind, name):
+        self._f, self._kind, self._name = f, kind, name
+        self._d = {"gzip": lambda: gzip.GzipFile(fileobj=f, mode="rb"), "bzip2": lambda: bz2.BZ2File(f),
+                   "xz": lambda: lzma.LZMAFile(f)}[kind]()
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        try:
+            return self._d.readinto(b)
+        except EOFError:
+            raise UserError(f"{self._name}: truncated {self._kind} file: its compressed data ends before its end "
+                            f"marker (an interrupted download or copy?)") from None
+        except (OSError, ValueError, zlib.error, lzma.LZMAError) as e:
+            reason = (str(e).splitlines() or [type(e).__name__])[0]
+            raise UserError(f"{self._name}: damaged {self._kind} file ({reason})") from None
+
+    def close(self):
+        if not self.closed:
+            self._d.close()
+            self._f.close()
+        super().close()
 
 
 def _decode(raw: bytes, path: PathLike, lineno: int, offset: int) -> str:
@@ -160,7 +266,7 @@ def iter_pieces(path: PathLike, block: int | None = None) -> Iterator[tuple[int,
             elif seg:
                 open_line = True
 
-    with _open_binary(path) as f:
+    with open_text(path) as f:
         try:
             if f.peek(len(_BOM))[: len(_BOM)] == _BOM:
                 f.read(len(_BOM))
@@ -307,6 +413,30 @@ def encode_file(
     return out, stats
 
 
+def encode_stream(path: PathLike, vocab, tokenizer: str, stats: dict) -> Iterator[np.ndarray]:
+    """encode_file's token stream of a file in blocks of ids (int64) as the text is read, in
+    bounded memory (a block is about a million tokens); when the last block has been taken,
+    `stats` holds encode_file's stats (an empty file: the stream [<eos>], 0 targets)."""
+    get_tokenizer(tokenizer)
+    unk, sentinel = vocab.unk_id, len(vocab)
+    get = {**vocab.index, SENTINEL: sentinel}.get
+    unk_token = vocab.tokens[unk]
+    counts = {"words": 0, "lines": 0}
+    tokens = unks = literal_unk = 0
+
+    def lookup(block):
+        nonlocal literal_unk
+        literal_unk += block.count(unk_token)
+        return [get(w, unk) for w in block]
+    for ids in encode_blocks([path], tokenizer, lookup, sentinel, vocab.eos_id, counts):
+        tokens += len(ids)
+        unks += int(np.count_nonzero(ids == unk))
+        yield ids
+    targets, oov = tokens - 1, unks - literal_unk
+    stats.update(file=os.fspath(path), words=counts["words"], lines=counts["lines"], targets=targets, oov=oov,
+                 oov_rate=oov / targets if targets else 0.0)
+
+
 def _positive_int(value, name: str) -> int:
     """value as an int if it is an integer >= 1 (not a bool or float), else UserError."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -441,11 +571,12 @@ def _whitespace_blocks(path: PathLike, start: int = 0, stop: int | None = None) 
     each line ends (empty lines too), but several times faster. LF, CRLF and a lone CR end a
     line; any other Unicode whitespace separates words (str.split), as in iter_lines. Bytes
     `start` to `stop` only, when given (a part of the file that starts a line)."""
-    with _open_binary(path) as f:
+    with open_text(path) as f:
         rest, first = b"", start == 0
         left = None if stop is None else stop - start
         try:
-            f.seek(start)
+            if start:
+                f.seek(start)  # a plain file only: compressed ones are read whole (corpus._parts)
             while True:
                 chunk = f.read(_READ if left is None else min(_READ, left))
                 if left is not None:

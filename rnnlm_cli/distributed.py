@@ -2,7 +2,8 @@
 
 The N = train.batch_size streams are cut into K equal blocks, one per rank (N must be a multiple
 of K). Every rank runs the same loop on its block: the forward and backward pass of its streams'
-window, then an allreduce that sums the gradients over the ranks, then the same update. Each
+window, the gradients summed over the ranks while that backward pass runs (Reducer:
+non-blocking allreduces started as each layer's gradient is final), then the same update. Each
 rank's gradient is scaled by 1 / (N·t), the target count of the whole window, not of its block,
 so the sum is exactly the gradient one process computes (up to the order of the float
 additions); the global norm (clipping) is taken of the summed gradient. Sparse gradients are
@@ -20,6 +21,9 @@ Rank 0 alone writes (the others' writes are switched off in files.py) and shows 
 decisions (the loss, the norm, the valid perplexity, a signal) are the same on every rank, so
 the ranks stay in step. An error that only some ranks see is agreed on (`agree`) where it can
 happen (setting up), or ends the whole job (MPI Abort, in the CLI) elsewhere.
+
+Validation at the end of an epoch is divided too: each rank reads its share of the
+train.eval_batch_size streams (valid_share) and the sums of the cross-entropies are added.
 
 Without an MPI launcher (or with K = 1) nothing here is used: `world()` is a single process.
 Numerics (layers, gated, model, output/) never import this module or MPI.
@@ -79,6 +83,10 @@ def world():
                          f"train without mpiexec", 2, rank) from None
     comm = MPI.COMM_WORLD
     w = World(comm.Get_rank(), comm.Get_size(), comm)
+    try:
+        overlap_mode()  # a bad RNNLM_MPI_OVERLAP: one message (rank 0's), before anything starts
+    except UserError as e:
+        raise QuietError(str(e), 2, w.rank) from None
     if "RNNLM_THREADS" not in os.environ:
         local = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
         try:
@@ -148,41 +156,167 @@ def _op(name):
 
 
 # --------------------------------------------------------------------------------------------
-# The window's gradient, summed
+# The window's gradient, summed while the backward pass runs
 
 
 def allreduce_gradient(w, loss_sum, grads, workspace):
     """Sum a window's gradients (dict of arrays, SparseRows and ColumnBlocks, each rank's scaled
     by 1 / the window's global target count) and its loss sum over the ranks -> (loss sum,
-    grads), the same on every rank, keys in their order. Big dense arrays are reduced in place;
-    the small ones packed into one buffer (one message instead of many)."""
-    small = [k for k, g in grads.items() if isinstance(g, np.ndarray) and (g.size < BIG or not g.flags.c_contiguous)]
-    dtype = next((g.dtype for g in grads.values() if isinstance(g, np.ndarray)), np.float64)
-    total = sum(grads[k].size for k in small)
-    buf = workspace.get("allreduce")
-    if buf is None or buf.size != total or buf.dtype != dtype:
-        buf = workspace["allreduce"] = np.empty(total, dtype=dtype)
-    offset = 0
-    for k in small:
-        buf[offset:offset + grads[k].size] = grads[k].reshape(-1)
-        offset += grads[k].size
-    w.comm.Allreduce(_in_place(), buf, op=_op("SUM"))
-    loss = np.array([loss_sum], dtype=np.float64)
-    w.comm.Allreduce(_in_place(), loss, op=_op("SUM"))
-    out, offset = {}, 0
-    for k, g in grads.items():
-        if k in small:
-            g[...] = buf[offset:offset + g.size].reshape(g.shape)
-            offset += g.size
-            out[k] = g
-        elif isinstance(g, np.ndarray):
-            w.comm.Allreduce(_in_place(), g, op=_op("SUM"))
-            out[k] = g
-        elif isinstance(g, layers.SparseRows):
-            out[k] = _sum_sparse_rows(w, g)
+    grads), the same on every rank, keys in their order: a Reducer handed every gradient at
+    once (no overlap with a backward pass)."""
+    return Reducer(w, workspace, overlap=False).finish(loss_sum, grads)
+
+
+class Reducer:
+    """Sums a window's gradients over the ranks while the backward pass still computes the rest,
+    as data-parallel frameworks do (PyTorch DDP's buckets, Horovod's background thread).
+
+    The backward pass hands `ready` each gradient as soon as it is final (model.backward: the
+    output layer's first, then each recurrent layer's from the top down). A big dense array is
+    summed in place by a non-blocking Iallreduce started at once; small ones are packed into a
+    bucket, reduced when it holds BIG elements; the class output's column blocks are packed and
+    reduced likewise. While numpy computes the layers below, a thread keeps MPI's progress
+    engine turning (Testall every POLL seconds; MPI_THREAD_MULTIPLE, else `ready` turns it).
+    `finish` sums what only the end can (the embedding's rows, gathered, and the loss), waits
+    for the rest and returns the gradients in their order. Every element is summed as by one
+    Allreduce: the sums do not depend on the overlap."""
+
+    def __init__(self, w, workspace, overlap=None):
+        self.w, self.workspace = w, workspace
+        self.mode = overlap_mode() if overlap is None else ("thread" if overlap else "off")
+        self.progress = _progress_thread() if self.mode == "thread" else None
+        self._begin()
+
+    def _begin(self):
+        self.requests, self.handed, self.bucket, self.buckets, self.blocks = [], set(), [], [], {}
+
+    def ready(self, pairs):
+        """Start summing these (key, gradient) pairs: final, never changed again by the caller
+        (with RNNLM_MPI_OVERLAP=off, nothing starts before `finish`)."""
+        if self.mode == "off":
+            return
+        for key, g in pairs:
+            self._add(key, g)
+        if self.progress is None and self.requests:
+            _mpi().Request.Testall(self.requests)  # no progress thread: turn the engine here
+
+    def finish(self, loss_sum, grads):
+        """-> (the loss sum over the ranks, the summed grads in the order of `grads`)."""
+        for key, g in grads.items():
+            if key not in self.handed and not isinstance(g, layers.SparseRows):
+                self._add(key, g)
+        self._flush()
+        loss = np.array([loss_sum], dtype=np.float64)
+        self._start(loss)
+        sparse = {k: _sum_sparse_rows(self.w, g) for k, g in grads.items() if isinstance(g, layers.SparseRows)}
+        pending = self.requests + (self.progress.take() if self.progress else [])
+        _mpi().Request.Waitall(pending)
+        for buf, members in self.buckets:
+            offset = 0
+            for g in members:
+                g[...] = buf[offset:offset + g.size].reshape(g.shape)
+                offset += g.size
+        out = {k: sparse[k] if k in sparse else _unpack_blocks(*self.blocks[k]) if k in self.blocks else g
+               for k, g in grads.items()}  # the dense ones summed in place, or from their bucket
+        self._begin()
+        return float(loss[0]), out
+
+    def _add(self, key, g):
+        self.handed.add(key)
+        if isinstance(g, layers.ColumnBlocks):
+            self.blocks[key] = _start_column_blocks(self.w, g, self._start)
+        elif g.size >= BIG and g.flags.c_contiguous:
+            self._start(g)
         else:
-            out[k] = _sum_column_blocks(w, g, dtype)
-    return float(loss[0]), out
+            if self.bucket and self.bucket[0].dtype != g.dtype:
+                self._flush()
+            self.bucket.append(g)
+            if sum(x.size for x in self.bucket) >= BIG:
+                self._flush()
+
+    def _flush(self):
+        """Pack the bucket's small arrays into one buffer and start its sum."""
+        if not self.bucket:
+            return
+        buf = np.concatenate([g.reshape(-1) for g in self.bucket])
+        self.buckets.append((buf, self.bucket))
+        self.bucket = []
+        self._start(buf)
+
+    def _start(self, buf):
+        """A non-blocking in-place sum of `buf` over the ranks."""
+        request = self.w.comm.Iallreduce(_in_place(), buf, op=_op("SUM"))
+        if self.progress is not None:
+            self.progress.add(request)
+        else:
+            self.requests.append(request)
+
+
+POLL = 0.0005  # seconds between two turns of MPI's progress engine while sums are pending
+OVERLAP_MODES = ("thread", "calls", "off")
+
+
+def overlap_mode():
+    """How the gradient's sums overlap the backward pass, from $RNNLM_MPI_OVERLAP: `thread` (the
+    default: started as the gradients are ready, a thread turning MPI's progress engine),
+    `calls` (started as they are ready, the engine turned only as more are handed over) or `off`
+    (every sum after the backward pass: to measure what the overlap gains)."""
+    mode = os.environ.get("RNNLM_MPI_OVERLAP", "thread").strip().lower() or "thread"
+    if mode not in OVERLAP_MODES:
+        raise UserError(f"RNNLM_MPI_OVERLAP={mode}: expected one of {', '.join(OVERLAP_MODES)}")
+    return mode
+
+
+class _Progress:
+    """A daemon thread that calls Testall on the pending requests every POLL seconds (MPI moves a
+    non-blocking collective on only inside an MPI call), asleep while none is pending."""
+
+    def __init__(self):
+        import threading
+        self.lock, self.pending, self.wake = threading.Lock(), [], threading.Event()
+        threading.Thread(target=self._run, name="rnnlm-mpi-progress", daemon=True).start()
+
+    def add(self, request):
+        with self.lock:
+            self.pending.append(request)
+        self.wake.set()
+
+    def take(self):
+        """The pending requests, the thread's no more: the caller waits for them."""
+        with self.lock:
+            taken, self.pending = self.pending, []
+        return taken
+
+    def _run(self):
+        import time
+        MPI = _mpi()
+        while True:
+            self.wake.wait()
+            with self.lock:
+                if not self.pending:
+                    self.wake.clear()
+                    continue
+                MPI.Request.Testall(self.pending)
+            time.sleep(POLL)
+
+
+_PROGRESS = []
+
+
+def _progress_thread():
+    """The process's progress thread (started once), or None when MPI cannot take calls from two
+    threads at once (below MPI_THREAD_MULTIPLE): then `ready` turns the engine itself."""
+    MPI = _mpi()
+    if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+        return None
+    if not _PROGRESS:
+        _PROGRESS.append(_Progress())
+    return _PROGRESS[0]
+
+
+def _mpi():
+    from mpi4py import MPI
+    return MPI
 
 
 BIG = 1 << 16  # elements: a dense gradient this big is reduced on its own, in place
@@ -226,20 +360,68 @@ def _sum_sparse_rows(w, g):
     return layers.SparseRows(used, sums, g.shape)
 
 
-def _sum_column_blocks(w, g, dtype):
-    """The ColumnBlocks of the sum over the union of the ranks' column ranges (the classes of a
-    class output: the same boundaries on every rank, so ranges are equal or disjoint)."""
+def _start_column_blocks(w, g, start):
+    """Start summing ColumnBlocks over the union of the ranks' column ranges (the classes of a
+    class output: the same boundaries on every rank, so ranges are equal or disjoint): the
+    blocks packed into one buffer, `start`ed -> (buffer, ranges, g), for _unpack_blocks."""
     ranges = sorted({tuple(r) for rs in w.comm.allgather([tuple(map(int, r)) for r in g.ranges]) for r in rs})
-    lead = g.shape[:-1]
     widths = [b - a for a, b in ranges]
-    buf = np.zeros((*lead, sum(widths)), dtype=dtype)
+    dtype = g.blocks[0].dtype if g.blocks else np.float64  # every rank has a block: a window has targets
+    buf = np.zeros((*g.shape[:-1], sum(widths)), dtype=dtype)
     starts = dict(zip(ranges, np.cumsum([0] + widths[:-1]).tolist()))
     for (a, b), block in zip(g.ranges, g.blocks):
         s = starts[(int(a), int(b))]
         buf[..., s:s + b - a] = block
-    w.comm.Allreduce(_in_place(), buf, op=_op("SUM"))
-    blocks = [buf[..., s:s + b - a] for (a, b), s in zip(ranges, [starts[r] for r in ranges])]
-    return layers.ColumnBlocks(ranges, blocks, g.shape)
+    start(buf)
+    return buf, ranges, g
+
+
+def _unpack_blocks(buf, ranges, g):
+    """The ColumnBlocks of a summed buffer of _start_column_blocks."""
+    offsets = np.cumsum([0] + [b - a for a, b in ranges]).tolist()
+    return layers.ColumnBlocks(ranges, [buf[..., s:s + b - a] for (a, b), s in zip(ranges, offsets)], g.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation, divided among the ranks
+
+
+def valid_share(w, ids, batch_size, reset_at=None):
+    """This rank's part of the reading of the token stream `ids` by evaluate.evaluate_ids at
+    `batch_size` streams -> (its ids, its number of streams): the same figures summed over the
+    ranks (sum_over) as the whole reading's, each rank computing 1/K of them.
+
+    Carried state: the batch's streams are contiguous pieces of ids (data.batchify), so a
+    block of them is a contiguous piece too, which batchify cuts into the same streams, read in
+    the same windows. Sentence resets (reset_at): the reading is exact at any cut, so each rank
+    takes a contiguous part starting at a sentence start (ids[0], an <eos>), about 1/K of the
+    targets, read at its share of the streams."""
+    if w.size == 1:
+        return ids, batch_size
+    n = max(1, min(batch_size, len(ids) // 2))
+    a, b = w.rank * n // w.size, (w.rank + 1) * n // w.size
+    if reset_at is None:
+        length = len(ids) // n
+        return ids[a * length:b * length], b - a
+    starts = np.flatnonzero(np.asarray(ids[:-1]) == reset_at)  # the sentences' first inputs
+    targets = len(ids) - 1
+
+    def cut(k):
+        """The first sentence start at or after k/K of the targets (their end for k = K)."""
+        i = np.searchsorted(starts, k * targets / w.size) if k < w.size else len(starts)
+        return int(starts[i]) if i < len(starts) else targets
+    lo, hi = cut(w.rank), cut(w.rank + 1)
+    return ids[lo:hi + 1], max(1, b - a)
+
+
+def sum_over(w, total, count):
+    """(total, count) summed over the ranks: the same on every rank (rank 0's, sent)."""
+    if w.size == 1:
+        return total, count
+    sums = np.array([total, count], dtype=np.float64)
+    w.comm.Allreduce(_in_place(), sums, op=_op("SUM"))
+    total, count = bcast(w, (float(sums[0]), int(sums[1])))
+    return total, count
 
 
 # --------------------------------------------------------------------------------------------

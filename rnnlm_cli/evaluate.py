@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cache as neural_cache, corpus, data, model
+from . import cache as neural_cache, corpus, data, model, stream
 from . import dynamic as dyn
 from .errors import UserError
 
@@ -42,32 +42,40 @@ def _poll(stop):
         raise Stopped(asked)
 
 
-def evaluate_ids(params, model_cfg, ids, batch_size=1, bptt=35, reset_at=None, stop=None):
+def evaluate_ids(params, model_cfg, ids, batch_size=1, bptt=35, reset_at=None, stop=None, carry=None):
     """ids: (S,) token stream -> (sum of per-target cross-entropies in nats, number of targets).
     Always cross-entropy, whatever loss the model was trained with: perplexity is defined by it.
     `reset_at` (the <eos> id) resets the state at every sentence start. `stop`: polled before
-    every window (a Ctrl-C during training's final evaluation): Stopped when it returns true."""
+    every window (a Ctrl-C during training's final evaluation): Stopped when it returns true.
+    `carry` (a dict, batch 1; stream.py): ids go on from the stream of the last call given this
+    dict, whose state is read on, and the sums returned are those of the whole stream so far."""
     if reset_at is not None:
-        logp = stream_log_probs(params, model_cfg, ids, bptt, batch_size, reset_at, stop=stop)
-        return -float(logp.sum()), len(logp)
+        logp = stream_log_probs(params, model_cfg, ids, bptt, batch_size, reset_at, stop=stop, carry=carry)
+        total, count = -float(logp.sum()), len(logp)
+        if carry is not None:
+            total, count = carry.get("total", 0.0) + total, carry.get("count", 0) + count
+            carry.update(total=total, count=count)
+        return total, count
     model_cfg = dataclasses.replace(model_cfg, loss="cross_entropy")
     if len(ids) < 2:
-        return 0.0, 0
+        return (carry.get("total", 0.0), carry.get("count", 0)) if carry is not None else (0.0, 0)
     batch_size = max(1, min(batch_size, len(ids) // 2))
     streams = data.batchify(ids, batch_size)
-    state = model.init_state(model_cfg, batch_size, params["embedding"].dtype)
-    total, count, workspace = 0.0, 0, {}
+    state = carry["state"] if carry else model.init_state(model_cfg, batch_size, params["embedding"].dtype)
+    total, count, workspace = (carry["total"], carry["count"], {}) if carry else (0.0, 0, {})
     for inputs, targets in data.iter_windows(streams, bptt):
         _poll(stop)
         loss, state, _ = model.forward(params, model_cfg, inputs, targets, state, need_grad=False,
                                        workspace=workspace)
         total += loss * targets.size
         count += targets.size
+    if carry is not None:
+        carry.update(state=state, total=total, count=count)
     return total, count
 
 
 def stream_log_probs(params, model_cfg, ids, bptt=35, batch_size=1, reset_at=None, dynamic=None,
-                     clip_norm=None, cache=None, stop=None):
+                     clip_norm=None, cache=None, stop=None, carry=None):
     """ids: (S,) token stream -> log P(target | history) of each of its S − 1 targets, float64;
     NaN for the targets a batched carried-state reading does not score (the remainder).
     `dynamic`: dynamic evaluation (above): a learning rate > 0 (sgd, the gradient clipped to
@@ -75,19 +83,27 @@ def stream_log_probs(params, model_cfg, ids, bptt=35, batch_size=1, reset_at=Non
     `cache` (a cache.Settings): the neural cache of each stream read alongside, from the
     states the model has when it scores each target; then the result is the pair (the
     model's log-probs, the cache's log p_cache (θ's shape + (S − 1,), NaN where its stream had
-    read nothing yet)), which cache.mix combines for any λ. `stop`: as evaluate_ids'."""
+    read nothing yet)), which cache.mix combines for any λ. `stop`: as evaluate_ids'.
+    `carry` (a dict, batch 1; stream.py):
+    ids go on from the stream of the last call given this dict: its state, adapted weights and
+    cache memory are read on, so a stream read in pieces of whole windows gets the log-probs of
+    the stream read at once."""
     model_cfg = dataclasses.replace(model_cfg, loss="cross_entropy")
     logp = np.full(max(len(ids) - 1, 0), np.nan)
     logp_cache = None if cache is None else np.full(np.shape(cache.theta) + logp.shape, np.nan)
     if len(ids) < 2:
         return logp if cache is None else (logp, logp_cache)
     streams, index = _streams(ids, batch_size, reset_at)
-    plan = dyn.as_plan(dynamic, bptt, clip_norm)
-    adapting = dyn.start(params, model_cfg, plan) if plan else None  # a copy: the caller's model stays as it is
-    if adapting:
-        params = adapting["params"]
-    state = model.init_state(model_cfg, streams.shape[0], params["embedding"].dtype)
-    memory = None if cache is None else neural_cache.empty(streams.shape[0], model_cfg.hidden_dim)
+    if carry:
+        params, state, memory, adapting = carry["params"], carry["state"], carry["memory"], carry["adapting"]
+        plan = adapting["plan"] if adapting else None
+    else:
+        plan = dyn.as_plan(dynamic, bptt, clip_norm)
+        adapting = dyn.start(params, model_cfg, plan) if plan else None  # a copy: the caller's model stays as it is
+        if adapting:
+            params = adapting["params"]
+        state = model.init_state(model_cfg, streams.shape[0], params["embedding"].dtype)
+        memory = None if cache is None else neural_cache.empty(streams.shape[0], model_cfg.hidden_dim)
     workspace, start, top = {}, 0, None
     for inputs, targets in data.iter_windows(streams, plan.settings.segment if plan else bptt):
         _poll(stop)
@@ -106,6 +122,8 @@ def stream_log_probs(params, model_cfg, ids, bptt=35, batch_size=1, reset_at=Non
             logp_cache[..., where[where >= 0]] = window_logp[..., where >= 0]
         if adapting:
             dyn.update(adapting, dyn.gradient(adapting, grad_cache, workspace))
+    if carry is not None:
+        carry.update(params=params, state=state, memory=memory, adapting=adapting)
     return logp if cache is None else (logp, logp_cache)
 
 
@@ -169,7 +187,16 @@ def reset_id(config, vocab):
 def evaluate_file(params, config, vocab, path, batch_size=1, model_dir="model"):
     """The figures `rnnlm eval` reports for one text file: its token counts (data.encode_file's
     stats), targets scored, OOV rate, cross-entropy, bits per token and perplexity. A model
-    whose cross-entropy is not finite there is a UserError naming its weights."""
+    whose cross-entropy is not finite there is a UserError naming its weights. Batch 1 reads
+    the file in bounded memory (stream.py); a batched reading holds its ids."""
+    if batch_size == 1:  # one stream, read in chunks with the state carried (stream.py)
+        stats, carry, total, count = {}, {}, 0.0, 0
+        blocks = data.encode_stream(path, vocab, config.data.tokenizer, stats)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            for ids in stream.chunks(blocks, stream.chunk_length([config.train.bptt])):
+                total, count = evaluate_ids(params, config.model, ids, 1, config.train.bptt, reset_id(config, vocab),
+                                            carry=carry)
+        return file_result(stats, total, count, batch_size, path, model_dir)
     ids, stats = data.encode_file(path, vocab, config.data.tokenizer, allow_empty=True)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         total, count = evaluate_ids(params, config.model, ids, batch_size, config.train.bptt,

@@ -11,7 +11,7 @@ finished, and the checkpoint's progress (where a resume would start).
 import signal
 
 from . import checkpoint, history, lock, model, modeldir, units
-from .config import config_to_dict, short_form
+from .config import config_to_dict, paths_text, short_form
 from .evaluate import json_safe
 
 def _status(model_dir, info, h):
@@ -130,7 +130,7 @@ def describe(s):
     status = s["status"] + (f" ({s['detail']})" if s["detail"] else "")
     short, data = s["config_short"], s["config"]["data"]
     lines = [f"{s['dir']}: {status}; written by rnnlm {s['rnnlm_version'] or 'unknown'}",
-             f"data     train {data['train']}", f"         valid {data['valid']}",
+             f"data     train {paths_text(data['train'])}", f"         valid {data['valid']}",
              f"         test  {data['test'] or 'none'}; tokenizer {data['tokenizer']}"
              + ("; sentences independent (the state is reset at each <eos>)" if data.get("independent") else ""),
              f"vocab    {s['vocab_size']} tokens ({short['vocab']})",

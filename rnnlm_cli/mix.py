@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from . import cache as neural_cache, data, evaluate, modeldir
+from . import cache as neural_cache, data, evaluate, modeldir, stream
 from . import dynamic as dyn
 from .errors import UserError
 
@@ -67,7 +67,8 @@ def sole_component(weights):
     return ones[0] if ones else None
 
 
-def mixed_log_probs(models, weights, ids, batch_size, reset_all, dynamic=None, extra_probs=None, cache=None):
+def mixed_log_probs(models, weights, ids, batch_size, reset_all, dynamic=None, extra_probs=None, cache=None,
+                    carry=None):
     """ids: (S,) a token stream -> (S − 1,) float64 natural log of Σ_k w_k P_k(target) for each
     target, over `models` [(config, vocab, params)] and, when given, `extra_probs` (S − 1,) of
     another LM (its weight last in `weights`). Components with weight 0 are skipped, so a weight
@@ -75,7 +76,8 @@ def mixed_log_probs(models, weights, ids, batch_size, reset_all, dynamic=None, e
     (independent reading); otherwise only models trained with data.independent reset.
     `dynamic`: a learning rate (sgd) or the list of each model's dynamic.Plan (dynamic_plans).
     `cache` (a cache.Settings): the pair (that mixture, the neural cache's log p_cache from the
-    first model's states), for cache.mix (the cache mixes last)."""
+    first model's states), for cache.mix (the cache mixes last). `carry` (one dict per model;
+    stream.py): ids go on from the stream of the last call, each model's state read on."""
     logps, logp_cache = [], None
     plans = dynamic if isinstance(dynamic, list) else [dynamic] * len(models)
     for k, ((config, vocab, params), w, plan) in enumerate(zip(models, weights, plans)):
@@ -85,7 +87,8 @@ def mixed_log_probs(models, weights, ids, batch_size, reset_all, dynamic=None, e
             continue
         reset_at = vocab.eos_id if reset_all else evaluate.reset_id(config, vocab)
         logp = evaluate.stream_log_probs(params, config.model, ids, config.train.bptt, batch_size, reset_at,
-                                         plan, config.train.clip_norm, cache if reads_cache else None)
+                                         plan, config.train.clip_norm, cache if reads_cache else None,
+                                         carry=None if carry is None else carry[k])
         if reads_cache:
             logp, logp_cache = logp
         logps.append(logp)
@@ -102,6 +105,25 @@ def combine(logps, weights):
     so a weight of 1 gives that component's figures exactly. tune's EM recombines the same way."""
     parts = [math.log(w) + logp for w, logp in zip(weights, logps) if w > 0]
     return parts[0] if len(parts) == 1 else np.logaddexp.reduce(np.stack(parts), axis=0)
+
+
+def chunk_length(models, dynamic=None):
+    """The targets of a chunk of a stream read in pieces (stream.py): whole windows of every model
+    (whole segments of each model's dynamic evaluation, which updates after each)."""
+    plans = dynamic if isinstance(dynamic, list) else [None] * len(models)
+    return stream.chunk_length([plan.settings.segment if plan else config.train.bptt
+                                for (config, _, _), plan in zip(models, plans)])
+
+
+def chunk_log_probs(models, weights, dynamic=None, cache=None):
+    """-> log_probs(ids, extra, carry): the mixture's log-probs of the targets of a chunk of a
+    stream read in chunks with carried state, batch 1 (stream.read_chunks), the neural cache
+    mixed in last: mixed_log_probs, chunk after chunk."""
+    def log_probs(ids, extra, carry):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            logp = mixed_log_probs(models, weights, ids, 1, False, dynamic, extra, cache, carry)
+            return logp if cache is None else neural_cache.mix(*logp, cache.lam)
+    return log_probs
 
 
 def _is_number(text):
@@ -143,22 +165,31 @@ def read_probs(path):
 def evaluate_file(models, weights, path, batch_size=1, dynamic=None, probs_path=None, model_dir="model", cache=None):
     """eval's figures of a file under the mixture (and/or with dynamic evaluation, and/or the
     neural cache, a cache.Settings). All the weight on one model, without dynamic evaluation
-    or cache, gives exactly that model's own figures."""
+    or cache, gives exactly that model's own figures. Batch 1 reads the file in bounded memory
+    (stream.py); a batched reading holds it whole."""
     sole = sole_component(weights)
     if not dynamic and cache is None and sole is not None and sole < len(models):
         config, vocab, params = models[sole]
         return evaluate.evaluate_file(params, config, vocab, path, batch_size, model_dir)
-    ids, stats, logp, logp_cache = file_log_probs(models, weights, path, batch_size, dynamic, probs_path, cache)
-    if cache is not None:
-        logp = neural_cache.mix(logp, logp_cache, cache.lam)
-    scored = ~np.isnan(logp)  # a batched carried reading leaves the remainder unscored
-    total = -float(logp[scored].sum())
+    if batch_size == 1:  # one stream, read in chunks with the state carried (stream.py)
+        config, vocab, _ = models[0]
+        stats = {}
+        blocks = data.encode_stream(path, vocab, config.data.tokenizer, stats)
+        probs = None if probs_path is None else stream.Probs(read_probs(probs_path))
+        total, count, zeros = stream.file_sums(blocks, chunk_length(models, dynamic), chunk_log_probs(models, weights, dynamic,
+                                               cache), len(models), probs, (probs_path, path))
+    else:
+        _, stats, logp, logp_cache = file_log_probs(models, weights, path, batch_size, dynamic, probs_path, cache)
+        if cache is not None:
+            logp = neural_cache.mix(logp, logp_cache, cache.lam)
+        scored = ~np.isnan(logp)  # a batched carried reading leaves the remainder unscored
+        total, count, zeros = -float(logp[scored].sum()), int(scored.sum()), int(np.isneginf(logp).sum())
     if cache is not None and cache.lam == 1.0 and total == math.inf:
         shown = os.fsencode(path).decode("utf-8", "replace")
-        raise UserError(f"--cache-lambda 1: {int(np.isneginf(logp).sum())} target(s) of {shown} are none of the next "
+        raise UserError(f"--cache-lambda 1: {zeros} target(s) of {shown} are none of the next "
                         f"words the cache remembers, so they get probability 0 (an infinite cross-entropy); use a "
                         f"--cache-lambda below 1")
-    result = evaluate.file_result(stats, total, int(scored.sum()), batch_size, path, model_dir)
+    result = evaluate.file_result(stats, total, count, batch_size, path, model_dir)
     if dynamic:
         result.update(dyn.report(dynamic[0]) if isinstance(dynamic, list) else {"dynamic": dynamic})
     if cache is not None:

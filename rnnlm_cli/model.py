@@ -214,7 +214,7 @@ def penalty(cache):
     return 0.0 if cache[4] is None else cache[4][0]
 
 
-def backward(cache, workspace=None, sparse_embedding=False, sparse_tied=False, factored=False):
+def backward(cache, workspace=None, sparse_embedding=False, sparse_tied=False, factored=False, ready=None):
     """The gradient of the window's mean loss for every parameter, in one pass backwards over
     the window (seed 003's accumulated-γ form, see layers.rnn_backward). No gradient flows into
     the carried state: it is a constant of this window (truncated BPTT).
@@ -226,7 +226,10 @@ def backward(cache, workspace=None, sparse_embedding=False, sparse_tied=False, f
     targets' classes. factored=True returns the recurrent layers' W_x and W_h gradients as
     layers.Outer (not formed) and takes each layer's γ W_xᵀ in the layout that is faster for a
     few positions (parallel.matmul_by_rows_of). Dynamic evaluation asks for both; training for
-    neither (their sums differ from the dense arrays' in rounding, e.g. in the global norm)."""
+    neither (their sums differ from the dense arrays' in rounding, e.g. in the global norm).
+    `ready([(key, gradient), ...])`, when given, is handed each gradient as soon as it is final
+    (the output layer's, then each recurrent layer's from the top down; the embedding's comes
+    with the result), so that a data-parallel run sums it while the rest is computed."""
     (emb_cache, layer_caches, drop_masks, emb_scale, masks, raw), out_cache, model_cfg, top, reg = cache
     if factored and masks:
         raise ValueError("factored gradients are for evaluation: not with the regularizers' masks")
@@ -236,6 +239,9 @@ def backward(cache, workspace=None, sparse_embedding=False, sparse_tied=False, f
     # of `grads` is the order the global gradient norm is summed in
     word_key = output.word_matrix_key(model_cfg)
     dW = grads.pop(word_key, None)
+    held = regularize.weights_dropped(masks)  # W_h's gradients change once every layer is done (A2)
+    if ready:  # a tied word matrix's gradient joins the embedding's: not final yet
+        ready(list(grads.items()) + ([(word_key, dW)] if dW is not None and not model_cfg.tie_weights else []))
     T, N = emb_cache[0].shape
     dx = regularize.ar_backward(dtop.reshape(T, N, dtop.shape[1]), top, c_ar)  # ∂/∂(m ∘ h) of J + AR
     for l in reversed(range(model_cfg.layers)):
@@ -243,7 +249,11 @@ def backward(cache, workspace=None, sparse_embedding=False, sparse_tied=False, f
         if l == model_cfg.layers - 1:
             dx = regularize.tar_backward(dx, raw, c_tar)
         dx = _layer_backward(model_cfg.cell, dx, layer_caches[l], grads, l, factored)
+        if ready:
+            ready([(k, g) for k, g in grads.items() if k.startswith(f"rnn.{l}.") and not (held and k.endswith("W_h"))])
     regularize.undrop_weight_grads(grads, masks, model_cfg.layers)
+    if ready and held:
+        ready([(f"rnn.{l}.W_h", grads[f"rnn.{l}.W_h"]) for l in reversed(range(model_cfg.layers))])
     dx = regularize.dropout_backward(dx, drop_masks[0])
     if emb_scale is not None:  # ∂J/∂e_w = Σ over w's positions of s_w · ∂J/∂x_t             (A1)
         dx = dx * emb_scale

@@ -123,9 +123,14 @@ def dropped_weights(params, masks, layers):
     return out
 
 
+def weights_dropped(masks):
+    """Whether the window's masks drop W_h's entries (model.weight_drop)."""
+    return bool(masks) and "weight.0" in masks
+
+
 def undrop_weight_grads(grads, masks, layers):
     """∂J/∂W_h = ∂J/∂W̃_h ∘ S for every layer, in place (A2)."""
-    if masks and "weight.0" in masks:
+    if weights_dropped(masks):
         for l in range(layers):
             grads[f"rnn.{l}.W_h"] *= masks[f"weight.{l}"]  #                                  (A2)
 

@@ -25,7 +25,7 @@ import re
 
 import numpy as np
 
-from . import cache as neural_cache, data, evaluate, mix
+from . import data, evaluate, mix, stream
 from .errors import UserError
 
 LINES_PER_BLOCK = 4096  # independent lines scored in one batched pass (bounds the memory)
@@ -114,25 +114,13 @@ def _independent_block(models, weights, block, batch_size, vocab, extra_probs):
 def score_carried(models, weights, lines, dynamic=None, extra_probs=None, cache=None):
     """Yield a record per line, the file read as one stream with carried state (as `eval
     --batch-size 1`): an empty line gets 0 targets; the log-probabilities sum to the file's.
-    `cache` (a cache.Settings): the neural cache over the stream, mixed last."""
-    config, vocab, _ = models[0]
-    lines = list(lines)
-    encoded = [_encode(tokens, vocab) for _, _, tokens in lines]
-    stream = [vocab.eos_id]
-    for ids, _ in encoded:
-        if ids:
-            stream.extend(ids)
-            stream.append(vocab.eos_id)
-    stream = np.array(stream, dtype=np.int64)
-    extra = None if extra_probs is None else _take(extra_probs, len(stream) - 1)
-    logp = mix.mixed_log_probs(models, weights, stream, 1, False, dynamic, extra, cache)
-    if cache is not None:
-        logp = neural_cache.mix(*logp, cache.lam)
-    start = 0
-    for (lineno, ident, tokens), (ids, oov_positions) in zip(lines, encoded):
-        n = len(ids) + 1 if ids else 0
-        yield _record(lineno, ident, tokens, oov_positions, logp[start:start + n])
-        start += n
+    `cache` (a cache.Settings): the neural cache over the stream, mixed last. The stream is
+    read in chunks (stream.py): memory holds a chunk's lines, whatever the file's length."""
+    vocab = models[0][1]
+    probs = None if extra_probs is None else stream.Probs(extra_probs)
+    yield from stream.score_carried(lines, lambda tokens: _encode(tokens, vocab), _record, vocab.eos_id,
+                                    mix.chunk_length(models, dynamic), mix.chunk_log_probs(models, weights, dynamic, cache),
+                                    len(models), probs)
 
 
 def _take(probs, n):
@@ -195,11 +183,28 @@ def format_srilm(rec, words=False):
     return "\n".join(lines) + "\n"
 
 
+class SrilmTotals:
+    """The sums srilm_summary reads, kept as the records go by (an n-best file of millions of
+    lines is not held in memory): `append` a record."""
+
+    def __init__(self):
+        self.sentences = self.words = self.oov = self.targets = 0
+        self.log10prob = 0
+
+    def append(self, rec):
+        self.sentences += 1 if rec["targets"] else 0
+        self.words, self.oov = self.words + rec["words"], self.oov + rec["oov"]
+        self.log10prob, self.targets = self.log10prob + rec["log10prob"], self.targets + rec["targets"]
+
+
 def srilm_summary(path, recs):
-    """SRILM's closing `file FILE: ...` lines over all the records of a file."""
-    sentences = sum(1 for r in recs if r["targets"])
-    words, oov = sum(r["words"] for r in recs), sum(r["oov"] for r in recs)
-    log10prob, targets = sum(r["log10prob"] for r in recs), sum(r["targets"] for r in recs)
-    return (f"file {path}: {sentences} sentences, {words} words, {oov} OOVs\n"
-            f"0 zeroprobs, logprob= {log10prob:.6g} ppl= {_ppl10(log10prob, targets)} "
-            f"ppl1= {_ppl10(log10prob, targets - sentences)}")
+    """SRILM's closing `file FILE: ...` lines over all the records of a file (or their
+    SrilmTotals)."""
+    t = recs
+    if not isinstance(t, SrilmTotals):
+        t = SrilmTotals()
+        for rec in recs:
+            t.append(rec)
+    return (f"file {path}: {t.sentences} sentences, {t.words} words, {t.oov} OOVs\n"
+            f"0 zeroprobs, logprob= {t.log10prob:.6g} ppl= {_ppl10(t.log10prob, t.targets)} "
+            f"ppl1= {_ppl10(t.log10prob, t.targets - t.sentences)}")

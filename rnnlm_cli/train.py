@@ -76,16 +76,17 @@ class SilentReporter:
 
 
 def window_gradient(params, model_cfg, inputs, targets, hidden, workspace=None, masks=None, reset_at=None,
-                    scale=None, ar=0.0, tar=0.0):
+                    scale=None, ar=0.0, tar=0.0, ready=None):
     """Forward and one-pass backward over one window -> (mean loss, grads, new hidden state).
     `workspace`: a dict kept across calls, holding the big scratch arrays; `masks`: the
     window's dropout and weight-drop masks (regularize.draw_masks); `reset_at` (the <eos> id,
     data.independent) resets the state at each sentence start; `scale` replaces the gradient's
     1/(N·T) (see model.forward); `ar`, `tar`: train.ar, train.tar (the loss returned is the
-    cross-entropy alone)."""
+    cross-entropy alone); `ready`: model.backward's (a data-parallel run sums each gradient
+    as soon as it is final)."""
     loss, new_hidden, cache = model.forward(params, model_cfg, inputs, targets, hidden, workspace=workspace,
                                             masks=masks, reset_at=reset_at, scale=scale, ar=ar, tar=tar)
-    return loss, model.backward(cache, workspace, sparse_embedding=True), new_hidden
+    return loss, model.backward(cache, workspace, sparse_embedding=True, ready=ready), new_hidden
 
 
 def window_masks(rng, config, inputs, vocab_size):
@@ -146,11 +147,7 @@ def check_data(config, init_dir=None, init_vocab=INIT_VOCAB_KEEP):
         path = getattr(d, key)
         if path is None:
             continue
-        counts, words, lines = collections.Counter(), 0, 0
-        for one in corpus.files_of(path) if key == "train" else [path]:  # data.train may be several files
-            c, w, n = data.count_words(one, d.tokenizer)
-            counts.update(c)
-            words, lines = words + w, lines + n
+        counts, words, lines = _count_train(config) if key == "train" else data.count_words(path, d.tokenizer)
         name = _train_name(config) if key == "train" else path
         if words == 0:
             raise UserError(f"{name}: no tokens (the file is empty or only whitespace)")
@@ -170,6 +167,16 @@ def check_data(config, init_dir=None, init_vocab=INIT_VOCAB_KEEP):
         rows.append({"key": key, "file": path, "words": words, "lines": lines, "targets": words + lines,
                      "oov": oov, "oov_rate": oov / (words + lines)})
     return len(vocab), rows
+
+
+def _count_train(config):
+    """(word counts, words, non-empty lines) of data.train, its files read in turn (bounded memory)."""
+    counts, words, lines = collections.Counter(), 0, 0
+    for one in corpus.files_of(config.data.train):
+        c, w, n = data.count_words(one, config.data.tokenizer)
+        counts.update(c)
+        words, lines = words + w, lines + n
+    return counts, words, lines
 
 
 def _check_memory(config, vocab_size):
@@ -236,7 +243,7 @@ def _from_init(config, init_dir, init_vocab, reporter):
     fresh = model.init_params(config.model, len(vocab), config.train.seed, dtype, counts)
     new_ids = [i for i, w in enumerate(vocab.tokens) if w in old_vocab.index]
     old_ids = [old_vocab.index[vocab.tokens[i]] for i in new_ids]
-    source = f"vocab.file {config.vocab.file}" if config.vocab.file else config.data.train
+    source = f"vocab.file {config.vocab.file}" if config.vocab.file else _train_name(config)
     reporter.info(f"--init {init_dir} --init-vocab new: vocabulary {len(vocab)} from {source}, "
                   f"{len(new_ids)} of them in the init model's {len(old_vocab)}: their rows copied, the other "
                   f"{len(vocab) - len(new_ids)} initialized as usual")
@@ -281,12 +288,12 @@ def _warn_coverage(config, init_dir, train_stats, reporter):
     rate = train_stats["oov_rate"]
     if rate <= POOR_COVERAGE:
         return
-    counts, words, lines = data.count_words(config.data.train, config.data.tokenizer)
+    counts, words, lines = _count_train(config)
     own = make_vocab(counts, config.vocab)
     own_rate = sum(c for w, c in counts.items() if w not in own.index) / max(1, words + lines)
     if own_rate < rate:
         reporter.warn(f"warning: --init {init_dir}: its vocabulary leaves {rate:.2%} of the targets of "
-                      f"{config.data.train} as <unk> (a vocabulary built from that file: {own_rate:.2%}), so this "
+                      f"{_train_name(config)} as <unk> (a vocabulary built from that file: {own_rate:.2%}), so this "
                       f"run's perplexities are not comparable with other vocabularies'; --init-vocab new "
                       f"fine-tunes with the new text's vocabulary")
 
@@ -553,15 +560,17 @@ def _distributed_gradient(r, state, inputs, targets, masks):
     """This process's block of streams through window_gradient, its gradient scaled by the whole
     window's target count, then the sum over the processes -> (the window's mean loss, grads);
     the block's new carried state goes into its part of state.hidden. `masks` are the whole
-    batch's (every process draws them alike): the block takes its part."""
+    batch's (every process draws them alike): the block takes its part. The gradients are
+    summed as the backward pass makes them (distributed.Reducer: overlapped with it)."""
     (a, b), N, tc = r.block, r.config.train.batch_size, r.config.train
     n_total = targets.shape[1] * N
+    reducer = r.workspace.get("reducer") or r.workspace.setdefault("reducer", distributed.Reducer(r.world, r.workspace))
     loss, grads, new_hidden = window_gradient(state.params, r.config.model, inputs, targets,
                                               np.ascontiguousarray(state.hidden[..., a:b, :]), r.workspace,
                                               regularize.stream_block(masks, a, b), r.reset_at,
-                                              scale=1.0 / n_total, ar=tc.ar, tar=tc.tar)
+                                              scale=1.0 / n_total, ar=tc.ar, tar=tc.tar, ready=reducer.ready)
     state.hidden[..., a:b, :] = new_hidden
-    loss_sum, grads = distributed.allreduce_gradient(r.world, loss * targets.size, grads, r.workspace)
+    loss_sum, grads = reducer.finish(loss * targets.size, grads)  # the sums begun during the backward pass
     return loss_sum / n_total, grads
 
 
@@ -610,9 +619,10 @@ def _end_of_epoch(r, state):
     """Valid perplexity, the schedule's decision, the kept model, a fresh hidden state."""
     p, tc = state.progress, r.config.train
     _check_finite(r, state, "at the end of the epoch")
-    total, count = evaluate.evaluate_ids(average.weights(state), r.config.model, r.streams["valid"][0],
-                                         tc.eval_batch_size, tc.bptt, r.reset_at)
-    ce = distributed.bcast(r.world, total / count)  # rank 0's figure: every process decides alike
+    ids, streams = distributed.valid_share(r.world, r.streams["valid"][0], tc.eval_batch_size, r.reset_at)
+    total, count = evaluate.evaluate_ids(average.weights(state), r.config.model, ids, streams, tc.bptt, r.reset_at)
+    total, count = distributed.sum_over(r.world, total, count)  # K processes: each read its share of the streams
+    ce = total / count
     if not math.isfinite(ce):  # checked before anything is written or changed
         raise _Diverging(f"valid cross-entropy {ce}")
     decision = schedule.after_epoch(tc, p.lr, p.halving, p.best_ce, p.epoch, ce)
@@ -749,7 +759,8 @@ def _write_card(r, state, kept, summary=None, diverged=None):
         "counts": model.parameter_counts(kept, config.model),
         "stats": {key: r.streams[key][1] for key in ("train", "valid", "test")}, "history": h,
         "summary": summary, "diverged": diverged, "init_from": state.progress.init_from,
-        "changed": changed_keys(modeldir.load_config_file(out / modeldir.CONFIG), config)})
+        "changed": changed_keys(modeldir.load_config_file(out / modeldir.CONFIG), config),
+        "processes": r.world.size})
     modeldir.write_card(out, text)
 
 

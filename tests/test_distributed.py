@@ -127,6 +127,8 @@ def test_two_ranks_equal_one_process(setup, tmp_path, case):
     assert [x["event"] for x in lines] == [x["event"] for x in
                                            map(json.loads, (tmp_path / "one" / "metrics.jsonl").read_text().splitlines())]
     assert not [p for p in (tmp_path / "two").iterdir() if p.name.startswith(".")]  # no lock, no temp file
+    assert f"mpiexec -n 2 rnnlm train {tmp_path / 'two'}/config.yaml" in (tmp_path / "two" / "README.md").read_text()
+    assert "mpiexec" not in (tmp_path / "one" / "README.md").read_text()  # the card says how the run was launched
 
 
 LONG = FLOAT64 + ["train.epochs=8", "train.schedule=constant", "train.log_every=1", "train.checkpoint_every=10",
@@ -317,3 +319,124 @@ def test_blocks_of_streams_sum_to_the_batch_gradient(cfg, ar, tar):
         for key, g in full.items():
             want = dense(g)
             assert np.abs(summed[key] - want).max() <= 1e-12 * np.abs(want).max(), (K, key)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation divided among the ranks; the gradient summed while the backward pass runs
+
+
+@pytest.mark.parametrize("reset", [False, True])
+@pytest.mark.parametrize("batch", [1, 3, 4, 10])
+@pytest.mark.parametrize("K", [2, 3])
+def test_the_ranks_shares_of_validation_sum_to_the_whole(reset, batch, K):
+    """Each rank reads its share of the valid streams (distributed.valid_share); the sums over
+    the ranks are the one process's figure (float64: to the last bits of the sum)."""
+    from rnnlm_cli import distributed, evaluate, model
+    from rnnlm_cli.config import ModelConfig
+    m = ModelConfig(embedding_dim=6, hidden_dim=7, cell="lstm")
+    V, EOS = 20, 0
+    rng = np.random.default_rng(5)
+    ids = rng.integers(1, V, 403)
+    ids[0] = EOS
+    ids[rng.choice(np.arange(1, 400), 40, replace=False)] = EOS
+    params = model.init_params(m, V, 1, "float64", np.ones(V))
+    reset_at = EOS if reset else None
+    whole = evaluate.evaluate_ids(params, m, ids, batch, 5, reset_at)
+    shares = [distributed.valid_share(distributed.World(k, K), ids, batch, reset_at) for k in range(K)]
+    parts = [evaluate.evaluate_ids(params, m, part, n, 5, reset_at) for part, n in shares]
+    assert sum(c for _, c in parts) == whole[1]
+    assert sum(t for t, _ in parts) == pytest.approx(whole[0], rel=1e-12)
+    if batch >= K:  # every rank has streams: about 1/K of the targets each
+        assert max(c for _, c in parts) <= 1.5 * whole[1] / K
+
+
+REDUCE = """
+import json, sys
+import numpy as np
+from rnnlm_cli import distributed, layers
+w = distributed.world()
+
+def grads_of(rank):
+    rng = np.random.default_rng(rank)
+    cols = [(0, 3), (3, 8), (8, 20), (20, 21)]
+    mine = [c for k, c in enumerate(cols) if (k + rank) % 2 == 0 or k == 2]
+    return {"output.b": rng.normal(size=21), "output.W": layers.ColumnBlocks(mine, [rng.normal(size=(4, b - a))
+            for a, b in mine], (4, 21)), "rnn.1.W_h": rng.normal(size=(300, 300)), "rnn.1.b": rng.normal(size=30),
+            "rnn.0.W_x": rng.normal(size=(40, 30)).T, "rnn.0.b": rng.normal(size=30).astype(np.float64),
+            "embedding": layers.SparseRows(np.array([1, 5, 7 + rank]), rng.normal(size=(3, 4)), (10, 4))}
+
+def dense(g):
+    return g.dense() if hasattr(g, "dense") else g
+blocking = distributed.allreduce_gradient(w, 1.5 + w.rank, grads_of(w.rank), {})
+reducer = distributed.Reducer(w, {})
+mine = grads_of(w.rank)
+order = ["output.b", "output.W", "rnn.1.W_h", "rnn.1.b", "rnn.0.W_x", "rnn.0.b"]
+for keys in (order[:2], order[2:4], order[4:]):
+    reducer.ready([(k, mine[k]) for k in keys])
+overlapped = reducer.finish(1.5 + w.rank, mine)
+again = reducer.finish(0.5, grads_of(w.rank))  # a reducer serves window after window
+expect = {k: sum(dense(grads_of(r)[k]) for r in range(w.size)) for k in mine}
+out = {"keys": list(overlapped[1]) == list(mine), "loss": [blocking[0], overlapped[0], again[0]],
+       "same": all(np.array_equal(dense(blocking[1][k]), dense(overlapped[1][k])) for k in mine),
+       "again": all(np.array_equal(dense(again[1][k]), dense(overlapped[1][k])) for k in mine),
+       "sum": all(np.allclose(dense(overlapped[1][k]), expect[k], rtol=1e-14, atol=0) for k in mine),
+       "kinds": [type(overlapped[1][k]).__name__ for k in mine]}
+outs = w.comm.gather(out)
+if w.rank == 0:
+    print(json.dumps(outs), flush=True)
+"""
+
+
+@needs_mpi
+@pytest.mark.parametrize("mode", ["thread", "calls", "off"])
+def test_gradients_summed_during_the_backward_pass_equal_the_blocking_sum(tmp_path, mode):
+    proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-c", REDUCE], capture_output=True, text=True,
+                          env={**_env(), "RNNLM_MPI_OVERLAP": mode}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    ranks = json.loads(proc.stdout)
+    assert len(ranks) == 2
+    for got in ranks:
+        assert got["keys"] and got["same"] and got["again"] and got["sum"], got
+        assert got["loss"] == [4.0, 4.0, 1.0]
+        assert got["kinds"] == ["ndarray", "ColumnBlocks", "ndarray", "ndarray", "ndarray", "ndarray", "SparseRows"]
+
+
+@needs_mpi
+def test_a_bad_overlap_mode_is_one_line(setup, tmp_path):
+    folder, config = setup
+    proc = subprocess.run(_command(config, tmp_path / "x", [], 2), capture_output=True, text=True,
+                          env={**_env(), "RNNLM_MPI_OVERLAP": "sometimes"}, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "RNNLM_MPI_OVERLAP=sometimes" in lines[0], proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+SHARES = """
+import json, os
+from rnnlm_cli import evaluate
+real, seen = evaluate.evaluate_ids, []
+def evaluate_ids(params, cfg, ids, batch, *args, **kwargs):
+    seen.append((len(ids), batch))
+    return real(params, cfg, ids, batch, *args, **kwargs)
+evaluate.evaluate_ids = evaluate_ids
+try:
+    from rnnlm_cli.cli import main
+    main()
+finally:
+    with open(os.environ["SHARES_OUT"] + "." + os.environ.get("PMI_RANK", "0"), "w") as f:
+        json.dump(seen, f)
+"""
+
+
+@needs_mpi
+def test_two_ranks_validate_half_the_streams_each(setup, tmp_path):
+    folder, config = setup
+    cmd = _command(config, tmp_path / "two", ["train.epochs=1", "train.eval_batch_size=4"], 2)
+    cmd[cmd.index("-m"):cmd.index("train")] = ["-c", SHARES]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**_env(), "SHARES_OUT": str(tmp_path / "seen")},
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    seen = [json.loads((tmp_path / f"seen.{k}").read_text()) for k in (0, 1)]
+    valid_tokens = 291 + 40 + 1  # the tiny valid corpus: 291 words on 40 lines, and the first <eos>
+    epoch = [s[0] for s in seen]  # the end-of-epoch validation: then the final exact ones (batch 1)
+    assert epoch == [[2 * (valid_tokens // 4), 2]] * 2  # streams 0-1 on rank 0, 2-3 on rank 1

@@ -93,7 +93,7 @@ def test_read_error_inside_the_line_generator(tmp_path, run_cli, monkeypatch):
         def readline(self, n):
             raise OSError(errno.EIO, "Input/output error")
 
-    real_open = data._open_binary
-    monkeypatch.setattr(data, "_open_binary", lambda p: FailingFile(real_open(p)))
+    real_open = data.open_text
+    monkeypatch.setattr(data, "open_text", lambda p: FailingFile(real_open(p)))
     code, _, err = run_cli("vocab", path)
     assert_clean_error(code, err, 2, str(path), "read error", "Input/output error")

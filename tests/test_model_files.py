@@ -200,7 +200,7 @@ def test_the_three_file_readers_report_open_failures_alike(tmp_path, make_path, 
     from rnnlm_cli import config, data, files
 
     path = make_path(tmp_path)
-    readers = [lambda: data._open_binary(path), lambda: config.read_yaml(Path(path)),
+    readers = [lambda: data.open_text(path), lambda: config.read_yaml(Path(path)),
                lambda: files.read_npz(path)]
     for read in readers:
         with pytest.raises(UserError) as e:
