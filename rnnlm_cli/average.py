@@ -1,4 +1,4 @@
-"""Weight averaging (`train.average`, SPEC part 3): Polyak averaging of the weights after each
+"""Weight averaging (`train.average`, docs/regularization.md): Polyak averaging of the weights after each
 update, as in the averaged SGD of Merity et al.'s NT-ASGD (AWD-LSTM).
 
 From the start of epoch N (`train.average: N`), or of the epoch after the one whose validation

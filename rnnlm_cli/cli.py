@@ -222,7 +222,7 @@ def train_cmd(config_path, overrides, out_dir, init_dir, init_vocab, resume, dry
       rnnlm train configs/ptb-elman.yaml --set train.epochs=5 --out runs/ptb
       rnnlm train --out runs/ptb --resume          # after Ctrl-C or a crash
       rnnlm train my.yaml --init runs/ptb          # continue from another model
-      mpiexec -n 2 rnnlm train my.yaml             # data-parallel on 2 processes (README)
+      mpiexec -n 2 rnnlm train my.yaml             # data-parallel on 2 processes (docs/large-corpora.md)
       rnnlm train my.yaml --init runs/ptb --init-vocab new   # fine-tune on text with other words
     """
     from . import distributed
@@ -888,7 +888,7 @@ def _one_blas_thread():
 
 
 def main(argv=None):
-    """Entry point: map errors to exit codes and one line on stderr (README, exit codes: 2 bad usage or bad
+    """Entry point: map errors to exit codes and one line on stderr (docs/commands.md, exit codes: 2 bad usage or bad
     input, 1 anything else; the traceback of an unexpected error only under --debug)."""
     _one_blas_thread()
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])

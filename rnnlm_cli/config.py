@@ -105,12 +105,12 @@ class TrainConfig:
                               "keep their moments and weights (PyTorch's SparseAdam)")
     lr: float = _key(1.0, low=0.0, low_open=True, words=("auto",),
                      doc="learning rate (auto: the rate measured to work for model.cell and train.optimizer, "
-                         "see the README's table)")
+                         "see docs/training.md)")
     clip_norm: float | None = _key(5.0, low=0.0, low_open=True, nullable=True, words=("auto",),
                                    doc="clip the global gradient norm to this (null: no clipping; auto: by "
                                        "model.cell and train.optimizer, as train.lr)")
     schedule: str = _key("halving", choices=("halving", "step", "plateau", "constant"),
-                         doc="halving: Mikolov's RNNLM schedule (see README); step: ×lr_decay after every "
+                         doc="halving: Mikolov's RNNLM schedule (docs/training.md); step: ×lr_decay after every "
                              "epoch from decay_start on (Zaremba et al.); plateau: ×lr_decay after an epoch "
                              "that does not improve valid perplexity (pytorch/examples); constant: fixed lr")
     lr_decay: float = _key(0.5, low=0.0, high=1.0, low_open=True, doc="factor of each learning-rate cut")
@@ -153,7 +153,7 @@ class Config:
 
 
 # `train.lr: auto` and `train.clip_norm: auto`: (model.cell, train.optimizer) -> (lr, clip_norm), the
-# values measured to work with this project's mean-per-target loss (README, "Training": the table
+# values measured to work with this project's mean-per-target loss (docs/training.md, "Learning rates": the table
 # and where each figure comes from). Elman with SGD is the built-in config's (configs/default.yaml).
 AUTO_TRAIN = {
     ("elman", "sgd"): (1.0, 0.5), ("elman", "adam"): (0.002, 0.5), ("elman", "lazy_adam"): (0.002, 0.5),
@@ -614,7 +614,7 @@ def dump_config(config: Config) -> str:
 
 
 def describe_keys() -> str:
-    """A Markdown table of every key, its default and meaning (for the README)."""
+    """A Markdown table of every key, its default and meaning (docs/training.md, `rnnlm config --keys`)."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
     for section, cls in SECTION_TYPES.items():
         for f in dataclasses.fields(cls):

@@ -1,6 +1,6 @@
 """Corpus files -> token streams -> batched streams -> BPTT windows.
 
-The conventions (docs/model-directory.md, "The token stream and vocabulary ids"; README, "Training"):
+The conventions (docs/model-directory.md, "The token stream and vocabulary ids"; docs/training.md):
 
 - a file is UTF-8 text, one sentence per line;
 - its token stream is ``<eos>``, then for each non-empty line its words followed by ``<eos>``,

@@ -1,4 +1,4 @@
-"""The regularizers of training (SPEC part 3; AWD-LSTM, Merity et al. 2017): where dropout acts
+"""The regularizers of training (docs/regularization.md; AWD-LSTM, Merity et al. 2017): where dropout acts
 and how its masks are drawn, word-type embedding dropout, DropConnect on W_h ("weight drop"),
 activation regularization (AR), temporal activation regularization (TAR) and weight decay.
 Evaluation, scoring and sampling never drop anything: they get no masks.

@@ -2,7 +2,7 @@
 """Local check (not a test): the token counts of Penn Treebank match the published ones.
 
 Needs a copy of Mikolov's Penn Treebank files: their folder as the argument (default: data/ptb
-of this repository, where the README's "Data" section suggests putting them; not shipped). Asserts the target counts (words + lines,
+of this repository, where docs/results.md, "Penn Treebank", suggests putting them; not shipped). Asserts the target counts (words + lines,
 docs/model-directory.md) of train/valid/test and a 10,000-word vocabulary from
 train (9,999 types incl. <unk>, + <eos>), and prints the encode time and peak RSS.
 

@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""Regenerate the README's figures that take minutes: train each run of its results table,
-print what `rnnlm train` prints and the README row made from it, score the worked n-best example
-with the default model, and with --write put it all into README.md.
+"""Regenerate the figures that take minutes: train each run of the perplexity table of
+docs/results.md, print what `rnnlm train` prints and the table row made from it, score the worked
+n-best example of docs/scoring.md with the default model, and with --write put it all into those
+two pages (the README's short results table quotes some of these rows: update it by hand).
 
     python scripts/readme_figures.py                    # the default run (~2 min on 2 cores)
     python scripts/readme_figures.py --ptb PTB_DIR      # and the three short Penn Treebank rows (~6 min)
     python scripts/readme_figures.py --ptb PTB_DIR --long --write    # and the full-softmax one (~15 min)
 
-PTB_DIR holds Mikolov's ptb.train.txt, ptb.valid.txt and ptb.test.txt (not shipped; see the
-README's "Data"). Each run trains from this checkout (PYTHONPATH), into a temporary folder, with
-exactly the command the README shows. Training is deterministic (same config, same machine
+PTB_DIR holds Mikolov's ptb.train.txt, ptb.valid.txt and ptb.test.txt (not shipped; see
+docs/results.md, "Penn Treebank"). Each run trains from this checkout (PYTHONPATH), into a
+temporary folder, with exactly the command the table shows. Training is deterministic (same config, same machine
 type, same numpy: the same weights), so the perplexities come out the same on every run; the
 times depend on the machine and on what else runs on it.
 """
@@ -26,9 +27,10 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-README = REPO / "README.md"
+RESULTS = REPO / "docs" / "results.md"
+SCORING = REPO / "docs" / "scoring.md"
 
-# label: the first cell of the README row; args: after `rnnlm train`; shown: the command column;
+# label: the first cell of the table row; args: after `rnnlm train`; shown: the command column;
 # ptb: needs --ptb; long: needs --long (more than a few minutes)
 RUNS = [
     {"label": "default: Elman 128, KJV Genesis-Joshua", "args": [], "shown": "`rnnlm train`", "ptb": False},
@@ -49,12 +51,12 @@ END = re.compile(r"\| end \| valid ppl (\S+) \(unigram (\S+)\) \| test ppl (\S+)
 
 
 def row_pattern(run):
-    """The regex of the run's README row (one line of the results table)."""
+    """The regex of the run's row (one line of the perplexity table of docs/results.md)."""
     return r"^\| " + re.escape(run["label"]) + r"[ (].*\|$"
 
 
 def train(run, ptb, folder):
-    """Train the run as the README shows it -> (end line, metrics end record, epoch records, V,
+    """Train the run as the table shows it -> (end line, metrics end record, epoch records, V,
     the model directory)."""
     args = list(run["args"])
     if run["ptb"]:
@@ -72,7 +74,7 @@ def train(run, ptb, folder):
 
 
 def row(run, end_line, end, epochs, vocab_size):
-    """The README row: the figures exactly as `rnnlm train` printed them."""
+    """The table row: the figures exactly as `rnnlm train` printed them."""
     m = END.search(end_line)
     if not m:
         sys.exit(f"{run['label']}: unexpected end line {end_line!r}")
@@ -86,12 +88,13 @@ def row(run, end_line, end, epochs, vocab_size):
 MEASURED = "this commit (`scripts/readme_figures.py`)"  # the last column of the rows made here
 
 
-def nbest_example(readme, model_dir, valid_ppl, folder):
-    """The README's worked n-best example with the LM costs the default model gives now."""
+def nbest_example(page, model_dir, valid_ppl, folder):
+    """docs/scoring.md (`page`) with its worked n-best example's LM costs as the default model
+    gives them now."""
     block = re.search(r"\$ cat nbest.txt\n(.*?)\$ rnnlm score runs/default nbest.txt --format kaldi > lm.txt.*?\n"
-                      r"\$ cat lm.txt\n(.*?)\$ cat am.txt\n(.*?)\$ join am.txt lm.txt.*?\n(.*?)```", readme, re.S)
+                      r"\$ cat lm.txt\n(.*?)\$ cat am.txt\n(.*?)\$ join am.txt lm.txt.*?\n(.*?)```", page, re.S)
     if not block:
-        sys.exit("README.md: no worked n-best example found")
+        sys.exit("docs/scoring.md: no worked n-best example found")
     (folder / "nbest.txt").write_text(block.group(1), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-m", "rnnlm_cli.cli", "score", str(model_dir), str(folder / "nbest.txt"),
@@ -100,31 +103,33 @@ def nbest_example(readme, model_dir, valid_ppl, folder):
     am = dict(line.split() for line in block.group(3).splitlines())
     totals = "".join(f"{k} {float(am[k]) + 0.5 * float(lm[k]):.6g}\n" for k in am)  # awk's %.6g
     start, end = block.span(2)
-    readme = readme[:start] + done.stdout + readme[end:]
-    start, end = re.search(re.escape(block.group(4)), readme).span()
-    readme = readme[:start] + totals + readme[end:]
+    page = page[:start] + done.stdout + page[end:]
+    start, end = re.search(re.escape(block.group(4)), page).span()
+    page = page[:start] + totals + page[end:]
     night = float(lm["utt1-1"]) - float(lm["utt1-2"])
     if night <= 0:
-        sys.exit("the default model now prefers 'light': rewrite the README's n-best paragraph")
-    readme = re.sub(r"\(`rnnlm train`, valid perplexity [0-9.]+\)", f"(`rnnlm train`, valid perplexity {valid_ppl})",
-                    readme)
-    readme = re.sub(r"to \"light\" here by\n[0-9.]+ nats", f"to \"light\" here by\n{night:.1f} nats", readme)
+        sys.exit("the default model now prefers 'light': rewrite the n-best paragraph of docs/scoring.md")
+    page = re.sub(r"\(`rnnlm train`, valid perplexity [0-9.]+\)", f"(`rnnlm train`, valid perplexity {valid_ppl})",
+                    page)
+    page = re.sub(r"to \"light\" here by\n[0-9.]+ nats", f"to \"light\" here by\n{night:.1f} nats", page)
     print(done.stdout + totals, end="")
-    return readme
+    return page
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ptb", type=Path, help="folder of the Penn Treebank files (adds the PTB rows)")
     parser.add_argument("--long", action="store_true", help="also the runs that take more than a few minutes")
-    parser.add_argument("--write", action="store_true", help="replace the rows in README.md")
+    parser.add_argument("--write", action="store_true",
+                        help="replace the rows in docs/results.md and the example in docs/scoring.md")
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "rnnlm_cli", "configs", "data"], cwd=REPO,
                            capture_output=True, text=True).stdout.strip()
     print(f"commit {commit}{' (with uncommitted changes)' if dirty else ''}, {os.cpu_count()} cores")
-    readme = README.read_text(encoding="utf-8")
+    results = RESULTS.read_text(encoding="utf-8")
+    scoring = SCORING.read_text(encoding="utf-8")
     with tempfile.TemporaryDirectory() as tmp:
         for run in RUNS:
             if run["ptb"] and args.ptb is None or run.get("long") and not args.long:
@@ -135,16 +140,16 @@ def main():
                                                      for e in epochs))
             new_row = row(run, end_line, end, epochs, vocab_size)
             print(new_row)
-            readme, n = re.subn(row_pattern(run), lambda _: new_row, readme, count=1, flags=re.M)
+            results, n = re.subn(row_pattern(run), lambda _: new_row, results, count=1, flags=re.M)
             if n != 1:
-                sys.exit(f"README.md: no row for {run['label']!r}")
+                sys.exit(f"docs/results.md: no row for {run['label']!r}")
             if not run["ptb"]:
                 valid = f"{float(END.search(end_line).group(1)):.1f}"
-                readme = nbest_example(readme, model_dir, valid, Path(tmp))
+                scoring = nbest_example(scoring, model_dir, valid, Path(tmp))
     if args.write:
-        README.write_text(readme, encoding="utf-8")
-        print("README.md: rows updated")
-
+        RESULTS.write_text(results, encoding="utf-8")
+        SCORING.write_text(scoring, encoding="utf-8")
+        print("docs/results.md: rows updated; docs/scoring.md: n-best example updated")
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,5 @@
-"""Token streams, batching and BPTT windows (docs/model-directory.md, "The token stream and vocabulary ids"; README, "Training")."""
+"""Token streams, batching and BPTT windows (docs/model-directory.md, "The token stream and vocabulary
+ids"; docs/training.md, "How training proceeds")."""
 
 import os
 import tempfile

@@ -151,8 +151,8 @@ def test_sample_no_unk_never_draws_unk(tmp_path, run_cli):
 
 
 def test_eval_batch_size_n_leaves_n_minus_1_plus_the_remainder_unscored(tiny_model, corpus, run_cli):
-    """What the README says: the file's S tokens are cut into N streams of S // N, each of which
-    predicts all but its first token; the last S mod N tokens are not read."""
+    """What docs/commands.md says (eval): the file's S tokens are cut into N streams of S // N,
+    each of which predicts all but its first token; the last S mod N tokens are not read."""
     model, _ = tiny_model
     code, out, _ = run_cli("eval", model, corpus["test"], "--json")
     targets = json.loads(out)["targets"]
@@ -180,23 +180,51 @@ def _links(path):
     return re.findall(r"\]\(([^)\s]+)\)", path.read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("page", ["README.md", "data/README.md", "benchmarks/README.md", "docs/derivation.md",
-                                  "docs/gated-derivation.md", "docs/model-directory.md", "docs/test-time.md"])
+def _anchors(path):
+    """The #anchors GitHub gives a Markdown page's headings (lowercase; punctuation but - and _
+    dropped; spaces to -; a repeated heading gets -1, -2, ...)."""
+    seen, anchors = {}, set()
+    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.M | re.S)
+    for heading in re.findall(r"^#{1,6} (.+)$", text, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchors.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+        seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+PAGES = ["README.md", "data/README.md", "benchmarks/README.md", "benchmarks/RESULTS.md",
+         *sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("docs/*.md"))]
+
+
+@pytest.mark.parametrize("page", PAGES)
 def test_pages_link_only_to_files_in_the_repository(page):
+    """Every relative link of every page resolves, and so does the #anchor it names."""
     path = REPO / page
     for link in _links(path):
         assert not re.match(r"[a-z]+:", link), f"{page} links outside the repository: {link}"
-        target = link.split("#")[0]
-        if target:
-            assert (path.parent / target).exists(), f"{page}: {link} is not in the repository"
+        target, _, anchor = link.partition("#")
+        target_path = (path.parent / target) if target else path
+        assert target_path.exists(), f"{page}: {link} is not in the repository"
+        if anchor and target_path.suffix == ".md":
+            assert anchor in _anchors(target_path), f"{page}: {link}: no such heading in {target or page}"
+
+
+def test_every_page_is_checked():
+    assert {p.relative_to(REPO).as_posix() for p in REPO.glob("docs/*.md")} <= set(PAGES)
 
 
 def test_nothing_shipped_points_outside_the_repository():
     for path in [*REPO.glob("*.md"), *REPO.glob("docs/*.md"), *REPO.glob("data/*.md"), *REPO.glob("configs/*"),
                  *REPO.glob("scripts/*"), *REPO.glob("benchmarks/*.py"), *REPO.glob("benchmarks/*.md")]:
         text = path.read_text(encoding="utf-8")
-        for pattern in ("../shared", "/work/", '"shared"', "SPEC"):
+        for pattern in ("../shared", "/work/", '"shared"', "SPEC", "seeds/"):
             assert pattern not in text, f"{path.relative_to(REPO)} mentions {pattern}"
+    for path in [*REPO.glob("rnnlm_cli/**/*.py"), *REPO.glob("tests/*.py")]:
+        if path.name == "test_first_use.py":  # the patterns themselves
+            continue
+        text = path.read_text(encoding="utf-8")
+        for pattern in (r"\.\./shared", r"/work/", r"\bSPEC\b", r"seeds/"):
+            assert not re.search(pattern, text), f"{path.relative_to(REPO)} mentions {pattern}"
 
 
 def test_train_help_says_where_the_model_and_the_data_are(run_cli):
@@ -216,9 +244,9 @@ def test_readme_setup_uses_a_virtualenv_and_says_where_things_go():
     assert "current directory" in first_lines and "config file's folder" in first_lines
 
 
-def test_readme_says_what_eval_batch_size_leaves_unscored():
-    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
-    assert "N − 1 + (S mod N) targets go unscored" in readme
+def test_docs_say_what_eval_batch_size_leaves_unscored():
+    page = " ".join((REPO / "docs" / "commands.md").read_text(encoding="utf-8").split())
+    assert "N − 1 + (S mod N) targets go unscored" in page
 
 
 def test_readme_explains_its_terms():
@@ -237,11 +265,11 @@ def test_the_kjv_source_is_described_and_fetched_by_a_shipped_script():
         assert checksum in script or checksum in (REPO / "scripts" / "prepare_kjv.py").read_text()
 
 
-def test_the_readme_figures_script_knows_the_readme_rows():
+def test_the_figures_script_knows_the_results_rows():
     import importlib.util
     spec = importlib.util.spec_from_file_location("readme_figures", REPO / "scripts" / "readme_figures.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    results = (REPO / "docs" / "results.md").read_text(encoding="utf-8")
     for run in module.RUNS:
-        assert len(re.findall(module.row_pattern(run), readme, re.M)) == 1, run["label"]
+        assert len(re.findall(module.row_pattern(run), results, re.M)) == 1, run["label"]

@@ -1,4 +1,4 @@
-"""The regularizers and weight averaging of SPEC part 3: every gradient checked in float64 with
+"""The regularizers and weight averaging (docs/regularization.md): every gradient checked in float64 with
 the masks held fixed (each key × cell × output kind), the masks' structure, weight decay of
 untouched rows, the running mean, resume during averaging, and the keys from a config file and
 the command line."""
