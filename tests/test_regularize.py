@@ -208,16 +208,24 @@ def test_bad_values_are_one_line(tiny_config, tmp_path, run_cli, setting, fragme
 
 
 def test_keys_from_a_config_file(tiny_config, tmp_path, run_cli):
+    """Every new key from a YAML file: the run uses them (info, card) and they are saved."""
     text = tiny_config.read_text().replace("model:\n", "model:\n  dropout_locked: true\n  weight_drop: 0.2\n"
-                                           "  dropout: 0.2\n").replace("train:\n", "train:\n  average: 2\n  ar: 1.0\n")
+                                           "  dropout: 0.2\n  dropout_input: 0.1\n  dropout_between: 0.3\n"
+                                           "  dropout_embedding: 0.05\n  layers: 2\n")
+    text = text.replace("train:\n", "train:\n  average: 2\n  ar: 1.0\n  tar: 0.5\n  weight_decay: 1.0e-5\n"
+                                     "  nonmono: 3\n")
     path = tmp_path / "awd.yaml"
-    path.write_text(text.replace("epochs: 2", "epochs: 2"), encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     code, out, err = run_cli("train", path, "--set", "train.epochs=2", "--out", tmp_path / "r", "-q")
     assert code == 0, err
     code, out, _ = run_cli("info", tmp_path / "r")
     assert "weight drop 0.2" in out and "locked" in out and "averaging from epoch 2" in out
+    assert "input 0.1" in out and "between 0.3" in out and "embedding dropout 0.05" in out
+    assert "ar 1" in out and "tar 0.5" in out and "weight decay 1e-05" in out
     assert "weights averaged from epoch 2" in out
     assert "averaged from epoch 2" in (tmp_path / "r" / "README.md").read_text()
+    saved = load_config(tmp_path / "r" / "config.yaml")
+    assert (saved.model.dropout_embedding, saved.train.tar, saved.train.nonmono) == (0.05, 0.5, 3)
 
 
 def test_evaluation_never_drops(tiny_model):
