@@ -65,8 +65,8 @@ def run_windows(config, params, batches, vocab_size, n_windows, start):
         masks = train.window_masks(state.rng, config, inputs, vocab_size)
         _, grads, state.hidden = train.window_gradient(state.params, m, inputs, targets, state.hidden, workspace,
                                                        masks, ar=tc.ar, tar=tc.tar)
-        train.apply_gradient(state.params, grads, state.opt_state, tc.lr, tc)
-        average.update(state, trained, scratch)
+        train.apply_gradient(state.params, grads, state.opt_state, tc.lr, tc, scratch)
+        average.update(state, trained)
     return time.perf_counter() - t0
 
 

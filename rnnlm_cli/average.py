@@ -22,6 +22,8 @@ a divergence restores the average with everything else.
 
 import numpy as np
 
+from . import parallel
+
 
 def from_epoch(train_cfg, progress):
     """The epoch averaging starts at: train.average as a number, or the epoch `auto` chose
@@ -43,25 +45,27 @@ def begin_epoch(state, train_cfg):
     return True
 
 
-def update(state, keys, scratch=None):
-    """After an update: θ̄ ← θ̄ + (θ − θ̄) / k for the trained arrays `keys` (buffers never move).
-    `scratch`: a dict kept across calls for the difference arrays (no allocation per step)."""
+def update(state, keys):
+    """After an update: θ̄ ← θ̄ + (θ − θ̄) / k for the trained arrays `keys` (buffers never move),
+    in cache-sized chunks split over the cores: one pass over memory instead of three, the same
+    float operations on every entry (the arrays are contiguous: params and their copies)."""
     if state.average is None:
         return
     state.progress.average_count += 1
     k = state.progress.average_count
-    scratch = {} if scratch is None else scratch
     for key in keys:
         mean, theta = state.average[key], state.params[key]
         if k == 1:
             np.copyto(mean, theta)  # θ̄_1 = θ_1 exactly
             continue
-        delta = scratch.get(key)
-        if delta is None or delta.shape != mean.shape or delta.dtype != mean.dtype:
-            delta = scratch[key] = np.empty_like(mean)
-        np.subtract(theta, mean, out=delta)
-        delta *= mean.dtype.type(1.0 / k)
-        mean += delta
+        step = mean.dtype.type(1.0 / k)
+        flat_mean, flat_theta = mean.reshape(-1), theta.reshape(-1)
+
+        def move(a, b, delta, flat_mean=flat_mean, flat_theta=flat_theta, step=step):
+            np.subtract(flat_theta[a:b], flat_mean[a:b], out=delta)
+            delta *= step
+            flat_mean[a:b] += delta
+        parallel.each_chunk(mean.size, move, mean.dtype)
 
 
 def weights(state):

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 MIN_BLOCK = 1 << 16  # elements: below this, a thread costs more than it saves
+CHUNK = 1 << 14  # elements: the pieces of an elementwise pass, small enough to stay in cache
 MIN_UNIT_SPLIT = 8 << 20  # multiply-adds of a step's recurrent product: below, gated layers split streams
 
 _pool = None
@@ -120,6 +121,17 @@ def map_rows(fn, rows, cols, min_block=None):
         _get_pool()
         return [fn(0, rows)]
     return run([lambda a=a, b=b: fn(a, b) for a, b in ranges(rows, parts)])
+
+
+def each_chunk(n, fn, dtype=None):
+    """fn(start, stop, tmp) over range(n) in cache-sized chunks, the chunks split over the cores
+    (tmp: a scratch array of `dtype` of the chunk's length, or None)."""
+    def run(a, b):
+        tmp = np.empty(min(CHUNK, b - a), dtype=dtype) if dtype is not None else None
+        for c in range(a, b, CHUNK):
+            d = min(c + CHUNK, b)
+            fn(c, d, None if tmp is None else tmp[:d - c])
+    map_rows(run, n, 1)
 
 
 def stream_blocks(N):

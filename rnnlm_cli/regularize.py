@@ -24,6 +24,9 @@ derived in docs/derivation.md, "Regularizers" (A·), and checked in tests/test_r
 
 import numpy as np
 
+from . import parallel
+from .layers import ColumnBlocks, RowBlocks, SparseRows
+
 PER_STREAM = ("input", "between", "output")
 
 
@@ -44,9 +47,8 @@ def is_random(model_cfg):
 def _keep_scaled(rng, shape, p, dtype):
     """m / (1 − p) with m ~ Bernoulli(1 − p) per entry: the same draw and test as
     gated.dropout_forward, so masks of configs from before this module are unchanged."""
-    scaled = (rng.random(shape, dtype=dtype) >= p).astype(dtype)  # P(keep) = 1 − p       (D1)
-    scaled *= dtype.type(1.0 / (1.0 - p))
-    return scaled
+    keep = rng.random(shape, dtype=dtype) >= p  # P(keep) = 1 − p                                (D1)
+    return np.multiply(keep, dtype.type(1.0 / (1.0 - p)), dtype=dtype)  # 0 or exactly the scale
 
 
 def draw_masks(rng, model_cfg, T, N, V, dtype):
@@ -178,15 +180,47 @@ def tar_backward(draw, raw, c_tar):
 # --------------------------------------------------------------------------------------------
 # Weight decay: g ← g + λ θ for every trained array, every step (PyTorch SGD's weight_decay).
 
-
-def add_weight_decay(grads, params, weight_decay):
-    """{key: g + λ θ} (A5). A sparse gradient (layers.SparseRows: the embedding rows or hsm nodes
-    of a window's words; layers.ColumnBlocks: the class output's columns) is made dense first:
-    every row decays every step, touched or not, exactly as a dense L2 term asks; the caller's
-    arrays are not changed."""
+def add_weight_decay(grads, params, weight_decay, scratch=None):
+    """{key: g + λ θ} (A5). A dense gradient is changed in place (the optimizer consumes it
+    anyway). A sparse one (layers.SparseRows: the embedding rows or hsm nodes of a window's
+    words; ColumnBlocks: the class output's columns; RowBlocks: a tied embedding's) becomes
+    dense: every row decays every step, touched or not, exactly as a dense L2 term asks; it is
+    built in `scratch` (a dict kept across calls: one array per such key, no allocation per
+    step) as λθ with the sparse entries added, which is the same sum, entry by entry, as adding
+    λθ to the densified gradient."""
     out = {}
+    scratch = {} if scratch is None else scratch
     for key, g in grads.items():
-        g = g.dense().astype(params[key].dtype, copy=False) if hasattr(g, "dense") else g.copy()
-        g += params[key].dtype.type(weight_decay) * params[key]  # ∇(J + λ/2 ‖θ‖²) = g + λθ   (A5)
+        theta = params[key]
+        decay = theta.dtype.type(weight_decay)
+        if hasattr(g, "dense"):
+            dense = scratch.get(key)
+            if dense is None or dense.shape != theta.shape or dense.dtype != theta.dtype:
+                dense = scratch[key] = np.empty_like(theta)
+            parallel.each_chunk(theta.size, lambda a, b, _: np.multiply(theta.reshape(-1)[a:b], decay,
+                                                                        out=dense.reshape(-1)[a:b]))
+            _add_sparse(dense, g)  # λθ + g: touched entries get the gradient's value added  (A5)
+            g = dense
+        elif g.flags.c_contiguous and theta.flags.c_contiguous:
+            def axpy(a, b, tmp, g=g, theta=theta, decay=decay):
+                np.multiply(theta.reshape(-1)[a:b], decay, out=tmp)
+                g.reshape(-1)[a:b] += tmp  # ∇(J + λ/2 ‖θ‖²) = g + λθ                       (A5)
+            parallel.each_chunk(theta.size, axpy, theta.dtype)
+        else:
+            g += decay * theta  #                                                               (A5)
         out[key] = g
     return out
+
+
+def _add_sparse(dense, g):
+    """dense += g for a sparse gradient (its rows, column blocks or row blocks are disjoint)."""
+    if isinstance(g, SparseRows):
+        dense[g.ids] += g.rows.astype(dense.dtype, copy=False)
+    elif isinstance(g, ColumnBlocks):
+        for (a, b), block in zip(g.ranges, g.blocks):
+            dense[..., a:b] += block
+    elif isinstance(g, RowBlocks):
+        for (a, b), block in zip(g.ranges, g.blocks):
+            dense[a:b] += block
+    else:
+        dense += g.dense()

@@ -96,11 +96,12 @@ def window_masks(rng, config, inputs, vocab_size):
                                  config.train.dtype)
 
 
-def apply_gradient(params, grads, opt_state, lr, train_cfg):
+def apply_gradient(params, grads, opt_state, lr, train_cfg, scratch=None):
     """Add train.weight_decay's λθ, clip the global norm to train.clip_norm and update params
-    in place -> the norm before clipping."""
+    in place -> the norm before clipping. The gradients are consumed (changed in place);
+    `scratch`: a dict kept across calls for weight decay's dense copies of sparse gradients."""
     if train_cfg.weight_decay:
-        grads = regularize.add_weight_decay(grads, params, train_cfg.weight_decay)
+        grads = regularize.add_weight_decay(grads, params, train_cfg.weight_decay, scratch)
     norm = optim.global_norm(grads)
     optim.update(train_cfg.optimizer, params, grads, opt_state, lr, train_cfg,
                  grad_scale=optim.clip_factor(norm, train_cfg.clip_norm))
@@ -391,7 +392,7 @@ class _Run:
     block: tuple = None  # (start, stop): the streams this process computes
     t_start: float = 0.0  # perf_counter() when this process started the run (or its resume)
     wall_before: float = 0.0  # wall seconds of the parts of the run before this --resume
-    average_scratch: dict = dataclasses.field(default_factory=dict)  # average.update's difference arrays
+    decay_scratch: dict = dataclasses.field(default_factory=dict)  # weight decay's dense gradients, kept
 
 
 class _Diverging(Exception):
@@ -528,8 +529,8 @@ def _train_epoch(r, state):
                                                             r.workspace, masks, r.reset_at, ar=tc.ar, tar=tc.tar)
             else:  # this process's streams, then the gradient summed over the processes
                 loss, grads = _distributed_gradient(r, state, inputs, targets, masks)
-            norm = apply_gradient(state.params, grads, state.opt_state, p.lr, tc)
-            average.update(state, trained, r.average_scratch)
+            norm = apply_gradient(state.params, grads, state.opt_state, p.lr, tc, r.decay_scratch)
+            average.update(state, trained)
             if not math.isfinite(loss) or not math.isfinite(norm):
                 p.step += 1
                 raise _Diverging(f"loss {loss}, gradient norm {norm}")
