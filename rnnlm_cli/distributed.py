@@ -183,7 +183,7 @@ class Reducer:
 
     def __init__(self, w, workspace, overlap=None):
         self.w, self.workspace = w, workspace
-        self.mode = overlap_mode() if overlap is None else ("thread" if overlap else "off")
+        self.mode = overlap_mode(w) if overlap is None else ("thread" if overlap else "off")
         self.progress = _progress_thread() if self.mode == "thread" else None
         self._begin()
 
@@ -253,18 +253,34 @@ class Reducer:
 
 
 POLL = 0.0005  # seconds between two turns of MPI's progress engine while sums are pending
-OVERLAP_MODES = ("thread", "calls", "off")
+OVERLAP_MODES = ("auto", "thread", "calls", "off")
 
 
-def overlap_mode():
-    """How the gradient's sums overlap the backward pass, from $RNNLM_MPI_OVERLAP: `thread` (the
-    default: started as the gradients are ready, a thread turning MPI's progress engine),
-    `calls` (started as they are ready, the engine turned only as more are handed over) or `off`
-    (every sum after the backward pass: to measure what the overlap gains)."""
-    mode = os.environ.get("RNNLM_MPI_OVERLAP", "thread").strip().lower() or "thread"
+def overlap_mode(w=None):
+    """How the gradient's sums overlap the backward pass, from $RNNLM_MPI_OVERLAP: `thread`
+    (started as the gradients are ready, a thread turning MPI's progress engine), `calls` (started
+    as they are ready, the engine turned only as more are handed over), `off` (every sum after the
+    backward pass) or `auto`, the default: `thread` when the processes span more than one machine
+    (a network moves the bytes while the cores compute), `off` when they share one (MPI's
+    shared-memory copies need the very cores the backward pass uses: measured on 2 cores, the
+    overlap made each window slower, benchmarks/RESULTS.md)."""
+    mode = os.environ.get("RNNLM_MPI_OVERLAP", "auto").strip().lower() or "auto"
     if mode not in OVERLAP_MODES:
         raise UserError(f"RNNLM_MPI_OVERLAP={mode}: expected one of {', '.join(OVERLAP_MODES)}")
+    if mode == "auto":
+        return "thread" if w is not None and not one_machine(w) else "off"
     return mode
+
+
+def one_machine(w):
+    """Whether every process of the run shares this one's machine (its shared-memory group)."""
+    if w.comm is None:
+        return True
+    from mpi4py import MPI
+    local = w.comm.Split_type(MPI.COMM_TYPE_SHARED)
+    shared = local.Get_size() == w.size
+    local.Free()
+    return shared
 
 
 class _Progress:

@@ -131,6 +131,21 @@ def test_two_ranks_equal_one_process(setup, tmp_path, case):
     assert "mpiexec" not in (tmp_path / "one" / "README.md").read_text()  # the card says how the run was launched
 
 
+@needs_mpi
+@pytest.mark.parametrize("case", ["class-tied-gru-adam", "awd-lstm-averaged"])
+def test_two_ranks_with_the_sums_overlapped_equal_one_process(setup, tmp_path, case):
+    """On one machine the default sums after the backward pass (RNNLM_MPI_OVERLAP=auto); the
+    overlap that several machines get is checked here by asking for it."""
+    folder, config = setup
+    sets = FLOAT64 + ["train.epochs=2"] + CASES[case]
+    code, err = _train(config, tmp_path / "one", sets, ranks=0)
+    assert code == 0, err
+    proc = subprocess.run(_command(config, tmp_path / "two", sets, 2), capture_output=True, text=True,
+                          env={**_env(), "RNNLM_MPI_OVERLAP": "thread"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    _assert_same_run(tmp_path / "one", tmp_path / "two")
+
+
 LONG = FLOAT64 + ["train.epochs=8", "train.schedule=constant", "train.log_every=1", "train.checkpoint_every=10",
                   "model.cell=lstm", "model.dropout=0.2"]
 
@@ -388,7 +403,7 @@ if w.rank == 0:
 
 
 @needs_mpi
-@pytest.mark.parametrize("mode", ["thread", "calls", "off"])
+@pytest.mark.parametrize("mode", ["auto", "thread", "calls", "off"])
 def test_gradients_summed_during_the_backward_pass_equal_the_blocking_sum(tmp_path, mode):
     proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-c", REDUCE], capture_output=True, text=True,
                           env={**_env(), "RNNLM_MPI_OVERLAP": mode}, timeout=120)
