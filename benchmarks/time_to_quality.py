@@ -4,7 +4,13 @@ valid perplexity, and the first wall time at which valid perplexity was <= --tar
 Runs `python -m rnnlm_cli.cli train CONFIG --out DIR` (the rnnlm_cli this file's repository
 holds) in a subprocess, then reads DIR/metrics.jsonl. Wall seconds are the run's own (its epoch
 records: since training started, each epoch's validation included); the process total adds
-start-up and the exact (batch 1) valid and test evaluation at the end."""
+start-up and the exact (batch 1) valid and test evaluation at the end.
+
+--test-every-epoch: train one epoch per run instead (`--set train.epochs=1`, then `--resume --set
+train.epochs=2`, ...: the checkpoint continues bit for bit, as after any --resume), so that each
+run's end gives the exact valid and *test* perplexity of the model as it stood after that epoch
+(the averaged weights while averaging). Training itself never reads the test file; this costs
+one exact evaluation of valid and test per epoch (minutes for a 650-unit model)."""
 import argparse
 import json
 import os
@@ -23,6 +29,9 @@ def main():
     ap.add_argument("--out", required=True, help="run folder (must not exist or be empty)")
     ap.add_argument("--target", type=float, default=177.0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed on to rnnlm train")
+    ap.add_argument("--test-every-epoch", action="store_true",
+                    help="one run per epoch, each ending with the exact valid and test perplexity")
+    ap.add_argument("--epochs", type=int, help="with --test-every-epoch: how many (default: the config's)")
     args = ap.parse_args()
     ptb = Path(args.ptb).resolve()
     cmd = [sys.executable, "-m", "rnnlm_cli.cli", "train", args.config, "--out", args.out, "--quiet"]
@@ -32,7 +41,20 @@ def main():
         cmd += ["--set", kv]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env)
+    if args.test_every_epoch:
+        epochs = args.epochs or config_epochs(args.config)
+        code, ends = 0, []
+        for k in range(1, epochs + 1):
+            step = cmd + ["--set", f"train.epochs={k}"] if k == 1 else \
+                [sys.executable, "-m", "rnnlm_cli.cli", "train", "--out", args.out, "--resume", "--quiet",
+                 "--set", f"train.epochs={k}"]
+            code = subprocess.run(step, env=env).returncode
+            if code:
+                break
+            ends.append(last_end(args.out))  # a resumed run rewrites metrics.jsonl past its checkpoint
+        proc = argparse.Namespace(returncode=code)
+    else:
+        proc = subprocess.run(cmd, env=env)
     total = time.perf_counter() - t0
     records = [json.loads(line) for line in (Path(args.out) / "metrics.jsonl").read_text().splitlines() if line]
     reached = None
@@ -44,16 +66,32 @@ def main():
               + ("" if r.get("accepted", True) else "  (rejected)"))
         if reached is None and r["valid_ppl"] <= args.target:
             reached = r
-    end = next((r for r in records if r.get("event") == "end"), None)
+    if not args.test_every_epoch:
+        ends = [r for r in records if r.get("event") == "end"]
     if reached:
         print(f"valid ppl <= {args.target:g}: after {reached['wall_seconds']:.1f} s (epoch {reached['epoch']}, "
               f"{reached['valid_ppl']:.2f})")
     else:
         print(f"valid ppl <= {args.target:g}: not reached")
-    if end:
-        print(f"exact (batch 1): valid {end.get('valid_ppl')}, test {end.get('test_ppl')}")
+    if args.test_every_epoch:
+        print(f"{'epoch':>5} {'exact valid':>12} {'exact test':>11} {'train s':>9}")
+        for k, r in enumerate(ends, 1):
+            print(f"{k:>5} {r.get('valid_ppl'):>12.2f} {r.get('test_ppl'):>11.2f} {r.get('train_seconds'):>9.1f}")
+    elif ends:
+        print(f"exact (batch 1): valid {ends[-1].get('valid_ppl')}, test {ends[-1].get('test_ppl')}")
     print(f"process wall time: {total:.1f} s (exit {proc.returncode})")
     return proc.returncode
+
+
+def last_end(out):
+    records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines() if line]
+    return [r for r in records if r.get("event") == "end"][-1]
+
+
+def config_epochs(path):
+    import yaml
+    with open(path, encoding="utf-8") as f:
+        return int((yaml.safe_load(f) or {}).get("train", {}).get("epochs", 1))
 
 
 if __name__ == "__main__":
