@@ -73,15 +73,20 @@ def embedding_forward(ids, embedding):
     return embedding[ids], (ids, embedding.shape)
 
 
-def embedding_backward(dx, cache, sparse=False):
+def embedding_backward(dx, cache, sparse=False, out=None):
     """dx: (T, N, E) -> d_embedding: (V, E), or with sparse=True a SparseRows of the rows used.
     ∇L_w = Σ of δ over the positions reading word w (seed 002, eq. 4): a scatter-add over the
-    rows used, never a dense one-hot product."""
+    rows used, never a dense one-hot product. `out`: a (V, E) array to write the dense gradient
+    into (a reused buffer: a fresh one of tens of MB faults its pages in on every window)."""
     ids, shape = cache
     used, sums = sum_rows_by_id(ids.reshape(-1), dx.reshape(-1, shape[1]))
     if sparse:
         return SparseRows(used, sums, shape)
-    d_embedding = np.zeros(shape, dtype=dx.dtype)
+    if out is None:
+        d_embedding = np.zeros(shape, dtype=dx.dtype)
+    else:
+        d_embedding = out
+        d_embedding.fill(0)
     d_embedding[used] = sums
     return d_embedding
 

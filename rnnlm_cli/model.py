@@ -261,7 +261,8 @@ def backward(cache, workspace=None, sparse_embedding=False, sparse_tied=False, f
         if sparse_tied and isinstance(dW, layers.ColumnBlocks):
             grads["embedding"] = layers.tied_rows(layers.embedding_backward(dx, emb_cache, sparse=True), dW)
         else:
-            grads["embedding"] = d_embedding = layers.embedding_backward(dx, emb_cache)
+            out = None if workspace is None else layers.buffer(workspace, "d_embedding", emb_cache[1], dx.dtype)
+            grads["embedding"] = d_embedding = layers.embedding_backward(dx, emb_cache, out=out)
             if isinstance(dW, layers.ColumnBlocks):  # the touched classes' columns: their rows only
                 for (a, b), block in zip(dW.ranges, dW.blocks):
                     d_embedding[a:b] += block.T
