@@ -65,7 +65,7 @@ def run_windows(config, params, batches, vocab_size, n_windows, start):
     windows = data.iter_windows(batches, tc.bptt, start=start)
     t0 = time.perf_counter()
     for _, (inputs, targets) in zip(range(n_windows), windows):
-        masks = train.window_masks(state.rng, config, inputs, vocab_size)
+        masks = train.window_masks(state.rng, config, inputs, vocab_size, workspace)
         _, grads, state.hidden = train.window_gradient(state.params, m, inputs, targets, state.hidden, workspace,
                                                        masks, ar=tc.ar, tar=tc.tar)
         train.apply_gradient(state.params, grads, state.opt_state, tc.lr, tc, scratch)

@@ -149,7 +149,7 @@ def reset_mask(ids, reset_at, dtype):
     return (ids != reset_at).astype(dtype)[:, :, None]
 
 
-def hidden_forward(params, model_cfg, ids, state, masks=None, reset_at=None):
+def hidden_forward(params, model_cfg, ids, state, masks=None, reset_at=None, workspace=None):
     """ids: (T, N) ints, state: carried state -> top hidden states (T, N, H) (after dropout),
     new state, caches. `masks` (regularize.draw_masks, training only) drops what they say:
     dropout after the embedding, between layers and before the output, embedding rows, W_h
@@ -162,7 +162,7 @@ def hidden_forward(params, model_cfg, ids, state, masks=None, reset_at=None):
         emb_scale = regularize.embedding_scales(ids, masks["embedding"])
         x *= emb_scale
     keep = reset_mask(ids, reset_at, x.dtype)
-    run_params = regularize.dropped_weights(params, masks, model_cfg.layers)
+    run_params = regularize.dropped_weights(params, masks, model_cfg.layers, workspace)
     drop_masks, layer_caches = [masks.get("input")], []
     x = regularize.dropout_forward(x, drop_masks[0])[0]
     new_state = np.empty_like(state)
@@ -193,7 +193,7 @@ def forward(params, model_cfg, inputs, targets, state, need_grad=True, workspace
     target count). `top_states` (N, T, H), if given, receives the top layer's states (what
     predicts each target: the neural cache's keys)."""
     N, T = inputs.shape
-    top, new_state, caches = hidden_forward(params, model_cfg, inputs.T, state, masks, reset_at)
+    top, new_state, caches = hidden_forward(params, model_cfg, inputs.T, state, masks, reset_at, workspace)
     if top_states is not None:
         top_states[...] = top.transpose(1, 0, 2)
     M = T * N

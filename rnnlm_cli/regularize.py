@@ -24,7 +24,7 @@ derived in docs/derivation.md, "Regularizers" (A·), and checked in tests/test_r
 
 import numpy as np
 
-from . import parallel
+from . import layers, parallel
 from .layers import ColumnBlocks, RowBlocks, SparseRows
 
 PER_STREAM = ("input", "between", "output")
@@ -44,16 +44,25 @@ def is_random(model_cfg):
             or model_cfg.weight_drop > 0)
 
 
-def _keep_scaled(rng, shape, p, dtype):
+def _keep_scaled(rng, shape, p, dtype, workspace=None, name=""):
     """m / (1 − p) with m ~ Bernoulli(1 − p) per entry: the same draw and test as
-    gated.dropout_forward, so masks of configs from before this module are unchanged."""
-    keep = rng.random(shape, dtype=dtype) >= p  # P(keep) = 1 − p                                (D1)
-    return np.multiply(keep, dtype.type(1.0 / (1.0 - p)), dtype=dtype)  # 0 or exactly the scale
+    gated.dropout_forward, so masks of configs from before this module are unchanged. With a
+    `workspace` dict the mask is written into arrays kept there (a W_h mask is MBs a window)."""
+    if workspace is None:
+        keep = rng.random(shape, dtype=dtype) >= p  # P(keep) = 1 − p                            (D1)
+        return np.multiply(keep, dtype.type(1.0 / (1.0 - p)), dtype=dtype)  # 0 or exactly the scale
+    scaled = layers.buffer(workspace, f"mask.{name}", shape, dtype)
+    keep = layers.buffer(workspace, "mask.keep", shape, np.bool_)
+    rng.random(dtype=dtype, out=scaled)  # the same numbers as rng.random(shape, dtype)
+    np.greater_equal(scaled, p, out=keep)  #                                                    (D1)
+    return np.multiply(keep, dtype.type(1.0 / (1.0 - p)), out=scaled)
 
 
-def draw_masks(rng, model_cfg, T, N, V, dtype):
+def draw_masks(rng, model_cfg, T, N, V, dtype, workspace=None):
     """Every mask of one window of T steps and N streams (the whole batch), or None when the
-    config drops nothing -> {name: scaled mask} (names and shapes in the module docstring)."""
+    config drops nothing -> {name: scaled mask} (names and shapes in the module docstring).
+    `workspace`: a dict kept across windows where the W_h masks are written (the masks of a
+    window are used up by its backward pass before the next window draws)."""
     if not is_random(model_cfg):
         return None
     dtype = np.dtype(dtype)
@@ -71,7 +80,7 @@ def draw_masks(rng, model_cfg, T, N, V, dtype):
     if model_cfg.weight_drop > 0:
         G = {"elman": 1, "lstm": 4, "gru": 3}[model_cfg.cell] * H
         for l in range(L):
-            masks[f"weight.{l}"] = _keep_scaled(rng, (H, G), model_cfg.weight_drop, dtype)
+            masks[f"weight.{l}"] = _keep_scaled(rng, (H, G), model_cfg.weight_drop, dtype, workspace, f"weight.{l}")
     return masks
 
 
@@ -114,14 +123,16 @@ def embedding_scales(ids, mask):
 # ∂J/∂W_h = ∂J/∂W̃_h ∘ S (A2), as each entry of W_h reaches J only through its entry of W̃_h.
 
 
-def dropped_weights(params, masks, layers):
+def dropped_weights(params, masks, n_layers, workspace=None):
     """params with each rnn.{l}.W_h replaced by W_h ∘ S_l where a mask is drawn (a new dict;
-    the caller's arrays are not changed)."""
+    the caller's arrays are not changed; the products in `workspace`'s arrays when given)."""
     if not masks or "weight.0" not in masks:
         return params
     out = dict(params)
-    for l in range(layers):
-        out[f"rnn.{l}.W_h"] = params[f"rnn.{l}.W_h"] * masks[f"weight.{l}"]  # W̃_h = W_h ∘ S  (A2)
+    for l in range(n_layers):
+        W_h = params[f"rnn.{l}.W_h"]
+        into = None if workspace is None else layers.buffer(workspace, f"dropped.{l}.W_h", W_h.shape, W_h.dtype)
+        out[f"rnn.{l}.W_h"] = np.multiply(W_h, masks[f"weight.{l}"], out=into)  # W̃_h = W_h ∘ S  (A2)
     return out
 
 

@@ -89,11 +89,11 @@ def window_gradient(params, model_cfg, inputs, targets, hidden, workspace=None, 
     return loss, model.backward(cache, workspace, sparse_embedding=True, ready=ready), new_hidden
 
 
-def window_masks(rng, config, inputs, vocab_size):
+def window_masks(rng, config, inputs, vocab_size, workspace=None):
     """The masks of a window of inputs (N, T) for the whole batch, drawn from the run's generator
-    (None when nothing is dropped: nothing is drawn)."""
+    (None when nothing is dropped: nothing is drawn); the big ones in `workspace`'s arrays."""
     return regularize.draw_masks(rng, config.model, inputs.shape[1], config.train.batch_size, vocab_size,
-                                 config.train.dtype)
+                                 config.train.dtype, workspace)
 
 
 def apply_gradient(params, grads, opt_state, lr, train_cfg, scratch=None):
@@ -523,7 +523,7 @@ def _train_epoch(r, state):
     t0 = time.perf_counter()
     try:
         for inputs, targets in data.iter_windows(r.batches, tc.bptt, start=p.window):
-            masks = window_masks(state.rng, r.config, inputs, r.vocab_size)
+            masks = window_masks(state.rng, r.config, inputs, r.vocab_size, r.workspace)
             if r.world.size == 1:
                 loss, grads, state.hidden = window_gradient(state.params, m, inputs, targets, state.hidden,
                                                             r.workspace, masks, r.reset_at, ar=tc.ar, tar=tc.tar)
