@@ -163,6 +163,24 @@ def _wait_for_lines(proc, out, n, timeout=120):
     pytest.fail("the run wrote no metrics in time")
 
 
+def _wait_until_gone(group, timeout=30):
+    """Until no live process (zombies aside) is left in process group `group` (Linux /proc)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = False
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == group and fields[0] != "Z":
+                alive = True
+                break
+        if not alive:
+            return
+        time.sleep(0.05)
+
+
 @needs_mpi
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_two_ranks_resume_after_the_job_is_killed(setup, tmp_path, how):
@@ -178,6 +196,7 @@ def test_two_ranks_resume_after_the_job_is_killed(setup, tmp_path, how):
         if how == "SIGKILL":
             os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and both ranks at once
             proc.wait(timeout=60)
+            _wait_until_gone(proc.pid)  # a rank inside a write or fsync dies when it returns
         else:
             proc.send_signal(signal.SIGTERM)  # mpiexec forwards it to the ranks: they agree and checkpoint
             proc.wait(timeout=60)
