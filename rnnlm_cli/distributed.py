@@ -45,10 +45,12 @@ _LAUNCHER_VARS = (("PMI_SIZE", "PMI_RANK"), ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_
 
 @dataclass
 class World:
-    """The processes of a run: this one's rank, their number, the MPI communicator (None alone)."""
+    """The processes of a run: this one's rank, their number, the MPI communicator (None alone),
+    and how many of them share this one's machine (its shared-memory group)."""
     rank: int = 0
     size: int = 1
     comm: object = None
+    local: int = 1
 
 
 def launched():
@@ -82,18 +84,19 @@ def world():
                          f"installed: pip install 'rnnlm[mpi]' (mpi4py and an MPI runtime), or run rnnlm "
                          f"train without mpiexec", 2, rank) from None
     comm = MPI.COMM_WORLD
-    w = World(comm.Get_rank(), comm.Get_size(), comm)
+    shared = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    w = World(comm.Get_rank(), comm.Get_size(), comm, shared.Get_size())
+    shared.Free()
     try:
         overlap_mode()  # a bad RNNLM_MPI_OVERLAP: one message (rank 0's), before anything starts
     except UserError as e:
         raise QuietError(str(e), 2, w.rank) from None
     if "RNNLM_THREADS" not in os.environ:
-        local = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
         try:
             cores = len(os.sched_getaffinity(0))
         except AttributeError:
             cores = os.cpu_count() or 1
-        os.environ["RNNLM_THREADS"] = str(max(1, cores // local))
+        os.environ["RNNLM_THREADS"] = str(max(1, cores // w.local))
     if w.rank != 0:
         from . import files
         files.stop_writing()
@@ -267,20 +270,9 @@ def overlap_mode(w=None):
     mode = os.environ.get("RNNLM_MPI_OVERLAP", "auto").strip().lower() or "auto"
     if mode not in OVERLAP_MODES:
         raise UserError(f"RNNLM_MPI_OVERLAP={mode}: expected one of {', '.join(OVERLAP_MODES)}")
-    if mode == "auto":
-        return "thread" if w is not None and not one_machine(w) else "off"
+    if mode == "auto":  # several machines: some process is outside this one's shared-memory group
+        return "thread" if w is not None and w.local < w.size else "off"
     return mode
-
-
-def one_machine(w):
-    """Whether every process of the run shares this one's machine (its shared-memory group)."""
-    if w.comm is None:
-        return True
-    from mpi4py import MPI
-    local = w.comm.Split_type(MPI.COMM_TYPE_SHARED)
-    shared = local.Get_size() == w.size
-    local.Free()
-    return shared
 
 
 class _Progress:
