@@ -192,6 +192,7 @@ class Reducer:
 
     def _begin(self):
         self.requests, self.handed, self.bucket, self.buckets, self.blocks = [], set(), [], [], {}
+        self.bucket_size = 0
 
     def ready(self, pairs):
         """Start summing these (key, gradient) pairs: final, never changed again by the caller
@@ -234,16 +235,20 @@ class Reducer:
             if self.bucket and self.bucket[0].dtype != g.dtype:
                 self._flush()
             self.bucket.append(g)
-            if sum(x.size for x in self.bucket) >= BIG:
+            self.bucket_size += g.size
+            if self.bucket_size >= BIG:
                 self._flush()
 
     def _flush(self):
-        """Pack the bucket's small arrays into one buffer and start its sum."""
+        """Pack the bucket's small arrays into one buffer (the workspace's, kept across windows:
+        the buckets fill in the same order every window) and start its sum."""
         if not self.bucket:
             return
-        buf = np.concatenate([g.reshape(-1) for g in self.bucket])
+        buf = layers.buffer(self.workspace, f"bucket.{len(self.buckets)}.{self.bucket[0].dtype}",
+                            (self.bucket_size,), self.bucket[0].dtype)
+        np.concatenate([g.reshape(-1) for g in self.bucket], out=buf)
         self.buckets.append((buf, self.bucket))
-        self.bucket = []
+        self.bucket, self.bucket_size = [], 0
         self._start(buf)
 
     def _start(self, buf):
@@ -349,10 +354,11 @@ def align(w, arrays):
     return True
 
 
-def _allgatherv(w, array):
-    """The arrays of every rank concatenated along axis 0, in rank order."""
+def _allgatherv(w, array, lengths=None):
+    """The arrays of every rank concatenated along axis 0, in rank order (`lengths`: every rank's
+    number of rows, when the caller has them)."""
     array = np.ascontiguousarray(array)
-    lengths = w.comm.allgather(array.shape[0])
+    lengths = w.comm.allgather(array.shape[0]) if lengths is None else lengths
     row = int(np.prod(array.shape[1:], dtype=np.int64))
     out = np.empty((sum(lengths), *array.shape[1:]), dtype=array.dtype)
     counts = [n * row for n in lengths]
@@ -362,8 +368,9 @@ def _allgatherv(w, array):
 
 def _sum_sparse_rows(w, g):
     """The SparseRows of the sum: every rank's (id, row) pairs, summed by id."""
-    ids = _allgatherv(w, g.ids.astype(np.int64))
-    rows = _allgatherv(w, g.rows)
+    lengths = w.comm.allgather(len(g.ids))  # once for both gathers: ids and rows have one length
+    ids = _allgatherv(w, g.ids.astype(np.int64), lengths)
+    rows = _allgatherv(w, g.rows, lengths)
     used, sums = layers.sum_rows_by_id(ids, rows)
     return layers.SparseRows(used, sums, g.shape)
 
