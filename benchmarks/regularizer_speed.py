@@ -61,14 +61,14 @@ def run_windows(config, params, batches, vocab_size, n_windows, start):
     state = checkpoint.TrainingState.new(config, {k: v.copy() for k, v in params.items()})
     average.begin_epoch(state, tc)
     trained = model.trainable(state.params, m)
-    workspace, scratch = {}, {}
+    workspace = {}
     windows = data.iter_windows(batches, tc.bptt, start=start)
     t0 = time.perf_counter()
     for _, (inputs, targets) in zip(range(n_windows), windows):
         masks = train.window_masks(state.rng, config, inputs, vocab_size, workspace)
         _, grads, state.hidden = train.window_gradient(state.params, m, inputs, targets, state.hidden, workspace,
                                                        masks, ar=tc.ar, tar=tc.tar)
-        train.apply_gradient(state.params, grads, state.opt_state, tc.lr, tc, scratch)
+        train.apply_gradient(state.params, grads, state.opt_state, tc.lr, tc, workspace)
         average.update(state, trained)
     return time.perf_counter() - t0
 

@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from rnnlm_cli.config import load_config  # noqa: E402
 
 
 def main():
@@ -42,19 +45,19 @@ def main():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     t0 = time.perf_counter()
     if args.test_every_epoch:
-        epochs = args.epochs or config_epochs(args.config)
+        epochs = args.epochs or load_config(args.config, args.set).train.epochs
         code, ends = 0, []
         for k in range(1, epochs + 1):
             step = cmd + ["--set", f"train.epochs={k}"] if k == 1 else \
                 [sys.executable, "-m", "rnnlm_cli.cli", "train", "--out", args.out, "--resume", "--quiet",
                  "--set", f"train.epochs={k}"]
             code = subprocess.run(step, env=env).returncode
-            if code:
+            end = last_end(args.out) if code == 0 else None  # a resumed run rewrites metrics.jsonl
+            if end is None or end["epochs"] < k:  # failed, or stopped early by its schedule
                 break
-            ends.append(last_end(args.out))  # a resumed run rewrites metrics.jsonl past its checkpoint
-        proc = argparse.Namespace(returncode=code)
+            ends.append(end)
     else:
-        proc = subprocess.run(cmd, env=env)
+        code = subprocess.run(cmd, env=env).returncode
     total = time.perf_counter() - t0
     records = [json.loads(line) for line in (Path(args.out) / "metrics.jsonl").read_text().splitlines() if line]
     reached = None
@@ -79,19 +82,13 @@ def main():
             print(f"{k:>5} {r.get('valid_ppl'):>12.2f} {r.get('test_ppl'):>11.2f} {r.get('train_seconds'):>9.1f}")
     elif ends:
         print(f"exact (batch 1): valid {ends[-1].get('valid_ppl')}, test {ends[-1].get('test_ppl')}")
-    print(f"process wall time: {total:.1f} s (exit {proc.returncode})")
-    return proc.returncode
+    print(f"process wall time: {total:.1f} s (exit {code})")
+    return code
 
 
 def last_end(out):
     records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines() if line]
     return [r for r in records if r.get("event") == "end"][-1]
-
-
-def config_epochs(path):
-    import yaml
-    with open(path, encoding="utf-8") as f:
-        return int((yaml.safe_load(f) or {}).get("train", {}).get("epochs", 1))
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ def update(state, keys):
             np.copyto(mean, theta)  # θ̄_1 = θ_1 exactly
             continue
         step = mean.dtype.type(1.0 / k)
+        assert mean.flags.c_contiguous and theta.flags.c_contiguous  # reshape(-1) must be a view
         flat_mean, flat_theta = mean.reshape(-1), theta.reshape(-1)
 
         def move(a, b, delta, flat_mean=flat_mean, flat_theta=flat_theta, step=step):

@@ -239,7 +239,6 @@ def backward(cache, workspace=None, sparse_embedding=False, sparse_tied=False, f
     # of `grads` is the order the global gradient norm is summed in
     word_key = output.word_matrix_key(model_cfg)
     dW = grads.pop(word_key, None)
-    held = regularize.weights_dropped(masks)  # W_h's gradients change once every layer is done (A2)
     if ready:  # a tied word matrix's gradient joins the embedding's: not final yet
         ready(list(grads.items()) + ([(word_key, dW)] if dW is not None and not model_cfg.tie_weights else []))
     T, N = emb_cache[0].shape
@@ -249,11 +248,9 @@ def backward(cache, workspace=None, sparse_embedding=False, sparse_tied=False, f
         if l == model_cfg.layers - 1:
             dx = regularize.tar_backward(dx, raw, c_tar)
         dx = _layer_backward(model_cfg.cell, dx, layer_caches[l], grads, l, factored)
+        regularize.undrop_weight_grads(grads, masks, l)  # layer l's W_h gradient is final here (A2)
         if ready:
-            ready([(k, g) for k, g in grads.items() if k.startswith(f"rnn.{l}.") and not (held and k.endswith("W_h"))])
-    regularize.undrop_weight_grads(grads, masks, model_cfg.layers)
-    if ready and held:
-        ready([(f"rnn.{l}.W_h", grads[f"rnn.{l}.W_h"]) for l in reversed(range(model_cfg.layers))])
+            ready([(k, g) for k, g in grads.items() if k.startswith(f"rnn.{l}.")])
     dx = regularize.dropout_backward(dx, drop_masks[0])
     if emb_scale is not None:  # ∂J/∂e_w = Σ over w's positions of s_w · ∂J/∂x_t             (A1)
         dx = dx * emb_scale

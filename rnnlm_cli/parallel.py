@@ -126,12 +126,12 @@ def map_rows(fn, rows, cols, min_block=None):
 def each_chunk(n, fn, dtype=None):
     """fn(start, stop, tmp) over range(n) in cache-sized chunks, the chunks split over the cores
     (tmp: a scratch array of `dtype` of the chunk's length, or None)."""
-    def run(a, b):
+    def chunks(a, b):
         tmp = np.empty(min(CHUNK, b - a), dtype=dtype) if dtype is not None else None
         for c in range(a, b, CHUNK):
             d = min(c + CHUNK, b)
             fn(c, d, None if tmp is None else tmp[:d - c])
-    map_rows(run, n, 1)
+    map_rows(chunks, n, 1)
 
 
 def stream_blocks(N):

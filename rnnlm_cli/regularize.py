@@ -25,7 +25,7 @@ derived in docs/derivation.md, "Regularizers" (A·), and checked in tests/test_r
 import numpy as np
 
 from . import layers, parallel
-from .layers import ColumnBlocks, RowBlocks, SparseRows
+from .layers import ColumnBlocks, SparseRows
 
 PER_STREAM = ("input", "between", "output")
 
@@ -44,18 +44,16 @@ def is_random(model_cfg):
             or model_cfg.weight_drop > 0)
 
 
-def _keep_scaled(rng, shape, p, dtype, workspace=None, name=""):
+def _keep_scaled(rng, shape, p, dtype, workspace=None, name=None):
     """m / (1 − p) with m ~ Bernoulli(1 − p) per entry: the same draw and test as
     gated.dropout_forward, so masks of configs from before this module are unchanged. With a
-    `workspace` dict the mask is written into arrays kept there (a W_h mask is MBs a window)."""
-    if workspace is None:
-        keep = rng.random(shape, dtype=dtype) >= p  # P(keep) = 1 − p                            (D1)
-        return np.multiply(keep, dtype.type(1.0 / (1.0 - p)), dtype=dtype)  # 0 or exactly the scale
+    `workspace` dict the mask is written into an array kept there under `name` (a W_h mask is
+    MBs a window)."""
     scaled = layers.buffer(workspace, f"mask.{name}", shape, dtype)
     keep = layers.buffer(workspace, "mask.keep", shape, np.bool_)
     rng.random(dtype=dtype, out=scaled)  # the same numbers as rng.random(shape, dtype)
-    np.greater_equal(scaled, p, out=keep)  #                                                    (D1)
-    return np.multiply(keep, dtype.type(1.0 / (1.0 - p)), out=scaled)
+    np.greater_equal(scaled, p, out=keep)  # P(keep) = 1 − p                                    (D1)
+    return np.multiply(keep, dtype.type(1.0 / (1.0 - p)), out=scaled)  # 0 or exactly the scale
 
 
 def draw_masks(rng, model_cfg, T, N, V, dtype, workspace=None):
@@ -131,21 +129,15 @@ def dropped_weights(params, masks, n_layers, workspace=None):
     out = dict(params)
     for l in range(n_layers):
         W_h = params[f"rnn.{l}.W_h"]
-        into = None if workspace is None else layers.buffer(workspace, f"dropped.{l}.W_h", W_h.shape, W_h.dtype)
+        into = layers.buffer(workspace, f"dropped.{l}.W_h", W_h.shape, W_h.dtype)
         out[f"rnn.{l}.W_h"] = np.multiply(W_h, masks[f"weight.{l}"], out=into)  # W̃_h = W_h ∘ S  (A2)
     return out
 
 
-def weights_dropped(masks):
-    """Whether the window's masks drop W_h's entries (model.weight_drop)."""
-    return bool(masks) and "weight.0" in masks
-
-
-def undrop_weight_grads(grads, masks, layers):
-    """∂J/∂W_h = ∂J/∂W̃_h ∘ S for every layer, in place (A2)."""
-    if weights_dropped(masks):
-        for l in range(layers):
-            grads[f"rnn.{l}.W_h"] *= masks[f"weight.{l}"]  #                                  (A2)
+def undrop_weight_grads(grads, masks, l):
+    """∂J/∂W_h = ∂J/∂W̃_h ∘ S for layer l, in place, when the window drops W_h's entries (A2)."""
+    if masks and f"weight.{l}" in masks:
+        grads[f"rnn.{l}.W_h"] *= masks[f"weight.{l}"]  #                                      (A2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,47 +183,41 @@ def tar_backward(draw, raw, c_tar):
 # --------------------------------------------------------------------------------------------
 # Weight decay: g ← g + λ θ for every trained array, every step (PyTorch SGD's weight_decay).
 
-def add_weight_decay(grads, params, weight_decay, scratch=None):
+def add_weight_decay(grads, params, weight_decay, workspace=None):
     """{key: g + λ θ} (A5). A dense gradient is changed in place (the optimizer consumes it
     anyway). A sparse one (layers.SparseRows: the embedding rows or hsm nodes of a window's
-    words; ColumnBlocks: the class output's columns; RowBlocks: a tied embedding's) becomes
-    dense: every row decays every step, touched or not, exactly as a dense L2 term asks; it is
-    built in `scratch` (a dict kept across calls: one array per such key, no allocation per
-    step) as λθ with the sparse entries added, which is the same sum, entry by entry, as adding
-    λθ to the densified gradient."""
+    words; ColumnBlocks: the class output's columns) becomes dense: every row decays every step,
+    touched or not, exactly as a dense L2 term asks; it is built in a `workspace` array (kept
+    across windows) as λθ with the sparse entries added, which is the same sum, entry by entry,
+    as adding λθ to the densified gradient."""
     out = {}
-    scratch = {} if scratch is None else scratch
     for key, g in grads.items():
         theta = params[key]
         decay = theta.dtype.type(weight_decay)
-        if hasattr(g, "dense"):
-            dense = scratch.get(key)
-            if dense is None or dense.shape != theta.shape or dense.dtype != theta.dtype:
-                dense = scratch[key] = np.empty_like(theta)
-            parallel.each_chunk(theta.size, lambda a, b, _: np.multiply(theta.reshape(-1)[a:b], decay,
-                                                                        out=dense.reshape(-1)[a:b]))
+        flat_theta = theta.reshape(-1)
+        if isinstance(g, (SparseRows, ColumnBlocks)):
+            dense = layers.buffer(workspace, f"decay.{key}", theta.shape, theta.dtype)
+            flat = dense.reshape(-1)
+            parallel.map_rows(lambda a, b: np.multiply(flat_theta[a:b], decay, out=flat[a:b]), theta.size, 1)
             _add_sparse(dense, g)  # λθ + g: touched entries get the gradient's value added  (A5)
             g = dense
         elif g.flags.c_contiguous and theta.flags.c_contiguous:
-            def axpy(a, b, tmp, g=g, theta=theta, decay=decay):
-                np.multiply(theta.reshape(-1)[a:b], decay, out=tmp)
-                g.reshape(-1)[a:b] += tmp  # ∇(J + λ/2 ‖θ‖²) = g + λθ                       (A5)
+            def axpy(a, b, tmp, g=g.reshape(-1)):
+                np.multiply(flat_theta[a:b], decay, out=tmp)
+                g[a:b] += tmp  # ∇(J + λ/2 ‖θ‖²) = g + λθ                                      (A5)
             parallel.each_chunk(theta.size, axpy, theta.dtype)
-        else:
+        else:  # a strided view (gradcheck's arrays): the plain expression
             g += decay * theta  #                                                               (A5)
         out[key] = g
     return out
 
 
 def _add_sparse(dense, g):
-    """dense += g for a sparse gradient (its rows, column blocks or row blocks are disjoint)."""
+    """dense += g for a sparse gradient (its rows or column blocks are disjoint)."""
     if isinstance(g, SparseRows):
         dense[g.ids] += g.rows.astype(dense.dtype, copy=False)
-    elif isinstance(g, ColumnBlocks):
+    else:
         for (a, b), block in zip(g.ranges, g.blocks):
             dense[..., a:b] += block
-    elif isinstance(g, RowBlocks):
-        for (a, b), block in zip(g.ranges, g.blocks):
-            dense[a:b] += block
-    else:
-        dense += g.dense()
+
+

@@ -96,12 +96,13 @@ def window_masks(rng, config, inputs, vocab_size, workspace=None):
                                  config.train.dtype, workspace)
 
 
-def apply_gradient(params, grads, opt_state, lr, train_cfg, scratch=None):
+def apply_gradient(params, grads, opt_state, lr, train_cfg, workspace=None):
     """Add train.weight_decay's λθ, clip the global norm to train.clip_norm and update params
     in place -> the norm before clipping. The gradients are consumed (changed in place);
-    `scratch`: a dict kept across calls for weight decay's dense copies of sparse gradients."""
+    `workspace`: the run's dict of arrays kept across windows (weight decay densifies sparse
+    gradients there)."""
     if train_cfg.weight_decay:
-        grads = regularize.add_weight_decay(grads, params, train_cfg.weight_decay, scratch)
+        grads = regularize.add_weight_decay(grads, params, train_cfg.weight_decay, workspace)
     norm = optim.global_norm(grads)
     optim.update(train_cfg.optimizer, params, grads, opt_state, lr, train_cfg,
                  grad_scale=optim.clip_factor(norm, train_cfg.clip_norm))
@@ -392,7 +393,6 @@ class _Run:
     block: tuple = None  # (start, stop): the streams this process computes
     t_start: float = 0.0  # perf_counter() when this process started the run (or its resume)
     wall_before: float = 0.0  # wall seconds of the parts of the run before this --resume
-    decay_scratch: dict = dataclasses.field(default_factory=dict)  # weight decay's dense gradients, kept
 
 
 class _Diverging(Exception):
@@ -529,7 +529,7 @@ def _train_epoch(r, state):
                                                             r.workspace, masks, r.reset_at, ar=tc.ar, tar=tc.tar)
             else:  # this process's streams, then the gradient summed over the processes
                 loss, grads = _distributed_gradient(r, state, inputs, targets, masks)
-            norm = apply_gradient(state.params, grads, state.opt_state, p.lr, tc, r.decay_scratch)
+            norm = apply_gradient(state.params, grads, state.opt_state, p.lr, tc, r.workspace)
             average.update(state, trained)
             if not math.isfinite(loss) or not math.isfinite(norm):
                 p.step += 1

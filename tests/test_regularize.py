@@ -121,8 +121,8 @@ def test_the_average_is_the_mean_of_the_weights_after_each_update(tiny_config, t
     after = []
     real = train.apply_gradient
 
-    def recording(params, grads, opt_state, lr, tc, scratch=None):
-        norm = real(params, grads, opt_state, lr, tc, scratch)
+    def recording(params, grads, opt_state, lr, tc, workspace=None):
+        norm = real(params, grads, opt_state, lr, tc, workspace)
         after.append({k: v.copy() for k, v in params.items()})
         return norm
     monkeypatch.setattr(train, "apply_gradient", recording)
