@@ -16,15 +16,10 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import RnnlmError, UserError, one_line
+from .errors import RnnlmError, UserError, one_line, shown as _shown
 from .units import count as _fmt_count, ppl as _ppl, seconds as _fmt_seconds
 
 SET_HELP = "Override a config key, e.g. --set model.hidden_dim=256 (value parsed as YAML). Repeatable."
-
-
-def _shown(path):
-    """A path as text that any terminal encoding can print (undecodable bytes become U+FFFD)."""
-    return os.fsencode(path).decode("utf-8", "replace")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -269,7 +264,6 @@ def _train(w, config_path, overrides, out_dir, init_dir, init_vocab, resume, dry
                                         resume=resume, reporter=reporter, should_stop=signals,
                                         world=w if w.size > 1 else None)
     except train_mod.Interrupted as e:
-        reporter.close()
         if w.rank == 0 and e.final_evaluation:
             click.echo(f"interrupted: final evaluation skipped; training is complete and the model is saved in "
                        f"{out}; evaluate it later with: rnnlm eval {out}", err=True)
@@ -654,7 +648,7 @@ class _TuneTable:
             self.bar.update(1)
         if self.silent:
             return
-        from .tune import describe
+        from .tune import best_row, describe
         lines = []
         cached = [r for r in rows if r["method"] == "cache"]
         for r in rows:
@@ -668,7 +662,7 @@ class _TuneTable:
             lines.append(f"| cache {window}: {len(thetas)} theta x {len(cached) // len(thetas)} lambda, one pass"
                          f"{'' if base == 'static' else ' with ' + base} ({_fmt_seconds(first['seconds'])})")
         for theta in thetas if cached else ():
-            best = min((r for r in cached if r["settings"]["cache"]["theta"] == theta), key=lambda r: r["perplexity"])
+            best = best_row([r for r in cached if r["settings"]["cache"]["theta"] == theta])
             text = f"  cache {window} theta {theta:g}, best lambda {best['settings']['cache']['lambda']:g}"
             lines.append(self._line(text, best["perplexity"], ""))
         if self.bar is not None:

@@ -9,6 +9,8 @@
 Anything else is a bug or a fault of the machine and exits with code 1 (traceback under --debug).
 """
 
+import os
+
 # Characters str.splitlines() breaks on: a message must stay on one line of the terminal.
 _LINE_BREAKS = {c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
 _LINE_BREAKS_TABLE = str.maketrans(_LINE_BREAKS)
@@ -53,3 +55,8 @@ def open_failed(path, error, expected) -> UserError:
 def one_line(text) -> str:
     """`text` with every line break shown escaped (\\n, \\r, ...), so it prints as one line."""
     return str(text).translate(_LINE_BREAKS_TABLE)
+
+
+def shown(path):
+    """A path as text that any terminal encoding can print (undecodable bytes become U+FFFD)."""
+    return os.fsencode(str(path)).decode("utf-8", "replace")

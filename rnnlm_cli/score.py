@@ -28,7 +28,7 @@ import numpy as np
 from . import data, evaluate, mix, stream
 from .errors import UserError
 
-LINES_PER_BLOCK = 4096  # independent lines scored in one batched pass (bounds the memory)
+LINES_PER_BLOCK = stream.LINES_PER_BLOCK  # independent lines scored in one batched pass (bounds the memory)
 LN10 = math.log(10.0)
 _START, _END = re.compile(r"^\s*<s>(?=\s|$)"), re.compile(r"(?:^|(?<=\s))</s>\s*$")
 
@@ -197,14 +197,8 @@ class SrilmTotals:
         self.log10prob, self.targets = self.log10prob + rec["log10prob"], self.targets + rec["targets"]
 
 
-def srilm_summary(path, recs):
-    """SRILM's closing `file FILE: ...` lines over all the records of a file (or their
-    SrilmTotals)."""
-    t = recs
-    if not isinstance(t, SrilmTotals):
-        t = SrilmTotals()
-        for rec in recs:
-            t.append(rec)
+def srilm_summary(path, t):
+    """SRILM's closing `file FILE: ...` lines from the SrilmTotals of a file's records."""
     return (f"file {path}: {t.sentences} sentences, {t.words} words, {t.oov} OOVs\n"
             f"0 zeroprobs, logprob= {t.log10prob:.6g} ppl= {_ppl10(t.log10prob, t.targets)} "
             f"ppl1= {_ppl10(t.log10prob, t.targets - t.sentences)}")

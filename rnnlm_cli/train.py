@@ -26,7 +26,6 @@ import math
 import os
 import time
 import warnings
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -703,6 +702,7 @@ def _interrupt(r, state, signum):
         modeldir.save_weights(r.out_dir, state.kept())
     _append_metric(r, state, {"event": "interrupted", "epoch": p.epoch, "step": p.step, "signal": signum})
     modeldir.write_info(r.out_dir, status="interrupted", step=p.step, epoch=p.epoch)
+    r.reporter.close()  # the display ends here, as at the end of a run
     raise Interrupted(signum)
 
 

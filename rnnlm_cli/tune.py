@@ -27,7 +27,7 @@ import numpy as np
 
 from . import cache as neural_cache, data, evaluate, mix, model
 from . import dynamic as dyn
-from .errors import UserError
+from .errors import UserError, shown as _shown
 
 # --------------------------------------------------------------------------------------------
 # The grids
@@ -254,7 +254,7 @@ def validation_file(config, valid=None, model_dir="model"):
     if path is None:
         raise UserError(f"{model_dir}: its config names no valid file; name the text to tune on with --valid FILE")
     if not os.path.isfile(path):
-        hint = "" if valid is not None else f"; name the text to tune on with --valid FILE"
+        hint = "" if valid is not None else "; name the text to tune on with --valid FILE"
         raise UserError(f"{where}: no such file{hint}")
     test = config.data.test
     if test and os.path.isfile(test) and os.path.samefile(path, test):
@@ -287,10 +287,6 @@ def request(cache_window, dynamic_rule, mixing, **dynamic_options):
     if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise UserError(f"--dynamic-lr {lr}: must be a number > 0 (where the learning rate's search starts)")
     return dyn.check(dyn.Settings(1.0, dynamic_rule, **given))
-
-
-def _shown(path):
-    return os.fsencode(str(path)).decode("utf-8", "replace")
 
 
 # --------------------------------------------------------------------------------------------
@@ -430,8 +426,9 @@ class Search:
                 rows.append(self.row("cache", setting, neural_cache.mix(logp, logp_cache[k], lam), seconds))
         self.emit(rows)
         best = best_row(rows)["setting"]["cache"]
+        cache_wins = best_row(self.rows)["method"] == "cache"
         for name, value, grid in (("theta", best.theta, thetas), ("lambda", best.lam, LAMBDAS)):
-            if best_row(self.rows)["method"] == "cache" and value in (grid[0], grid[-1]):
+            if cache_wins and value in (grid[0], grid[-1]):
                 self.notes.append(f"the best cache {name}, {_number(value)}, is at the edge of the grid "
                                   f"({_number(grid[0])} to {_number(grid[-1])})")
 

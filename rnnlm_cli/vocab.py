@@ -117,6 +117,7 @@ def build_vocab(
 
 # In a word list, the sentence boundary of SRILM and Kaldi text: <eos> here, so not a word
 SENTENCE_MARKERS = ("<s>", "</s>")
+NOT_WORDS = frozenset(SPECIALS + SENTENCE_MARKERS)  # tokens a word list may hold but never adds
 
 
 def load_word_list(path: str | os.PathLike) -> tuple[str, ...]:
@@ -137,7 +138,7 @@ def load_word_list(path: str | os.PathLike) -> tuple[str, ...]:
         if fields[0] in seen:
             raise UserError(f"{name}: line {lineno}: {fields[0]!r} is listed twice (also on line {seen[fields[0]]})")
         seen[fields[0]] = lineno
-        if fields[0] not in SPECIALS + SENTENCE_MARKERS:
+        if fields[0] not in NOT_WORDS:
             words.append(fields[0])
     if not words:
         raise UserError(f"{name}: no words (a vocabulary file lists one word per line)")

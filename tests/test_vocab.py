@@ -1,6 +1,7 @@
 """Vocabulary: ordering, limits, specials, vocab.txt round trip and its errors."""
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -170,6 +171,28 @@ def test_vocab_file_fixes_the_vocabulary(tiny_config, corpus, tmp_path, run_cli)
     rec = json.loads(run_cli("score", out, text, "--format", "json", "--words")[1])
     assert rec["oov"] == 0 and rec["oov_positions"] == [] and rec["tokens"][1][0] == "zebra"
     assert "fixed, from vocab.file" in run_cli("info", out)[1]
+
+
+def test_vocab_file_from_a_config_file(tiny_config, corpus, tmp_path, run_cli):
+    """vocab.file written in the YAML file (relative to the file's folder) fixes the vocabulary
+    as --set does, and the model directory's config keeps it."""
+    import yaml
+    words = ["the", "cat", "moon"]
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "words.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    config = yaml.safe_load(Path(tiny_config).read_text(encoding="utf-8"))
+    config["data"] = {k: str(Path(tiny_config).parent / v) if isinstance(v, str) and not Path(v).is_absolute()
+                      else v for k, v in config["data"].items()}
+    config.setdefault("vocab", {})["file"] = "lists/words.txt"
+    config.setdefault("train", {})["max_steps"] = 2
+    path = tmp_path / "from-file.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    out = tmp_path / "run"
+    code, _, err = run_cli("train", path, "--out", out)
+    assert code == 0, err
+    assert set(load_vocab(out / "vocab.txt").tokens) == {"<unk>", "<eos>", *words}
+    kept = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
+    assert str(kept["vocab"]["file"]).endswith("words.txt")
 
 
 def test_another_word_list_gets_its_own_token_cache(tiny_config, corpus, tmp_path, run_cli):
