@@ -30,7 +30,6 @@ import json
 import mmap
 import os
 from collections import Counter
-from itertools import repeat
 from pathlib import Path
 from typing import NamedTuple
 
@@ -160,15 +159,8 @@ def encoded(paths, vocab, tokenizer, folder, allow_empty=False, srcs=None):
     if found is None:
         _prepare(folder)
         stats = {"words": 0, "lines": 0, "literal_unk": 0}
-        unk, sentinel = vocab.unk_id, len(vocab)
-        get = {**vocab.index, data.SENTINEL: sentinel}.get
-        unk_token = vocab.tokens[unk]
-
-        def lookup(block):
-            stats["literal_unk"] += block.count(unk_token)
-            return list(map(get, block, repeat(unk)))
-        chunks = data.encode_blocks(paths, tokenizer, lookup, sentinel, vocab.eos_id, stats)
-        _write_ids(path, expect, chunks, len(vocab), stats, unk)
+        chunks = data.encode_blocks(paths, tokenizer, data.word_ids(vocab, stats), len(vocab), vocab.eos_id, stats)
+        _write_ids(path, expect, chunks, len(vocab), stats, vocab.unk_id)
         found = open_ids(path, expect)
     ids, header, counts = found
     if header["words"] == 0 and not allow_empty:

@@ -38,6 +38,7 @@ import re
 import sys
 import zlib
 from collections.abc import Callable, Iterator
+from itertools import repeat
 import numpy as np
 
 from .errors import UserError, open_failed
@@ -418,21 +419,14 @@ def encode_stream(path: PathLike, vocab, tokenizer: str, stats: dict) -> Iterato
     bounded memory (a block is about a million tokens); when the last block has been taken,
     `stats` holds encode_file's stats (an empty file: the stream [<eos>], 0 targets)."""
     get_tokenizer(tokenizer)
-    unk, sentinel = vocab.unk_id, len(vocab)
-    get = {**vocab.index, SENTINEL: sentinel}.get
-    unk_token = vocab.tokens[unk]
-    counts = {"words": 0, "lines": 0}
-    tokens = unks = literal_unk = 0
-
-    def lookup(block):
-        nonlocal literal_unk
-        literal_unk += block.count(unk_token)
-        return [get(w, unk) for w in block]
-    for ids in encode_blocks([path], tokenizer, lookup, sentinel, vocab.eos_id, counts):
+    unk = vocab.unk_id
+    counts = {"words": 0, "lines": 0, "literal_unk": 0}
+    tokens = unks = 0
+    for ids in encode_blocks([path], tokenizer, word_ids(vocab, counts), len(vocab), vocab.eos_id, counts):
         tokens += len(ids)
         unks += int(np.count_nonzero(ids == unk))
         yield ids
-    targets, oov = tokens - 1, unks - literal_unk
+    targets, oov = tokens - 1, unks - counts["literal_unk"]
     stats.update(file=os.fspath(path), words=counts["words"], lines=counts["lines"], targets=targets, oov=oov,
                  oov_rate=oov / targets if targets else 0.0)
 
@@ -634,6 +628,22 @@ def iter_token_blocks(path, tokenizer: str, size: int = 1 << 20) -> Iterator[lis
         yield block
 
 
+def word_ids(vocab, counts: dict | None = None) -> Callable[[list[str]], list[int]]:
+    """The `lookup` of encode_blocks for a vocabulary: a block of tokens -> their ids, a word
+    outside the vocabulary as <unk>, SENTINEL as len(vocab) (an id no word has). With `counts`,
+    adds the literal <unk> tokens of the text to counts["literal_unk"]: they are vocabulary
+    words, so the OOV count is the <unk> ids less these."""
+    unk = vocab.unk_id
+    get = {**vocab.index, SENTINEL: len(vocab)}.get
+    unk_token = vocab.tokens[unk]
+
+    def lookup(block):
+        if counts is not None:
+            counts["literal_unk"] += block.count(unk_token)
+        return list(map(get, block, repeat(unk)))
+    return lookup
+
+
 def encode_blocks(paths, tokenizer: str, lookup: Callable[[list[str]], list[int]], sentinel: int, eos: int,
                   stats: dict, lead: bool = True) -> Iterator[np.ndarray]:
     """The token stream of the files `paths` taken as one text (``<eos>``, then every non-empty
@@ -671,11 +681,8 @@ def encode_head(paths, vocab, tokenizer: str, n: int) -> np.ndarray:
     """The first n ids (fewer if the text is shorter) of the token stream of the files `paths`
     read as one text, as a training corpus is (<eos>, then each non-empty line's word ids and
     <eos>; unknown words as <unk>), int64, reading no further than the blocks that hold them."""
-    unk, sentinel = vocab.unk_id, len(vocab)
-    get = {**vocab.index, SENTINEL: sentinel}.get
     chunks, have = [], 0
-    for ids in encode_blocks(paths, tokenizer, lambda block: [get(w, unk) for w in block], sentinel, vocab.eos_id,
-                             {"words": 0, "lines": 0}):
+    for ids in encode_blocks(paths, tokenizer, word_ids(vocab), len(vocab), vocab.eos_id, {"words": 0, "lines": 0}):
         chunks.append(ids[:n - have])
         have += len(chunks[-1])
         if have >= n:
