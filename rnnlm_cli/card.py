@@ -8,7 +8,7 @@ history (history.py, from metrics.jsonl). Text only: no file is read here.
 
 import math
 
-from . import units
+from . import modeldir, units
 from .config import short_form
 
 
@@ -99,7 +99,7 @@ def _exp(loss):
 
 def _figures(card):
     s = card["summary"]
-    skipped = s.get("final_evaluation") == "skipped"
+    skipped = s.get("final_evaluation") == modeldir.FINAL_EVALUATION_SKIPPED
     test = (units.ppl(s["test_ppl"]) if s["test_ppl"] is not None else "not computed" if skipped
             else "no test file")
     note = ([f"The final evaluation was skipped (stopped by a signal): `rnnlm eval {card['out_dir']}` computes the "

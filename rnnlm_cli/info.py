@@ -36,7 +36,7 @@ def _status(model_dir, info, h):
         return "interrupted", f"stopped by {name}, checkpoint saved", None
     if recorded == "complete" or (recorded is None and h.end is not None):
         detail = (h.end or info).get("stop_reason") or ""
-        if (h.end or info).get("final_evaluation") == "skipped":
+        if (h.end or info).get("final_evaluation") == modeldir.FINAL_EVALUATION_SKIPPED:
             detail += f"{'; ' if detail else ''}final evaluation skipped by a signal: rnnlm eval {model_dir} runs it"
         return "complete", detail, None
     if recorded == "diverged":
@@ -152,7 +152,7 @@ def describe(s):
         lines.append(f"average  weights averaged from epoch {a['epoch']} (after step {a['step']}): validation and the "
                      f"kept model use the running mean")
     pending = s["test_ppl"] is None and s["status"] in ("training", "interrupted")
-    skipped = s["test_ppl"] is None and s.get("final_evaluation") == "skipped"
+    skipped = s["test_ppl"] is None and s.get("final_evaluation") == modeldir.FINAL_EVALUATION_SKIPPED
     lines.append(f"test     {units.ppl(s['test_ppl'])}" + (" until the run ends (rnnlm eval DIR: the kept model's)"
                                                           if pending else " (final evaluation skipped: rnnlm eval DIR)"
                                                           if skipped else ""))

@@ -28,6 +28,9 @@ from .errors import UserError
 from .lock import LOCK
 from .vocab import load_vocab, save_vocab
 
+# The end record's and info.json's "final_evaluation" when a signal skipped the exact evaluation
+FINAL_EVALUATION_SKIPPED = "skipped"
+
 FORMAT_VERSION = 1
 CONFIG, VOCAB, WEIGHTS, METRICS, INFO, CHECKPOINT, CARD = (
     "config.yaml", "vocab.txt", "weights.npz", "metrics.jsonl", "info.json", "checkpoint.npz", "README.md")

@@ -43,8 +43,6 @@ MAX_ROLLBACKS = 3  # per run (kept across --resume): the next divergence stops t
 RELEASE_EVERY = 200  # windows between releases of the train ids already read (corpus.release)
 # --init-vocab: fine-tune with the --init model's vocabulary, or with one built from the new text
 INIT_VOCAB_KEEP, INIT_VOCAB_NEW = "keep", "new"
-# The end record's and info.json's "final_evaluation" when a signal skipped the exact evaluation
-FINAL_EVALUATION_SKIPPED = "skipped"
 # --init with the kept vocabulary warns when more than this share of the training targets are <unk>
 POOR_COVERAGE = 0.05
 
@@ -505,7 +503,7 @@ def _nothing_to_do(config, out_dir, info, p):
     else:
         why = (f"it took {p.step} steps and train.max_steps is {tc.max_steps} (--set train.max_steps=N or "
                f"=null trains on)")
-    skipped = info.get("final_evaluation") == FINAL_EVALUATION_SKIPPED
+    skipped = info.get("final_evaluation") == modeldir.FINAL_EVALUATION_SKIPPED
     return (f"nothing to do: {out_dir} is complete: {why}; nothing was changed"
             + (f"; its final evaluation was skipped: rnnlm eval {out_dir} runs it" if skipped else ""))
 
@@ -735,7 +733,7 @@ def _finish(r, state, vocab, unigram, seconds):
                "test_ppl": test_ppl, "unigram_valid_ppl": unigram, "train_seconds": p.train_seconds,
                "wall_seconds": seconds, "total_wall_seconds": r.wall_before + seconds,
                "tokens_per_sec": p.tokens / p.train_seconds if p.train_seconds else None}
-    skip = {"final_evaluation": FINAL_EVALUATION_SKIPPED} if skipped else {}
+    skip = {"final_evaluation": modeldir.FINAL_EVALUATION_SKIPPED} if skipped else {}
     summary.update(skip)
     _write_card(r, state, kept, summary=summary)  # first: if it fails, --resume finishes the run again
     _append_metric(r, state, summary)
